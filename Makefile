@@ -1,0 +1,28 @@
+# Everything runs inside .venv, created on first use and refreshed when pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test test-fast bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+demo: $(BIN)/.installed  ## quick search of the example pairs on this machine (local Ray, local MLflow)
+	$(BIN)/splice-tune search examples/pairs.csv --space quick --name demo
+	$(BIN)/splice-tune best --all --search demo --out-dir splice-runs/demo-best
+
+test: $(BIN)/.installed  ## the whole suite, as CI runs it
+	$(BIN)/python -m pytest -q
+
+test-fast: $(BIN)/.installed  ## everything but the slow (Ray/server) tests
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/bench_step.py --vit random_tiny8 --size 96 --vit-size 64
+
+clean:
+	rm -rf $(VENV) splice-runs .pytest_cache

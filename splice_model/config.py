@@ -1,0 +1,90 @@
+"""The one place where a Splice training's settings and their defaults live.
+
+Defaults reproduce the paper (Sec. 3.3, A.3, A.4) and the authors' released code; DESIGN.md lists them.
+Every field is a plain value so a config round-trips through JSON, MLflow params and checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class SpliceConfig:
+    """Settings of one Splice training run.
+
+    The loss weights, learning rate and augmentation strengths are what splice-tune searches; the rest
+    fixes the run (ViT, resolution, length, seed).
+    """
+
+    # Loss, Eq. (4): L = loss_scale * [L_app + alpha * L_structure + beta * L_id]
+    alpha: float = 0.1
+    beta: float = 0.1
+    loss_scale: float = 10.0
+    # Optimiser (A.3): Adam, constant lr, betas (0.0, 0.99) as in the released code
+    lr: float = 2e-3
+    steps: int = 2000
+    # The un-augmented full structure image joins the batch every this many steps (A.3)
+    full_image_every: int = 75
+    # Scores on the full images every this many steps, and always after the last step
+    eval_every: int = 100
+    # Augmentations (A.4)
+    crop_min_cover: float = 0.95
+    flip_p: float = 0.5
+    jitter_p: float = 0.5
+    jitter_strength: float = 1.0  # scales (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1)
+    blur_p: float = 0.5  # the paper's value; the released code uses 0.2
+    blur_sigma_max: float = 2.0  # sigma ~ U(0.1, blur_sigma_max)
+    # Images: both are downscaled so their long side is at most this (None keeps them as given)
+    max_side: int | None = 512
+    # ViT: preset name, optional local weights file, input size (short side, long side cap)
+    vit: str = "dino_vitb8"
+    vit_weights: str | None = None
+    vit_size: int = 224
+    vit_max_side: int = 480
+    seed: int = 0
+    # Hardware: "auto" picks CUDA when present; bf16 autocast on CUDA; optional torch.compile of the ViT
+    device: str = "auto"
+    amp: bool = True
+    compile: bool = False
+
+    def replace(self, **changes: Any) -> "SpliceConfig":
+        """A copy with some fields changed (unknown names raise TypeError)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "SpliceConfig":
+        """Build from a dict, ignoring keys this version does not know (older/newer checkpoints)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def validate(self) -> list[str]:
+        """Problems with the values, one readable line each ("field: what is wrong"); empty when fine."""
+        problems = []
+        positive = ["loss_scale", "lr", "steps", "full_image_every", "eval_every", "vit_size", "vit_max_side"]
+        for name in positive:
+            if not getattr(self, name) > 0:
+                problems.append(f"{name}: must be > 0, got {getattr(self, name)!r}")
+        for name in ["alpha", "beta", "jitter_strength"]:
+            if not getattr(self, name) >= 0:
+                problems.append(f"{name}: must be >= 0, got {getattr(self, name)!r}")
+        for name in ["flip_p", "jitter_p", "blur_p"]:
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name}: is a probability, must be in [0, 1], got {getattr(self, name)!r}")
+        if not 0.0 < self.crop_min_cover <= 1.0:
+            problems.append(f"crop_min_cover: must be in (0, 1], got {self.crop_min_cover!r}")
+        if not self.blur_sigma_max >= 0.1:
+            problems.append(f"blur_sigma_max: must be >= 0.1 (sigma ~ U(0.1, max)), got {self.blur_sigma_max!r}")
+        if self.max_side is not None and self.max_side < 16:
+            problems.append(f"max_side: must be >= 16 or null, got {self.max_side!r}")
+        if self.vit_max_side < self.vit_size:
+            problems.append(f"vit_max_side: must be >= vit_size ({self.vit_size}), got {self.vit_max_side!r}")
+        return problems
+
+
+CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SpliceConfig))

@@ -1,0 +1,77 @@
+"""The Splice generator G_theta (paper A.1): a 5-level U-Net with 1x1-conv skip branches.
+
+Encoder channels 3 -> 16 -> 32 -> 64 -> 128 -> 128, each level a strided 3x3 conv and a 3x3 conv, each
+followed by BatchNorm + LeakyReLU; every level's input also goes through a 1x1 conv whose output is
+concatenated into the matching decoder level; the decoder mirrors the encoder; a final 1x1 conv + sigmoid
+gives RGB. Fully convolutional: any H x W renders (padded to a multiple of 32, then cropped back).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ENCODER_CHANNELS = (16, 32, 64, 128, 128)
+SKIP_CHANNELS = 4  # the released code's 1x1 skip width
+DOWNSAMPLING = 2 ** len(ENCODER_CHANNELS)
+
+
+def _norm(channels: int) -> nn.BatchNorm2d:
+    # Batch statistics always, never running averages: training sees one image per forward (batch 1),
+    # and rendering then behaves exactly as in training, at any resolution, with no stored state.
+    return nn.BatchNorm2d(channels, track_running_stats=False)
+
+
+def _conv_block(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        # Replicate padding: border-friendly like reflection, and valid even on the 1x1 maps of tiny inputs.
+        nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, padding_mode="replicate"),
+        _norm(out_channels),
+        nn.LeakyReLU(0.2, inplace=True),
+    )
+
+
+class SpliceGenerator(nn.Module):
+    """U-Net mapping an RGB image in [0, 1], (B, 3, H, W), to an RGB image of the same size."""
+
+    def __init__(self, channels: tuple[int, ...] = ENCODER_CHANNELS, skip_channels: int = SKIP_CHANNELS):
+        super().__init__()
+        inputs = (3, *channels[:-1])
+        self.down = nn.ModuleList(
+            nn.Sequential(_conv_block(c_in, c_out, 3, stride=2), _conv_block(c_out, c_out, 3))
+            for c_in, c_out in zip(inputs, channels)
+        )
+        self.skip = nn.ModuleList(_conv_block(c_in, skip_channels, 1) for c_in in inputs)
+        # Decoder level i takes level i's skip plus the upsampled output of level i+1 (or the bottleneck).
+        self.up = nn.ModuleList(
+            nn.Sequential(
+                _norm(skip_channels + c_deeper),
+                _conv_block(skip_channels + c_deeper, c_out, 3),
+                _conv_block(c_out, c_out, 1),
+            )
+            for c_deeper, c_out in zip((*channels[1:], channels[-1]), channels)
+        )
+        self.to_rgb = nn.Conv2d(channels[0], 3, 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        x = _pad_to_multiple(image, DOWNSAMPLING)
+        skips = []
+        for down, skip in zip(self.down, self.skip):
+            skips.append(skip(x))
+            x = down(x)
+        for up, skip in zip(reversed(self.up), reversed(skips)):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = up(torch.cat([skip, x], dim=1))
+        return torch.sigmoid(self.to_rgb(x))[..., :height, :width]
+
+
+def _pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+    height, width = image.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if pad_h == 0 and pad_w == 0:
+        return image
+    # Reflection keeps the border statistics natural; it needs the pad smaller than the image side.
+    mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+    return F.pad(image, (0, pad_w, 0, pad_h), mode=mode)

@@ -1,0 +1,206 @@
+"""One Splice training of one image pair (paper Sec. 3.3 and A.3), as an iterator of events.
+
+Per regular step: one no-grad ViT pass for the targets (both augmented crops, batched) and one ViT pass
+with gradients for the generator's outputs (batched). Every `full_image_every` steps one more pass with
+gradients adds the un-augmented structure image. The full images' targets are computed once per run,
+and the ViT's weights never get gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from PIL import Image
+
+from .augment import augment_appearance, augment_structure
+from .config import SpliceConfig
+from .generator import SpliceGenerator
+from .images import as_image_tensor
+from .losses import PairScorer, appearance_loss, identity_loss, structure_loss
+from .vit import ViTFeatures, build_vit, vit_resize
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite (usually a learning rate that is too high)."""
+
+    def __init__(self, step: int, losses: dict[str, float]):
+        self.step, self.losses = step, losses
+        super().__init__(f"non-finite loss at step {step}: " + ", ".join(f"{k}={v}" for k, v in losses.items()))
+
+
+@dataclass
+class StepEvent:
+    """After each optimisation step (1-based `step`): the loss terms of that step."""
+
+    step: int
+    losses: dict[str, float]
+
+
+@dataclass
+class EvalEvent:
+    """Every `eval_every` steps and after the last: the scores and the full-resolution output (3, H, W)."""
+
+    step: int
+    scores: dict[str, float]
+    output: torch.Tensor
+    final: bool = False
+
+
+@dataclass
+class TrainResult:
+    generator: SpliceGenerator
+    config: SpliceConfig
+    steps_done: int
+    scores: dict[str, float]
+    output: torch.Tensor
+    baselines: dict[str, float]
+    stopped: bool = False
+    evaluations: list[dict[str, float]] = field(default_factory=list)
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> CUDA when available, else CPU; anything else as torch understands it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+_VIT_CACHE: dict[tuple, ViTFeatures] = {}
+
+
+def load_features(config: SpliceConfig, device: torch.device | str = "cpu") -> ViTFeatures:
+    """The config's frozen ViT on `device`, built once per process and reused (trials share a worker)."""
+    key = (config.vit, config.vit_weights, str(device))
+    if key not in _VIT_CACHE:
+        _VIT_CACHE[key] = build_vit(config.vit, config.vit_weights).to(device)
+    return _VIT_CACHE[key]
+
+
+class SpliceTrainer:
+    """Holds one run's state (generator, optimiser, RNG, targets); `events()` trains and yields progress."""
+
+    def __init__(self, structure_image, appearance_image, config: SpliceConfig | None = None,
+                 features: ViTFeatures | None = None):
+        self.config = config = config or SpliceConfig()
+        problems = config.validate()
+        if problems:
+            raise ValueError("invalid SpliceConfig: " + "; ".join(problems))
+        self.device = resolve_device(config.device)
+        self.structure = as_image_tensor(structure_image, config.max_side).to(self.device)
+        self.appearance = as_image_tensor(appearance_image, config.max_side).to(self.device)
+        self.features = features.to(self.device) if features is not None else load_features(config, self.device)
+        self.vit = torch.compile(self.features) if config.compile else self.features
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                         if config.amp and self.device.type == "cuda" else nullcontext())
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.generator = SpliceGenerator().to(self.device)
+        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=(0.0, 0.99))
+        self.rng = torch.Generator().manual_seed(config.seed)
+        with self.autocast:
+            self.scorer = PairScorer(self.features, self.structure, self.appearance, config.vit_size,
+                                     config.vit_max_side)
+        self.step = 0
+
+    @property
+    def baselines(self) -> dict[str, float]:
+        return self.scorer.baselines
+
+    def _vit_input(self, images: torch.Tensor) -> torch.Tensor:
+        return vit_resize(images, self.config.vit_size, self.config.vit_max_side)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimisation step; returns its loss terms. Raises NonFiniteLossError on NaN/inf."""
+        config = self.config
+        structure_crop = augment_structure(self.structure, config, self.rng)[None]
+        appearance_crop = augment_appearance(self.appearance, config, self.rng)[None]
+        with self.autocast:
+            # Both crops are square, so both resize to the same ViT input and share one batched pass.
+            with torch.no_grad():
+                target = self.vit(torch.cat([self._vit_input(structure_crop), self._vit_input(appearance_crop)]))
+            output = self.vit(torch.cat([self._vit_input(self.generator(structure_crop)),
+                                         self._vit_input(self.generator(appearance_crop))]))
+            terms = {
+                "appearance": appearance_loss(output["cls"][:1], target["cls"][1:]),
+                "structure": structure_loss(output["selfsim"][:1], target["selfsim"][:1]),
+                "identity": identity_loss(output["keys"][1:], target["keys"][1:]),
+            }
+            # Eq. (4), scaled by loss_scale like the released code's 10 : 1 : 1 weights
+            total = config.loss_scale * (terms["appearance"] + config.alpha * terms["structure"]
+                                         + config.beta * terms["identity"])
+            if self.step % config.full_image_every == 0:
+                full = self.scorer.vit(self.generator(self.structure[None]))
+                terms["full_appearance"] = appearance_loss(full["cls"], target["cls"][1:])
+                terms["full_structure"] = structure_loss(full["selfsim"], self.scorer.structure_selfsim)
+                total = total + config.loss_scale * (terms["full_appearance"]
+                                                     + config.alpha * terms["full_structure"])
+        terms = {"total": total, **terms}
+        values = dict(zip((f"loss/{name}" for name in terms),
+                          torch.stack([t.detach().float() for t in terms.values()]).tolist()))
+        if not math.isfinite(values["loss/total"]):
+            raise NonFiniteLossError(self.step + 1, values)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.step += 1
+        return values
+
+    def evaluate(self) -> tuple[dict[str, float], torch.Tensor]:
+        """Scores of G(structure image) at the current weights, and that output (3, H, W) on the CPU."""
+        with torch.no_grad(), self.autocast:
+            output = self.generator(self.structure[None]).float()
+            scores = self.scorer.score_features(self.scorer.vit(output))
+        return scores, output[0].cpu()
+
+    def events(self) -> Iterator[StepEvent | EvalEvent]:
+        """Train up to `config.steps`, yielding a StepEvent per step and an EvalEvent per evaluation."""
+        config = self.config
+        while self.step < config.steps:
+            losses = self.train_step()
+            yield StepEvent(self.step, losses)
+            final = self.step == config.steps
+            if final or self.step % config.eval_every == 0:
+                scores, output = self.evaluate()
+                yield EvalEvent(self.step, scores, output, final=final)
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue this run later (generator, optimiser, RNG, step)."""
+        return {"generator": self.generator.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "rng": self.rng.get_state(), "step": self.step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.load_state_dict(state["generator"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.set_state(state["rng"])
+        self.step = int(state["step"])
+
+
+def train_pair(structure_image: "torch.Tensor | Image.Image | str", appearance_image: "torch.Tensor | Image.Image | str",
+               config: SpliceConfig | None = None, *,
+               callback: Callable[[StepEvent | EvalEvent], bool | None] | None = None,
+               features: ViTFeatures | None = None) -> TrainResult:
+    """Train a Splice generator on one pair: output keeps `structure_image`'s structure and takes
+    `appearance_image`'s appearance.
+
+    Images are paths, PIL images or (3, H, W) tensors in [0, 1]. `callback` receives every StepEvent and
+    EvalEvent; returning True stops training (e.g. an early-stopping scheduler). Raises
+    NonFiniteLossError when the loss diverges.
+    """
+    trainer = SpliceTrainer(structure_image, appearance_image, config, features)
+    evaluations: list[dict[str, float]] = []
+    last_scores, last_output, stopped = None, None, False
+    for event in trainer.events():
+        if isinstance(event, EvalEvent):
+            evaluations.append({"step": event.step, **event.scores})
+            last_scores, last_output = event.scores, event.output
+        if callback is not None and callback(event):
+            stopped = not (isinstance(event, EvalEvent) and event.final)
+            break
+    if last_scores is None or (stopped and evaluations[-1]["step"] != trainer.step):
+        last_scores, last_output = trainer.evaluate()
+    return TrainResult(trainer.generator, trainer.config, trainer.step, last_scores, last_output,
+                       trainer.baselines, stopped, evaluations)

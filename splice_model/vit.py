@@ -1,0 +1,228 @@
+"""DINO-ViT feature extractor: last-block [CLS] token, attention keys and their self-similarity.
+
+Presets are a small table (name -> architecture, patch size, official weights URL). The model is timm's
+`VisionTransformer`, which loads DINO's checkpoints by key name; only the positional-embedding
+interpolation is replaced by DINO's own (`dino_pos_embed`) so non-square inputs match DINO exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import urllib.error
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class VitPreset:
+    """Architecture and weights source of one named ViT."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    patch_size: int
+    url: str | None = None  # official DINO checkpoint; None = seeded random weights
+    random_seed: int = 0
+    description: str = ""
+
+
+_DINO = "https://dl.fbaipublicfiles.com/dino"
+VIT_PRESETS: dict[str, VitPreset] = {
+    "dino_vits16": VitPreset(384, 12, 6, 16, f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
+                             description="DINO ViT-S/16 (21M params)"),
+    "dino_vits8": VitPreset(384, 12, 6, 8, f"{_DINO}/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth",
+                            description="DINO ViT-S/8 (21M params)"),
+    "dino_vitb16": VitPreset(768, 12, 12, 16, f"{_DINO}/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
+                             description="DINO ViT-B/16 (85M params)"),
+    "dino_vitb8": VitPreset(768, 12, 12, 8, f"{_DINO}/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
+                            description="DINO ViT-B/8 (85M params), the paper's choice"),
+    # Not DINO: random weights, for tests and offline demos. Results from it show the machinery, not Splice.
+    "random_tiny8": VitPreset(96, 4, 3, 8, None, random_seed=0,
+                              description="NOT DINO: 4-block ViT with seeded random weights, for tests/demos"),
+}
+DEFAULT_VIT = "dino_vitb8"
+
+
+class WeightsError(RuntimeError):
+    """ViT weights that cannot be found or read; the message says how to provide them."""
+
+
+class ViTFeatures(nn.Module):
+    """Frozen ViT that maps images to the last block's `cls`, `keys` and `selfsim` (DESIGN.md, "Features").
+
+    Input: RGB in [0, 1], (B, 3, H, W), already at ViT input size (see `vit_resize`); ImageNet
+    normalisation happens here. Output dict: `cls` (B, d), `keys` (B, N+1, d), `selfsim` (B, N+1, N+1).
+    """
+
+    def __init__(self, model: VisionTransformer, preset_name: str):
+        super().__init__()
+        self.model = model
+        self.preset_name = preset_name
+        self.patch_size = model.patch_embed.patch_size[0]
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        model.patch_embed.strict_img_size = False
+        model.requires_grad_(False)
+        model.eval()
+        self._keys: torch.Tensor | None = None
+        # The last block's keys come from its qkv projection: grab them there instead of recomputing.
+        model.blocks[-1].attn.qkv.register_forward_hook(self._keep_keys)
+
+    def _keep_keys(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        dim = output.shape[-1] // 3
+        self._keys = output[..., dim:2 * dim]  # qkv is laid out (3, heads, head_dim): keys, heads concatenated
+
+    def train(self, mode: bool = True) -> "ViTFeatures":
+        # Frozen means frozen: dropout/eval behaviour never follows the generator's train() calls.
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        model = self.model
+        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        height, width = x.shape[-2:]
+        tokens = model.patch_embed(x)
+        tokens = torch.cat([model.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
+        tokens = tokens + dino_pos_embed(model.pos_embed, height, width, self.patch_size).to(tokens.dtype)
+        tokens = model.blocks(tokens)
+        keys, self._keys = self._keys, None
+        keys = keys.float()
+        normalized = F.normalize(keys, dim=-1)
+        return {
+            "cls": tokens[:, 0].float(),
+            "keys": keys,
+            "selfsim": normalized @ normalized.transpose(1, 2),
+        }
+
+
+def dino_pos_embed(pos_embed: torch.Tensor, height: int, width: int, patch_size: int) -> torch.Tensor:
+    """Positional embedding for an H x W input, interpolated exactly as DINO's `interpolate_pos_encoding`.
+
+    DINO adds 0.1 to the patch grid and passes a scale factor (not a size) to bicubic interpolation; the
+    scale factor, not just the output size, changes the sampled positions, so this must match it.
+    """
+    num_patches = pos_embed.shape[1] - 1
+    grid_h, grid_w = height // patch_size, width // patch_size
+    if grid_h * grid_w == num_patches and grid_h == grid_w:
+        return pos_embed
+    side = math.sqrt(num_patches)
+    dim = pos_embed.shape[-1]
+    h0, w0 = grid_h + 0.1, grid_w + 0.1
+    patch_pos = pos_embed[:, 1:].reshape(1, int(side), int(side), dim).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(patch_pos.float(), scale_factor=(h0 / side, w0 / side), mode="bicubic")
+    patch_pos = patch_pos.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, -1, dim)
+    return torch.cat([pos_embed[:, :1], patch_pos], dim=1)
+
+
+def vit_resize(images: torch.Tensor, short_side: int = 224, max_side: int = 480) -> torch.Tensor:
+    """Resize (B, 3, H, W) so the short side is `short_side` and the long side at most `max_side`.
+
+    Aspect kept, bicubic with antialiasing (DESIGN.md, "ViT"); differentiable, so generator outputs can
+    pass through it.
+    """
+    height, width = images.shape[-2:]
+    scale = min(short_side / min(height, width), max_side / max(height, width))
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if size == (height, width):
+        return images
+    return F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=True)
+
+
+def build_vit(preset_name: str = DEFAULT_VIT, weights: str | os.PathLike | None = None) -> ViTFeatures:
+    """Build a preset's ViT on the CPU with its weights, frozen and in eval mode.
+
+    Weights come from `weights` (a local DINO-format checkpoint) when given; otherwise DINO presets use
+    the official checkpoint through torch hub's cache (downloaded once), and random presets are seeded.
+    """
+    if preset_name not in VIT_PRESETS:
+        known = ", ".join(VIT_PRESETS)
+        raise ValueError(f"unknown ViT preset {preset_name!r}; known presets: {known}")
+    preset = VIT_PRESETS[preset_name]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(preset.random_seed)
+        model = VisionTransformer(
+            img_size=224, patch_size=preset.patch_size, embed_dim=preset.embed_dim, depth=preset.depth,
+            num_heads=preset.num_heads, mlp_ratio=4.0, qkv_bias=True, num_classes=0,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        )
+    if weights is not None:
+        state = read_dino_checkpoint(weights)
+    elif preset.url is not None:
+        state = _hub_checkpoint(preset_name, preset.url)
+    else:
+        state = None
+    if state is not None:
+        _load_state(model, state, source=str(weights or preset.url))
+    return ViTFeatures(model, preset_name)
+
+
+def read_dino_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a DINO-format checkpoint: a plain state dict, or a training checkpoint holding one under
+    `teacher`/`student`/`model`/`state_dict` with `module.`/`backbone.` prefixes (as DINO saves them).
+
+    Loaded with `weights_only=True`: a checkpoint cannot run code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such ViT weights file; pass the path of a DINO .pth checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for bad files; all mean the same to a user
+        raise WeightsError(f"{path}: cannot read it as a PyTorch checkpoint ({type(error).__name__}: "
+                           f"{str(error).splitlines()[0] if str(error) else ''}); pass a DINO .pth file") from None
+    for key in ("teacher", "student", "model", "state_dict"):
+        if isinstance(checkpoint, dict) and key in checkpoint and isinstance(checkpoint[key], dict):
+            checkpoint = checkpoint[key]
+            break
+    if not isinstance(checkpoint, dict):
+        raise WeightsError(f"{path}: not a state dict; pass a DINO .pth checkpoint")
+    state = {}
+    for name, tensor in checkpoint.items():
+        for prefix in ("module.", "backbone."):
+            name = name.removeprefix(prefix)
+        state[name] = tensor
+    return state
+
+
+def _hub_checkpoint(preset_name: str, url: str) -> dict[str, torch.Tensor]:
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if not cached.is_file():
+        previous = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(30)
+        try:
+            torch.hub.download_url_to_file(url, str(cached), progress=False)
+        except (urllib.error.URLError, OSError, TimeoutError) as error:
+            raise WeightsError(
+                f"ViT weights for {preset_name} are not in torch hub's cache ({cached}) and could not be "
+                f"downloaded ({error}). Download {url} on a machine with internet and pass the file with "
+                f"--vit-weights PATH (or `vit_weights: PATH` in the search space), or copy it to {cached}."
+            ) from None
+        finally:
+            socket.setdefaulttimeout(previous)
+    return read_dino_checkpoint(cached)
+
+
+def _load_state(model: VisionTransformer, state: dict[str, torch.Tensor], source: str) -> None:
+    # DINO checkpoints carry no classifier head; anything else missing or extra means a wrong file.
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(k for k in set(state) - set(expected) if not k.startswith("head."))
+    wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k]))
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys
+        )
+        raise WeightsError(f"{source}: does not match this ViT preset ({detail}); pick the preset the "
+                           f"checkpoint was trained as (e.g. dino_vits8 for dino_deitsmall8_pretrain.pth)")
+    model.load_state_dict({k: v for k, v in state.items() if k in expected})
