@@ -1,0 +1,192 @@
+"""The `splice-tune` command line: train one pair, search many, then look at and render the results.
+
+Exit codes: 0 done, 1 the work itself failed, 2 bad input (one readable line per problem, nothing written).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from splice_model.config import SpliceConfig
+from splice_tune.errors import BadInput
+
+app = typer.Typer(
+    help="Find the best Splice (semantic appearance transfer) settings for each of your image pairs.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+console = Console(stderr=True)
+DEFAULTS = SpliceConfig()
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+@app.callback()
+def _root() -> None:
+    """Find the best Splice (semantic appearance transfer) settings for each of your image pairs."""
+
+
+def _default(name: str) -> str:
+    return f"[default: {getattr(DEFAULTS, name)}]"
+
+
+@app.command()
+def train(
+    structure: Path = typer.Argument(..., help="Image whose structure (layout, shapes) the output keeps."),
+    appearance: Path = typer.Argument(..., help="Image whose appearance (colours, textures) the output takes."),
+    out: Path = typer.Option(Path("out.png"), "--out", "-o", help="Where to write the rendered output image."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Where to write the generator checkpoint "
+                                                          "[default: OUT with suffix .pt]."),
+    steps: Optional[int] = typer.Option(None, help=f"Training steps {_default('steps')}."),
+    vit: Optional[str] = typer.Option(None, help=f"ViT preset {_default('vit')}."),
+    vit_weights: Optional[Path] = typer.Option(None, help="Local DINO checkpoint file (else torch hub's cache)."),
+    alpha: Optional[float] = typer.Option(None, help=f"Weight of the structure loss {_default('alpha')}."),
+    beta: Optional[float] = typer.Option(None, help=f"Weight of the identity loss {_default('beta')}."),
+    lr: Optional[float] = typer.Option(None, help=f"Adam learning rate {_default('lr')}."),
+    max_side: Optional[int] = typer.Option(None, help=f"Downscale inputs to this long side {_default('max_side')}."),
+    vit_size: Optional[int] = typer.Option(None, help=f"Short side of the ViT's input {_default('vit_size')}."),
+    eval_every: Optional[int] = typer.Option(None, help=f"Score every N steps {_default('eval_every')}."),
+    seed: Optional[int] = typer.Option(None, help=f"Random seed {_default('seed')}."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 or auto [default: auto]."),
+    render_max_side: Optional[int] = typer.Option(None, help="Cap the rendered output's long side "
+                                                             "[default: the structure image's full size]."),
+) -> None:
+    """Train Splice on one image pair and render the result at full resolution."""
+    from splice_model import (EvalEvent, ImageError, NearDuplicatePairError, WeightsError, load_image, render,
+                              save_checkpoint, to_pil)
+    from splice_model.train import SpliceTrainer
+
+    given = {"steps": steps, "vit": vit, "vit_weights": str(vit_weights) if vit_weights else None, "alpha": alpha,
+             "beta": beta, "lr": lr, "max_side": max_side, "vit_size": vit_size, "eval_every": eval_every, "seed": seed, "device": device}
+    config = DEFAULTS.replace(**{k: v for k, v in given.items() if v is not None})
+    problems = [_as_flag(problem) for problem in config.validate()]
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        problems.append(f"--out {out}: use an image file name ending in {', '.join(sorted(IMAGE_SUFFIXES))}")
+    if not out.parent.is_dir():
+        problems.append(f"--out {out}: folder {out.parent} does not exist; create it first")
+    from splice_model.vit import VIT_PRESETS
+    if config.vit not in VIT_PRESETS:
+        problems.append(f"--vit {config.vit}: unknown preset; choose one of {', '.join(VIT_PRESETS)}")
+    full_structure = None
+    try:
+        full_structure = load_image(structure, min_side=16)
+        load_image(appearance, min_side=16)
+    except ImageError as error:
+        problems.append(str(error))
+    if problems:
+        raise BadInput(problems)
+    try:
+        trainer = SpliceTrainer(structure, appearance, config)
+        trainer.scorer.check_baselines(f"{structure} + {appearance}")
+    except (WeightsError, NearDuplicatePairError) as error:
+        raise BadInput([str(error)]) from None
+    _train_with_progress(trainer, config, EvalEvent)
+    checkpoint = checkpoint or out.with_suffix(".pt")
+    scores, _ = trainer.evaluate()
+    save_checkpoint(checkpoint, trainer.generator, config, trainer.step, scores)
+    to_pil(render(trainer.generator, full_structure, max_side=render_max_side)).save(out)
+    console.print(f"wrote {out} and {checkpoint}; " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+
+
+@app.command()
+def search(
+    pairs_csv: Path = typer.Argument(..., help="CSV with header pair,structure,appearance (paths relative to it)."),
+    space: str = typer.Option("quick", "--space", "-s", help="Search space: a shipped name (quick, default, "
+                                                             "paper) or a YAML file."),
+    set_values: list[str] = typer.Option([], "--set", help="Override a fixed setting or budget, e.g. "
+                                                           "--set steps=500 --set budget.trials_per_pair=4."),
+    name: Optional[str] = typer.Option(None, help="Search name [default: CSV-SPACE-TIMESTAMP]."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted search (--name, or the latest)."),
+    root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store and Ray results."),
+    storage: Optional[str] = typer.Option(None, help="Ray experiment storage: a path or URI (s3://, gs://) "
+                                                     "[default: ROOT/ray]."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI, e.g. http://mlflow:5000 "
+                                                          "[default: SQLite under ROOT]."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster to join, e.g. ray://head:10001 or auto "
+                                                     "[default: start a local Ray]."),
+    cpus_per_trial: float = typer.Option(1.0, help="CPUs Ray reserves for each trial."),
+    gpus_per_trial: float = typer.Option(0.0, help="GPUs per trial; fractions share a GPU (0.25 = four per GPU)."),
+    max_concurrent: Optional[int] = typer.Option(None, help="Most trials running at once [default: the space's "
+                                                            "budget.max_concurrent, else what resources allow]."),
+    max_failures: int = typer.Option(2, help="Retries of a trial that crashes before it counts as failed."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table; print only the summary."),
+) -> None:
+    """Search each pair's best alpha, beta, lr and augmentation strengths (Ray Tune + Optuna, logged to MLflow)."""
+    from splice_tune.driver import SearchRequest, run_search
+
+    request = SearchRequest(pairs_csv, space, list(set_values), name, resume, root, storage, tracking_uri, address,
+                            cpus_per_trial, gpus_per_trial, max_concurrent, max_failures, None, quiet)
+    summary = run_search(request, console)
+    _print_summary(summary)
+
+
+def _print_summary(summary) -> None:
+    from rich.table import Table
+
+    out = Console()
+    table = Table(title=f"search {summary.name}: winners by {summary.metric}", title_justify="left")
+    for column in ("pair", summary.metric, "finished", "stopped early", "failed", "params", "render it"):
+        table.add_column(column)
+    for pair in summary.pairs:
+        score = f"{pair.score:.4f}" if pair.score is not None else "-"
+        params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(pair.params.items())) or "-"
+        command = f"splice-tune best --pair {pair.pair} --search {summary.name}" if pair.run_id else "no finished trial"
+        table.add_row(pair.pair, score, str(pair.counts["finished"]), str(pair.counts["stopped early"]),
+                      str(pair.counts["failed"]), params, command)
+    out.print(table)
+    out.print(f"MLflow: {summary.tracking_uri} (experiment {summary.experiment_id}); "
+              f"open the UI with: splice-tune ui")
+
+
+def _short(value: str) -> str:
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
+
+
+def _as_flag(problem: str) -> str:
+    """"max_side: must be ..." -> "--max-side: must be ..." (the user typed a flag, not a field)."""
+    name, rest = problem.split(":", 1)
+    return f"--{name.replace('_', '-')}:{rest}"
+
+
+def _train_with_progress(trainer, config: SpliceConfig, eval_event_type) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeRemainingColumn()]
+    started = time.perf_counter()
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("train", total=config.steps, info="")
+        scores = ""
+        for event in trainer.events():
+            if isinstance(event, eval_event_type):
+                scores = f" splice {event.scores['splice_score']:.3f}"
+                continue
+            rate = event.step / (time.perf_counter() - started)
+            info = (f"loss {event.losses['loss/total']:.4f} (app {event.losses['loss/appearance']:.4f}, "
+                    f"struct {event.losses['loss/structure']:.4f}, id {event.losses['loss/identity']:.4f})"
+                    f"{scores} {rate:.2f} it/s")
+            progress.update(task, completed=event.step, info=info)
+
+
+def main() -> None:
+    """Console-script entry point: turns BadInput into readable lines and exit code 2."""
+    try:
+        app()
+    except BadInput as error:
+        for problem in error.problems:
+            console.print(f"[red]error:[/] {problem}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,337 @@
+"""`splice-tune search`: validate everything, then run every pair's trials on Ray Tune, logged to MLflow.
+
+Nothing starts (no Ray, no MLflow run, no file) until the pairs file, the search space and the flags have
+all been checked; problems surface as one `BadInput` listing them all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from ray.tune import Callback
+from rich.console import Console
+
+from splice_model import NearDuplicatePairError, PairScorer, WeightsError, build_vit
+from splice_model.images import load_image
+from splice_tune.console import LiveView
+from splice_tune.errors import BadInput
+from splice_tune.pairs import Pair, read_pairs
+from splice_tune.search import PairScheduler, PairSearcher, evals_per_trial
+from splice_tune.spaces import SearchSpace, load_space
+from splice_tune.trainable import TrialSetup, run_trial
+from splice_tune import tracking
+
+SEARCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass
+class SearchRequest:
+    """Everything `splice-tune search` was asked to do (flags and files, not yet validated)."""
+
+    pairs_csv: Path
+    space: str = "quick"
+    overrides: list[str] = field(default_factory=list)
+    name: str | None = None
+    resume: bool = False
+    root: Path = tracking.DEFAULT_ROOT
+    storage: str | None = None
+    tracking_uri: str | None = None
+    address: str | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None
+    max_failures: int = 2
+    device: str | None = None
+    quiet: bool = False
+
+
+@dataclass
+class PairResult:
+    pair: str
+    run_id: str | None
+    score: float | None
+    params: dict[str, str]
+    counts: dict[str, int]
+
+
+@dataclass
+class SearchSummary:
+    name: str
+    experiment_id: str
+    tracking_uri: str
+    metric: str
+    pairs: list[PairResult]
+
+
+@dataclass
+class _Plan:
+    request: SearchRequest
+    name: str
+    pairs: list[Pair]
+    space: SearchSpace
+    storage: str
+    tracking_uri: str
+    max_concurrent: int | None
+
+
+def plan_search(request: SearchRequest) -> _Plan:
+    """Check every input; raise BadInput listing all problems. Writes nothing, starts nothing."""
+    problems: list[str] = []
+    space = None
+    try:
+        space = load_space(request.space, request.overrides)
+    except BadInput as error:
+        problems += error.problems
+    max_side = _largest(space, "max_side") if space else None
+    min_side = space.min_image_side() if space else 16
+    pairs: list[Pair] = []
+    try:
+        pairs = read_pairs(request.pairs_csv, min_side=min_side, max_side=max_side)
+    except BadInput as error:
+        problems += error.problems
+    if request.cpus_per_trial <= 0:
+        problems.append(f"--cpus-per-trial: must be > 0, got {request.cpus_per_trial}")
+    if request.gpus_per_trial < 0:
+        problems.append(f"--gpus-per-trial: must be >= 0, got {request.gpus_per_trial}")
+    if request.gpus_per_trial > 1 and request.gpus_per_trial != int(request.gpus_per_trial):
+        problems.append(f"--gpus-per-trial: above 1 it must be a whole number of GPUs, got {request.gpus_per_trial}")
+    if request.max_concurrent is not None and request.max_concurrent < 1:
+        problems.append(f"--max-concurrent: must be >= 1, got {request.max_concurrent}")
+    if request.max_failures < 0:
+        problems.append(f"--max-failures: must be >= 0, got {request.max_failures}")
+    if request.gpus_per_trial > 0 and request.address is None and torch.cuda.device_count() == 0:
+        problems.append(f"--gpus-per-trial {request.gpus_per_trial}: this machine has no GPU; leave it at 0 "
+                        f"or join a GPU cluster with --address")
+    if request.device == "cuda" and request.gpus_per_trial == 0:
+        problems.append("--device cuda: needs --gpus-per-trial > 0 so Ray gives each trial a GPU")
+    storage = request.storage or str((request.root / "ray").resolve())
+    name = request.name or (_latest_search(storage) if request.resume else _default_name(request))
+    if name is None:
+        problems.append(f"--resume: no search to resume under {storage}; pass --name of the search")
+    elif not SEARCH_NAME.match(name):
+        problems.append(f"--name {name!r}: use letters, digits, '.', '_' and '-' (at most 100, not starting "
+                        f"with '.' or '-')")
+    elif _is_local(storage):
+        exists = (Path(storage) / name).exists()
+        if request.resume and not exists:
+            problems.append(f"--resume: no search named {name!r} under {storage}; check --name and --storage")
+        if not request.resume and exists:
+            problems.append(f"--name {name!r}: a search of that name exists under {storage}; add --resume to "
+                            f"continue it, or choose another --name")
+    if problems:
+        raise BadInput(problems)
+    _check_vit_and_pairs(space, pairs)
+    tracking_uri = tracking.resolve_tracking_uri(request.tracking_uri, request.root.resolve())
+    max_concurrent = request.max_concurrent or space.budget.max_concurrent
+    return _Plan(request, name, pairs, space, storage, tracking_uri, max_concurrent)
+
+
+def _check_vit_and_pairs(space: SearchSpace, pairs: list[Pair]) -> None:
+    """Load the ViT once (weights missing offline fail here, not in every trial) and reject pairs whose
+    images are (near-)duplicates, where the scores would divide by ~0."""
+    config = space.config_for(_lowest_values(space))
+    try:
+        features = build_vit(config.vit, config.vit_weights)
+    except WeightsError as error:
+        raise BadInput([f"{_shown(space)}: vit {config.vit}: {error}"]) from None
+    problems = []
+    for pair in pairs:
+        structure = load_image(pair.structure, max_side=config.max_side)
+        appearance = load_image(pair.appearance, max_side=config.max_side)
+        scorer = PairScorer(features, structure, appearance, config.vit_size, config.vit_max_side)
+        try:
+            scorer.check_baselines(f"pair {pair.name!r}")
+        except NearDuplicatePairError as error:
+            problems.append(str(error))
+        pair.baselines = scorer.baselines
+    if problems:
+        raise BadInput(problems)
+
+
+def run_search(request: SearchRequest, console: Console | None = None) -> SearchSummary:
+    """Validate, then run the whole search; returns each pair's winner (also printed unless quiet)."""
+    from ray import tune
+
+    console = console or Console(stderr=True, quiet=request.quiet)
+    plan = plan_search(request)
+    space = plan.space
+    for pair in plan.pairs:
+        for note in pair.notes:
+            console.print(f"[yellow]note:[/] {note}")
+
+    root = request.root.resolve()
+    tracker = tracking.SearchTracker(plan.tracking_uri, plan.name, artifact_root=root / "mlartifacts")
+    parent_runs = {
+        pair.name: tracker.pair_run(pair.name, pair.structure, pair.appearance, getattr(pair, "baselines", None),
+                                    pair.notes)
+        for pair in plan.pairs
+    }
+    images = {pair.name: (_uint8(pair.structure, _largest(space, "max_side")),
+                          _uint8(pair.appearance, _largest(space, "max_side"))) for pair in plan.pairs}
+    setup = TrialSetup(plan.name, plan.tracking_uri, tracker.experiment_id, parent_runs, images, space,
+                       request.cpus_per_trial, request.device)
+
+    _start_ray(request)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
+                                    {"cpu": request.cpus_per_trial, "gpu": request.gpus_per_trial})
+    pair_names = [pair.name for pair in plan.pairs]
+    view = LiveView(pair_names, space.budget.trials_per_pair, space.objective.metric, console, request.quiet)
+    callback = _TrackingCallback(plan, tracker, view)
+    run_config = tune.RunConfig(
+        name=plan.name, storage_path=plan.storage, verbose=0, callbacks=[callback],
+        failure_config=tune.FailureConfig(max_failures=request.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+    )
+    experiment_path = f"{plan.storage.rstrip('/')}/{plan.name}"
+    if request.resume:
+        tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        tuner = tune.Tuner(trainable, run_config=run_config, tune_config=tune.TuneConfig(
+            search_alg=PairSearcher(pair_names, space), scheduler=PairScheduler(space, evals_per_trial(space)),
+            num_samples=len(pair_names) * space.budget.trials_per_pair,
+            max_concurrent_trials=plan.max_concurrent))
+    console.print(f"search [bold]{plan.name}[/]: {len(pair_names)} pairs x {space.budget.trials_per_pair} trials, "
+                  f"space {space.path}, MLflow {plan.tracking_uri}")
+    with view:
+        tuner.fit()
+    summary = summarize(plan, tracker)
+    for pair in pair_names:
+        tracker.finish_pair(pair)
+    return summary
+
+
+def summarize(plan: _Plan, tracker: tracking.SearchTracker) -> SearchSummary:
+    """Each pair's winner (lowest objective among its finished trials) and its trial counts, from MLflow."""
+    metric = plan.space.objective.metric
+    results = []
+    for pair in plan.pairs:
+        runs = tracker.trial_runs(pair.name)
+        counts = {"finished": 0, "stopped early": 0, "failed": 0, "other": 0}
+        for run in runs:
+            if run.data.tags.get(tracking.TAG_STOPPED_EARLY) == "true":
+                counts["stopped early"] += 1
+            elif run.info.status == "FINISHED":
+                counts["finished"] += 1
+            elif run.info.status == "FAILED":
+                counts["failed"] += 1
+            else:
+                counts["other"] += 1
+        finished = [run for run in runs if run.info.status == "FINISHED" and
+                    run.data.tags.get(tracking.TAG_STOPPED_EARLY) != "true"]
+        try:
+            best = tracking.best_trial(finished, by=metric)
+        except (LookupError, ValueError):
+            best = None
+        sampled = set(plan.space.params)
+        results.append(PairResult(
+            pair.name, best.info.run_id if best else None, best.data.metrics.get(metric) if best else None,
+            {k: v for k, v in best.data.params.items() if k in sampled} if best else {}, counts))
+    return SearchSummary(plan.name, tracker.experiment_id, plan.tracking_uri, metric, results)
+
+
+class _TrackingCallback(Callback):
+    """Driver-side bookkeeping from Ray's events: the live counts, and the run statuses a trial cannot set
+    itself (stopped by the scheduler, or its process died)."""
+
+    def __init__(self, plan: _Plan, tracker: tracking.SearchTracker, view: LiveView):
+        self.plan, self.tracker, self.view = plan, tracker, view
+        self.metric = plan.space.objective.metric
+
+    def _progress(self, trial):
+        return self.view.pairs[trial.config["pair"]]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._progress(trial).running.add(trial.trial_id)
+        self.view.refresh()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        progress = self._progress(trial)
+        value = result.get(self.metric)
+        if value is not None and math.isfinite(value):
+            progress.best = min(progress.best, value) if self.plan.space.objective.mode == "min" \
+                else -min(-progress.best, -value)
+        self.view.refresh()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        progress = self._progress(trial)
+        progress.running.discard(trial.trial_id)
+        last = trial.last_result or {}
+        # A trial ends without its final eval only when the scheduler stopped it.
+        if last.get("diverged") or not last.get("final"):
+            progress.stopped_early += 1
+            if not last.get("diverged"):  # a diverged trial tagged itself, with the reason
+                self.tracker.mark_trial(trial.trial_id, "KILLED", stopped_early=True)
+        else:
+            progress.finished += 1
+        self.view.refresh()
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        progress = self._progress(trial)
+        progress.running.discard(trial.trial_id)
+        progress.retried += 1
+        self.view.refresh()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        progress = self._progress(trial)
+        progress.running.discard(trial.trial_id)
+        progress.failed += 1
+        error = trial.get_error()
+        self.tracker.mark_trial(trial.trial_id, "FAILED", error=str(error) if error else "trial failed",
+                                keep_error=True)
+        self.view.refresh()
+
+
+def _start_ray(request: SearchRequest) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if request.address:
+        ray.init(address=request.address, logging_level=logging.WARNING, log_to_driver=False)
+    else:
+        ray.init(logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)
+
+
+def _largest(space: SearchSpace, name: str):
+    """The largest value a setting can take in this space (None counts as largest: no cap)."""
+    spec = space.params.get(name)
+    if spec is None:
+        return getattr(space.config_for(_lowest_values(space)), name)
+    values = list(spec.choices) if spec.type == "categorical" else [spec.low, spec.high]
+    return None if None in values else max(values)
+
+
+def _lowest_values(space: SearchSpace) -> dict:
+    return {name: spec.choices[0] if spec.type == "categorical" else spec.low for name, spec in space.params.items()}
+
+
+def _uint8(path: Path, max_side: int | None) -> torch.Tensor:
+    return (load_image(path, max_side=max_side) * 255).round().to(torch.uint8)
+
+
+def _shown(space: SearchSpace) -> str:
+    return str(space.path) if space.path else "search space"
+
+
+def _is_local(storage: str) -> bool:
+    return "://" not in storage or storage.startswith("file://")
+
+
+def _default_name(request: SearchRequest) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]", "-", Path(request.pairs_csv).stem) or "pairs"
+    space = re.sub(r"[^A-Za-z0-9._-]", "-", Path(request.space).stem)
+    return f"{stem}-{space}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def _latest_search(storage: str) -> str | None:
+    if not _is_local(storage) or not Path(storage).is_dir():
+        return None
+    searches = [path for path in Path(storage).iterdir() if path.is_dir() and SEARCH_NAME.match(path.name)]
+    return max(searches, key=lambda path: path.stat().st_mtime).name if searches else None

@@ -1,0 +1,98 @@
+"""The Ray Tune trainable: one Splice training of one pair, logged to MLflow and reported to Tune.
+
+Runs inside a Ray worker process, possibly on another machine: everything it needs (the pair's images,
+the search space, the tracking URI and parent run ids) travels in `TrialSetup` through Ray's object store,
+so trials need no shared filesystem. Every eval is written to MLflow *before* it is reported, because the
+scheduler may stop the trial as soon as it sees the report.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from ray import tune
+
+from splice_model import (EvalEvent, NonFiniteLossError, SpliceConfig, SpliceTrainer, save_checkpoint, to_pil)
+from splice_tune.spaces import SearchSpace
+from splice_tune.tracking import TAG_NODE, TrialLogger
+
+TRAINER_STATE = "trainer.pt"
+GENERATOR_FILE = "generator.pt"
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """What every trial of a search shares; built once by the driver and put in Ray's object store."""
+
+    search_name: str
+    tracking_uri: str
+    experiment_id: str
+    parent_runs: dict[str, str]  # pair -> parent run id
+    images: dict[str, tuple[torch.Tensor, torch.Tensor]]  # pair -> (structure, appearance), uint8 (3, H, W)
+    space: SearchSpace
+    cpus_per_trial: float
+    device: str | None = None  # overrides the space's device ("auto" = the GPU Ray assigned, if any)
+
+
+def trial_config(setup: TrialSetup, sampled: dict) -> SpliceConfig:
+    """The SpliceConfig of one trial, with the device Ray gave this worker."""
+    config = setup.space.config_for(sampled)
+    device = setup.device or config.device
+    if device == "auto":
+        import ray
+
+        # Ray sets CUDA_VISIBLE_DEVICES to the GPU(s) it assigned, so the first visible one is ours.
+        device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+    return config.replace(device=device)
+
+
+def run_trial(trial: dict, setup: TrialSetup) -> None:
+    """Ray Tune function trainable. `trial` is what the searcher proposed: pair, sampled params, study trial."""
+    import ray
+
+    context = tune.get_context()
+    pair = trial["pair"]
+    torch.set_num_threads(max(1, int(setup.cpus_per_trial)))
+    config = trial_config(setup, trial["params"])
+    checkpoint = tune.get_checkpoint()
+    params = {**config.to_dict(), "pair": pair, "optuna_trial": trial["optuna_trial"],
+              "sampled": ",".join(sorted(trial["params"])) or "-"}
+    logger = TrialLogger(setup.tracking_uri, setup.experiment_id, setup.parent_runs[pair], context.get_trial_id(),
+                         pair, setup.search_name, params,
+                         tags={TAG_NODE: ray.get_runtime_context().get_node_id()})
+    structure, appearance = (image.float() / 255.0 for image in setup.images[pair])
+    try:
+        trainer = SpliceTrainer(structure, appearance, config)
+        if checkpoint is not None:  # a retried or resumed trial continues from its last eval
+            with checkpoint.as_directory() as folder:
+                state = torch.load(Path(folder) / TRAINER_STATE, map_location=trainer.device, weights_only=True)
+            trainer.load_state_dict(state)
+        for event in trainer.events():
+            if not isinstance(event, EvalEvent):
+                logger.log_step(event.step, event.losses)
+                continue
+            image = to_pil(event.output)
+            logger.log_eval(event.step, event.scores, image)
+            with tempfile.TemporaryDirectory() as folder:
+                torch.save(trainer.state_dict(), Path(folder) / TRAINER_STATE)
+                if event.final:
+                    generator_path = save_checkpoint(Path(folder) / GENERATOR_FILE, trainer.generator, config,
+                                                     event.step, event.scores)
+                    logger.log_final(image, generator_path, event.scores)
+                    logger.finish("FINISHED")
+                tune.report({**event.scores, "step": event.step, "final": event.final, "pair": pair,
+                             "mlflow_run_id": logger.run_id},
+                            checkpoint=tune.Checkpoint.from_directory(folder))
+    except NonFiniteLossError as error:
+        # A diverged trial is a result (these params are bad), not a crash to retry.
+        logger.mark_stopped_early(reason=str(error))
+        tune.report({setup.space.objective.metric: math.inf, "step": error.step, "final": True, "pair": pair,
+                     "mlflow_run_id": logger.run_id, "diverged": True})
+    except Exception:  # not BaseException: Ray stops a trial by raising SystemExit in it
+        logger.fail(traceback.format_exc())
+        raise
