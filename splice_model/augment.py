@@ -6,6 +6,8 @@ jitters and blurs on any machine.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torchvision.transforms.v2.functional as TF
 
@@ -20,10 +22,15 @@ def _uniform(generator: torch.Generator, low: float, high: float) -> float:
 
 
 def random_square_crop(image: torch.Tensor, min_cover: float, generator: torch.Generator) -> torch.Tensor:
-    """Square crop of side U(min_cover * H, H), capped at the width, at a uniform position."""
+    """Square crop of side U(min_cover * H, H), capped at the width, at a uniform position.
+
+    The side is drawn uniformly among the integers in [ceil(min_cover * H), H]: flooring a continuous draw
+    would go up to a pixel below min_cover * H and (almost) never keep the full height.
+    """
     height, width = image.shape[-2:]
-    side = min(int(_uniform(generator, min_cover * height, height)), width, height)
-    side = max(side, 1)
+    low = min(max(math.ceil(round(min_cover * height, 6)), 1), height)
+    side = int(torch.randint(low, height + 1, (), generator=generator))
+    side = max(min(side, width), 1)
     top = int(torch.randint(0, height - side + 1, (), generator=generator))
     left = int(torch.randint(0, width - side + 1, (), generator=generator))
     return image[..., top:top + side, left:left + side]

@@ -3,7 +3,7 @@
 Encoder channels 3 -> 16 -> 32 -> 64 -> 128 -> 128, each level a strided 3x3 conv and a 3x3 conv, each
 followed by BatchNorm + LeakyReLU; every level's input also goes through a 1x1 conv whose output is
 concatenated into the matching decoder level; the decoder mirrors the encoder; a final 1x1 conv + sigmoid
-gives RGB. Fully convolutional: any H x W renders (padded to a multiple of 32, then cropped back).
+gives RGB. Fully convolutional: any H x W renders (padded to a multiple of 32, at least 64, then cropped back).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class SpliceGenerator(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         height, width = image.shape[-2:]
-        x = _pad_to_multiple(image, DOWNSAMPLING)
+        x = _pad_to_multiple(image, DOWNSAMPLING, min_side=2 * DOWNSAMPLING)
         skips = []
         for down, skip in zip(self.down, self.skip):
             skips.append(skip(x))
@@ -67,9 +67,12 @@ class SpliceGenerator(nn.Module):
         return torch.sigmoid(self.to_rgb(x))[..., :height, :width]
 
 
-def _pad_to_multiple(image: torch.Tensor, multiple: int) -> torch.Tensor:
+def _pad_to_multiple(image: torch.Tensor, multiple: int, min_side: int = 0) -> torch.Tensor:
+    # min_side: an input padded to 32 x 32 would reach the bottleneck as 1 x 1, where BatchNorm's batch
+    # statistics (batch of one) are undefined and torch raises; 64 leaves at least 2 x 2 there.
     height, width = image.shape[-2:]
-    pad_h, pad_w = -height % multiple, -width % multiple
+    pad_h = max(-height % multiple, min_side - height)
+    pad_w = max(-width % multiple, min_side - width)
     if pad_h == 0 and pad_w == 0:
         return image
     # Reflection keeps the border statistics natural; it needs the pad smaller than the image side.

@@ -7,6 +7,7 @@ interpolation is replaced by DINO's own (`dino_pos_embed`) so non-square inputs 
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import socket
@@ -91,7 +92,10 @@ class ViTFeatures(nn.Module):
         model = self.model
         x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
         height, width = x.shape[-2:]
-        tokens = model.patch_embed(x)
+        # DINO's strided conv ignores the last H % p rows / W % p columns; timm's PatchEmbed would assert
+        # instead, so drop them here (vit_resize's long side is rarely a multiple of the patch size).
+        patch = self.patch_size
+        tokens = model.patch_embed(x[..., :height // patch * patch, :width // patch * patch])
         tokens = torch.cat([model.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         tokens = tokens + dino_pos_embed(model.pos_embed, height, width, self.patch_size).to(tokens.dtype)
         tokens = model.blocks(tokens)
@@ -113,7 +117,8 @@ def dino_pos_embed(pos_embed: torch.Tensor, height: int, width: int, patch_size:
     """
     num_patches = pos_embed.shape[1] - 1
     grid_h, grid_w = height // patch_size, width // patch_size
-    if grid_h * grid_w == num_patches and grid_h == grid_w:
+    # DINO's test compares the input's pixel sides (not the patch grid): 224x230 is still interpolated.
+    if grid_h * grid_w == num_patches and height == width:
         return pos_embed
     side = math.sqrt(num_patches)
     dim = pos_embed.shape[-1]
@@ -176,7 +181,10 @@ def read_dino_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"{path}: no such ViT weights file; pass the path of a DINO .pth checkpoint")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # DINO's training checkpoints (checkpoint.pth) also store its argparse.Namespace under "args":
+        # a plain attribute bag, safe to allow.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for bad files; all mean the same to a user
         raise WeightsError(f"{path}: cannot read it as a PyTorch checkpoint ({type(error).__name__}: "
                            f"{str(error).splitlines()[0] if str(error) else ''}); pass a DINO .pth file") from None
@@ -200,6 +208,7 @@ def _hub_checkpoint(preset_name: str, url: str) -> dict[str, torch.Tensor]:
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(30)
         try:
+            cached.parent.mkdir(parents=True, exist_ok=True)  # a fresh hub dir has no checkpoints/ folder yet
             torch.hub.download_url_to_file(url, str(cached), progress=False)
         except (urllib.error.URLError, OSError, TimeoutError) as error:
             raise WeightsError(

@@ -182,7 +182,8 @@ def run_search(request: SearchRequest, console: Console | None = None) -> Search
                                     {"cpu": request.cpus_per_trial, "gpu": request.gpus_per_trial})
     pair_names = [pair.name for pair in plan.pairs]
     view = LiveView(pair_names, space.budget.trials_per_pair, space.objective.metric, console, request.quiet)
-    callback = _TrackingCallback(plan, tracker, view)
+    _SESSIONS[plan.name] = (tracker, view, space.objective.metric)
+    callback = _TrackingCallback(plan.name)
     run_config = tune.RunConfig(
         name=plan.name, storage_path=plan.storage, verbose=0, callbacks=[callback],
         failure_config=tune.FailureConfig(max_failures=request.max_failures),
@@ -236,13 +237,29 @@ def summarize(plan: _Plan, tracker: tracking.SearchTracker) -> SearchSummary:
     return SearchSummary(plan.name, tracker.experiment_id, plan.tracking_uri, metric, results)
 
 
+# Ray pickles the run config (callbacks included) into the experiment and, on --resume, brings back that
+# pickled callback; so it holds only the search name and finds this session's live objects here.
+_SESSIONS: dict[str, tuple[tracking.SearchTracker, LiveView, str]] = {}
+
+
 class _TrackingCallback(Callback):
     """Driver-side bookkeeping from Ray's events: the live counts, and the run statuses a trial cannot set
     itself (stopped by the scheduler, or its process died)."""
 
-    def __init__(self, plan: _Plan, tracker: tracking.SearchTracker, view: LiveView):
-        self.plan, self.tracker, self.view = plan, tracker, view
-        self.metric = plan.space.objective.metric
+    def __init__(self, search_name: str):
+        self.search_name = search_name
+
+    @property
+    def tracker(self) -> tracking.SearchTracker:
+        return _SESSIONS[self.search_name][0]
+
+    @property
+    def view(self) -> LiveView:
+        return _SESSIONS[self.search_name][1]
+
+    @property
+    def metric(self) -> str:
+        return _SESSIONS[self.search_name][2]
 
     def _progress(self, trial):
         return self.view.pairs[trial.config["pair"]]
@@ -255,8 +272,7 @@ class _TrackingCallback(Callback):
         progress = self._progress(trial)
         value = result.get(self.metric)
         if value is not None and math.isfinite(value):
-            progress.best = min(progress.best, value) if self.plan.space.objective.mode == "min" \
-                else -min(-progress.best, -value)
+            progress.best = min(progress.best, value)  # every score is lower-is-better
         self.view.refresh()
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny images made on the fly and a Splice config small enough for CPU tests.
+
+Nothing here downloads anything: the ViT is the `random_tiny8` preset (seeded random weights, NOT DINO),
+so tests check the machinery (shapes, gradients, determinism, scores), not Splice's visual quality.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from splice_model import SpliceConfig
+
+STRUCTURE_SIZE = (72, 56)  # PIL (width, height): non-square, so ViT inputs need positional interpolation
+APPEARANCE_SIZE = (64, 64)
+
+
+def make_structure_image(size: tuple[int, int] = STRUCTURE_SIZE, seed: int = 0) -> Image.Image:
+    """A few flat coloured shapes on a light noisy background: clear layout, little texture."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    background = 200 + rng.integers(0, 30, size=(height, width, 3), dtype=np.uint8)
+    image = Image.fromarray(background, mode="RGB")
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((4, 6, width // 2, height // 2 + 8), fill=(210, 40, 40))
+    draw.rectangle((width // 2, height // 3, width - 6, height - 4), fill=(30, 60, 200))
+    draw.polygon([(6, height - 3), (width // 3, height // 2), (width // 2, height - 3)], fill=(40, 170, 60))
+    return image
+
+
+def make_appearance_image(size: tuple[int, int] = APPEARANCE_SIZE, seed: int = 1) -> Image.Image:
+    """Diagonal colour stripes with noise: texture everywhere, no layout, different colours from above."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width]
+    phase = (x + y) / 6.0
+    stripes = np.stack([np.sin(phase), np.sin(phase + 2.0), np.cos(phase / 2)], axis=-1)
+    pixels = 127.5 + 90 * stripes + rng.normal(0, 20, size=(height, width, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
+
+
+@pytest.fixture(scope="session")
+def structure_image() -> Image.Image:
+    return make_structure_image()
+
+
+@pytest.fixture(scope="session")
+def appearance_image() -> Image.Image:
+    return make_appearance_image()
+
+
+@pytest.fixture(scope="session")
+def appearance_image_structure_size() -> Image.Image:
+    """The appearance texture at the structure image's size (for checks that need equal sizes)."""
+    return make_appearance_image(size=STRUCTURE_SIZE)
+
+
+@pytest.fixture
+def image_paths(tmp_path, structure_image, appearance_image) -> tuple:
+    """The two images written as PNG files: (structure_path, appearance_path)."""
+    structure_path, appearance_path = tmp_path / "structure.png", tmp_path / "appearance.png"
+    structure_image.save(structure_path)
+    appearance_image.save(appearance_path)
+    return structure_path, appearance_path
+
+
+@pytest.fixture
+def tiny_config() -> SpliceConfig:
+    """random_tiny8 ViT at a 48-px short side, images capped at 64 px: a step takes milliseconds on a CPU."""
+    return SpliceConfig(vit="random_tiny8", max_side=64, vit_size=48, vit_max_side=96, steps=12, eval_every=5,
+                        full_image_every=4, device="cpu", seed=0)

@@ -1,0 +1,293 @@
+"""The ViT feature extractor must give DINO's features from DINO's checkpoints.
+
+The reference below is written from scratch from DINO's `vision_transformer.py` (plain torch, no timm), so
+a mismatch in weight loading, normalisation, positional-embedding interpolation, attention or the choice of
+features (CLS before the final norm, last block's keys incl. CLS) shows up as a numeric difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import urllib.error
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from splice_model.vit import VIT_PRESETS, VitPreset, WeightsError, build_vit, vit_resize
+
+# A small architecture registered as a preset for these tests only (cheap to build and to run).
+TEST_PRESET = "test_dino_tiny"
+EMBED, DEPTH, HEADS, PATCH = 64, 2, 4, 8
+GRID = 224 // PATCH  # DINO checkpoints store a 224/p x 224/p positional grid
+
+
+@pytest.fixture
+def test_preset(monkeypatch) -> str:
+    monkeypatch.setitem(VIT_PRESETS, TEST_PRESET, VitPreset(EMBED, DEPTH, HEADS, PATCH, url=None))
+    return TEST_PRESET
+
+
+def random_dino_state(seed: int = 0, embed: int = EMBED, depth: int = DEPTH, patch: int = PATCH) -> dict:
+    """A state dict with DINO's key names and shapes, random values large enough that every part matters
+    (e.g. a strongly varying positional embedding makes any interpolation difference visible)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=0.1, offset=0.0):
+        return offset + scale * torch.randn(*shape, generator=gen)
+
+    state = {
+        "cls_token": rand(1, 1, embed, scale=0.5),
+        "pos_embed": rand(1, 1 + (224 // patch) ** 2, embed, scale=0.5),
+        "patch_embed.proj.weight": rand(embed, 3, patch, patch, scale=0.05),
+        "patch_embed.proj.bias": rand(embed),
+        "norm.weight": rand(embed, offset=1.0),
+        "norm.bias": rand(embed),
+    }
+    for i in range(depth):
+        b = f"blocks.{i}."
+        state.update({
+            b + "norm1.weight": rand(embed, offset=1.0), b + "norm1.bias": rand(embed),
+            b + "attn.qkv.weight": rand(3 * embed, embed, scale=0.2), b + "attn.qkv.bias": rand(3 * embed),
+            b + "attn.proj.weight": rand(embed, embed), b + "attn.proj.bias": rand(embed),
+            b + "norm2.weight": rand(embed, offset=1.0), b + "norm2.bias": rand(embed),
+            b + "mlp.fc1.weight": rand(4 * embed, embed), b + "mlp.fc1.bias": rand(4 * embed),
+            b + "mlp.fc2.weight": rand(embed, 4 * embed), b + "mlp.fc2.bias": rand(embed),
+        })
+    return state
+
+
+def dino_reference(state: dict, images: torch.Tensor, patch: int, heads: int) -> dict:
+    """DINO's ViT forward, written out: returns the last block's cls (pre-norm), keys and selfsim."""
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    x = (images - mean) / std
+    B, nc, w, h = x.shape  # DINO's names: its "w" is dim 2
+    x = F.conv2d(x, state["patch_embed.proj.weight"], state["patch_embed.proj.bias"], stride=patch)
+    x = x.flatten(2).transpose(1, 2)
+    x = torch.cat([state["cls_token"].expand(B, -1, -1), x], dim=1)
+
+    # DINO's VisionTransformer.interpolate_pos_encoding(x, w, h), verbatim in behaviour
+    pos_embed = state["pos_embed"]
+    npatch, N = x.shape[1] - 1, pos_embed.shape[1] - 1
+    if npatch == N and w == h:
+        pos = pos_embed
+    else:
+        dim = x.shape[-1]
+        w0, h0 = w // patch + 0.1, h // patch + 0.1
+        grid = pos_embed[:, 1:].reshape(1, int(math.sqrt(N)), int(math.sqrt(N)), dim).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, scale_factor=(w0 / math.sqrt(N), h0 / math.sqrt(N)), mode="bicubic")
+        assert int(w0) == grid.shape[-2] and int(h0) == grid.shape[-1]
+        pos = torch.cat([pos_embed[:, :1], grid.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
+    x = x + pos
+
+    d = x.shape[-1]
+    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    for i in range(depth):
+        p = lambda name: state[f"blocks.{i}.{name}"]  # noqa: E731
+        y = F.layer_norm(x, (d,), p("norm1.weight"), p("norm1.bias"), eps=1e-6)
+        T = y.shape[1]
+        qkv = F.linear(y, p("attn.qkv.weight"), p("attn.qkv.bias")).reshape(B, T, 3, heads, d // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        attn = ((q @ k.transpose(-2, -1)) * (d // heads) ** -0.5).softmax(dim=-1)
+        x = x + F.linear((attn @ v).transpose(1, 2).reshape(B, T, d), p("attn.proj.weight"), p("attn.proj.bias"))
+        y = F.layer_norm(x, (d,), p("norm2.weight"), p("norm2.bias"), eps=1e-6)
+        x = x + F.linear(F.gelu(F.linear(y, p("mlp.fc1.weight"), p("mlp.fc1.bias"))),
+                         p("mlp.fc2.weight"), p("mlp.fc2.bias"))
+        keys = k.transpose(1, 2).reshape(B, T, d)  # heads concatenated, CLS included
+    unit = F.normalize(keys, dim=-1)
+    return {"cls": x[:, 0], "keys": keys, "selfsim": unit @ unit.transpose(1, 2)}
+
+
+def assert_features_match(features, state, images):
+    with torch.no_grad():
+        got = features(images)
+        want = dino_reference(state, images, PATCH, HEADS)
+    for name in ("cls", "keys", "selfsim"):
+        assert got[name].shape == want[name].shape, name
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.fixture
+def dino_checkpoint(tmp_path):
+    state = random_dino_state()
+    path = tmp_path / "dino_plain.pth"
+    torch.save(state, path)
+    return path, state
+
+
+# (H, W): square (no interpolation), wide and tall (interpolation), and 224x230: same 28x28 patch grid as
+# the checkpoint but non-square pixels, where DINO still interpolates and its conv drops the 6 extra columns.
+SIZES = [(224, 224), (224, 304), (160, 224), (224, 230)]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
+def test_features_match_dino_reference(test_preset, dino_checkpoint, size):
+    path, state = dino_checkpoint
+    features = build_vit(test_preset, weights=path)
+    batch = 2 if size == (160, 224) else 1  # one batched case checks nothing mixes across the batch
+    images = torch.rand(batch, 3, *size, generator=torch.Generator().manual_seed(1))
+    assert_features_match(features, state, images)
+
+
+def test_interpolation_is_exercised(dino_checkpoint):
+    """Guard for the test above: on non-square inputs DINO's interpolation differs from plain resizing to
+    the grid size, so a wrong interpolation could not pass by accident."""
+    _, state = dino_checkpoint
+    pos = state["pos_embed"][:, 1:].reshape(1, GRID, GRID, EMBED).permute(0, 3, 1, 2)
+    dino = F.interpolate(pos, scale_factor=(28.1 / GRID, 38.1 / GRID), mode="bicubic")
+    by_size = F.interpolate(pos, size=(28, 38), mode="bicubic")
+    assert dino.shape == by_size.shape
+    assert (dino - by_size).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("wrapper", ["teacher", "student"])
+def test_dino_training_checkpoint_loads(tmp_path, test_preset, dino_checkpoint, wrapper):
+    """DINO's training checkpoint.pth keeps the backbone under teacher (backbone.*) or student
+    (module.backbone.*, DDP), next to its projection head, optimizer state and argparse args."""
+    _, state = dino_checkpoint
+    prefix = "backbone." if wrapper == "teacher" else "module.backbone."
+    network = {prefix + k: v for k, v in state.items()}
+    network[prefix.replace("backbone.", "head.") + "last_layer.weight"] = torch.zeros(8, EMBED)
+    path = tmp_path / f"checkpoint_{wrapper}.pth"
+    torch.save({wrapper: network, "epoch": 100, "optimizer": {"state": {}, "param_groups": []},
+                "args": argparse.Namespace(arch="vit_tiny", patch_size=PATCH, lr=5e-4)}, path)
+    features = build_vit(test_preset, weights=path)
+    assert_features_match(features, state, torch.rand(1, 3, 224, 304, generator=torch.Generator().manual_seed(2)))
+
+
+def test_wrong_architecture_checkpoint_names_the_file(tmp_path, test_preset):
+    path = tmp_path / "vits16_like.pth"
+    torch.save(random_dino_state(embed=32, depth=3, patch=16), path)
+    with pytest.raises(WeightsError, match="vits16_like.pth") as error:
+        build_vit(test_preset, weights=path)
+    assert "does not match" in str(error.value)
+
+
+def test_missing_weights_file(tmp_path, test_preset):
+    with pytest.raises(WeightsError, match="nope.pth"):
+        build_vit(test_preset, weights=tmp_path / "nope.pth")
+
+
+def test_corrupt_weights_file(tmp_path, test_preset):
+    path = tmp_path / "corrupt.pth"
+    path.write_bytes(b"PK\x03\x04 this is not a torch checkpoint" * 10)
+    with pytest.raises(WeightsError, match="corrupt.pth"):
+        build_vit(test_preset, weights=path)
+
+
+URL = "https://dl.fbaipublicfiles.com/dino/test_dino_tiny/test_dino_tiny_pretrain.pth"
+
+
+@pytest.fixture
+def hub_preset(monkeypatch, tmp_path):
+    """A preset with an official-looking URL and torch hub pointed at an empty temp folder."""
+    monkeypatch.setitem(VIT_PRESETS, "test_hub", VitPreset(EMBED, DEPTH, HEADS, PATCH, url=URL))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    return "test_hub"
+
+
+def test_offline_uncached_preset_says_pass_vit_weights(monkeypatch, hub_preset):
+    def no_network(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("no network (test)")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(WeightsError, match="--vit-weights") as error:
+        build_vit(hub_preset)
+    assert URL in str(error.value)  # the user needs to know what to download
+
+
+def test_cached_hub_checkpoint_is_used_without_download(monkeypatch, tmp_path, hub_preset):
+    state = random_dino_state(seed=3)
+    cached = tmp_path / "hub" / "checkpoints" / URL.rsplit("/", 1)[-1]
+    cached.parent.mkdir(parents=True)
+    torch.save(state, cached)
+
+    def must_not_download(*args, **kwargs):
+        raise AssertionError("a cached checkpoint must not be downloaded again")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", must_not_download)
+    assert_features_match(build_vit(hub_preset), state, torch.rand(1, 3, 160, 224))
+
+
+def test_first_download_into_fresh_hub_dir(monkeypatch, tmp_path, hub_preset):
+    """On a new machine torch hub's checkpoints/ folder does not exist yet; the download must still land."""
+    state = random_dino_state(seed=4)
+    source = tmp_path / "server.pth"
+    torch.save(state, source)
+
+    def fake_download(url, dst, *args, **kwargs):
+        assert url == URL
+        with open(dst, "wb") as file:  # like torch's, this fails when the folder is missing
+            file.write(source.read_bytes())
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    assert_features_match(build_vit(hub_preset), state, torch.rand(1, 3, 224, 224))
+
+
+def test_vit_is_frozen_and_stays_in_eval_mode(test_preset):
+    features = build_vit(test_preset)
+    assert all(not p.requires_grad for p in features.parameters())
+    features.train()  # e.g. called through a parent module's .train()
+    assert not features.training
+    assert all(not m.training for m in features.modules())
+
+
+def test_gradients_flow_to_the_input_only(test_preset):
+    """The generator is trained through the ViT: the input gets a gradient, the ViT's weights none."""
+    features = build_vit(test_preset)
+    images = torch.rand(1, 3, 224, 224, requires_grad=True)
+    out = features(images)
+    (out["cls"].sum() + out["selfsim"].sum()).backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    assert all(p.grad is None for p in features.parameters())
+
+
+def test_random_preset_is_seeded():
+    """Offline demos and tests rely on random_tiny8 being the same network in every process."""
+    a, b = build_vit("random_tiny8"), build_vit("random_tiny8")
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+
+
+def test_random_preset_loads_a_matching_checkpoint(tmp_path):
+    """random_tiny8 goes through the same loading path as DINO presets (96-d, 4 blocks, 3 heads, p8)."""
+    state = random_dino_state(seed=5, embed=96, depth=4, patch=8)
+    torch.save(state, tmp_path / "tiny8.pth")
+    features = build_vit("random_tiny8", weights=tmp_path / "tiny8.pth")
+    images = torch.rand(1, 3, 64, 88)
+    with torch.no_grad():
+        got, want = features(images), dino_reference(state, images, patch=8, heads=3)
+    torch.testing.assert_close(got["selfsim"], want["selfsim"], rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_preset_lists_known_ones():
+    with pytest.raises(ValueError, match="random_tiny8"):
+        build_vit("dino_vitz99")
+
+
+@pytest.mark.parametrize("size, expected", [
+    ((300, 400), (224, 299)),   # short side -> 224
+    ((400, 300), (299, 224)),
+    ((100, 1000), (48, 480)),   # the long side cap wins: 224 x 2240 would not fit 480
+    ((1000, 100), (480, 48)),
+    ((1080, 1920), (224, 398)),
+])
+def test_vit_resize_short_side_and_long_cap(size, expected):
+    out = vit_resize(torch.rand(1, 3, *size), 224, 480)
+    assert tuple(out.shape[-2:]) == expected
+
+
+def test_vit_resize_keeps_right_size_and_is_differentiable():
+    image = torch.rand(1, 3, 224, 224)
+    assert vit_resize(image, 224, 480) is image
+    small = torch.rand(1, 3, 50, 64, requires_grad=True)
+    vit_resize(small, 224, 480).sum().backward()
+    assert small.grad is not None and small.grad.abs().sum() > 0
+
+
+def test_features_on_vit_resized_odd_sizes():
+    """vit_resize's long side is rarely a multiple of the patch size (e.g. 50x64 -> 224x287): the ViT must
+    take it like DINO (the conv drops the remainder) instead of raising."""
+    features = build_vit("random_tiny8")
+    with torch.no_grad():
+        out = features(vit_resize(torch.rand(1, 3, 50, 64), 224, 480))
+    assert out["keys"].shape == (1, 1 + 28 * (287 // 8), 96)
