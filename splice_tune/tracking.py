@@ -416,6 +416,15 @@ class TrialLogger:
                 return
             time.sleep(random.uniform(0.05, 0.5))
 
+    def log_checkpoint(self, checkpoint_path: Path) -> None:
+        """Store the generator as artifact ``checkpoint/generator.pt``, replacing the previous eval's, so
+        every trial (also one stopped early) keeps its latest generator."""
+        checkpoint_path = Path(checkpoint_path)
+        with tempfile.TemporaryDirectory() as tmp:
+            if checkpoint_path.name != "generator.pt":
+                checkpoint_path = Path(shutil.copy(checkpoint_path, Path(tmp) / "generator.pt"))
+            _retry(self.client.log_artifact, self.run_id, str(checkpoint_path), "checkpoint")
+
     def log_final(self, image: PIL.Image.Image, checkpoint_path: Path, scores: dict[str, float]) -> None:
         """Write buffered losses and ``final_<score>`` metrics, then artifacts ``output.png`` and
         ``checkpoint/generator.pt`` (copied under that name if `checkpoint_path` is named otherwise)."""
@@ -428,9 +437,7 @@ class TrialLogger:
             output = Path(tmp) / "output.png"
             image.save(output, format="PNG")
             _retry(self.client.log_artifact, self.run_id, str(output))
-            if checkpoint_path.name != "generator.pt":
-                checkpoint_path = Path(shutil.copy(checkpoint_path, Path(tmp) / "generator.pt"))
-            _retry(self.client.log_artifact, self.run_id, str(checkpoint_path), "checkpoint")
+        self.log_checkpoint(checkpoint_path)
 
     def finish(self, status: str) -> None:
         """Write anything buffered, then end the run with `status` ("FINISHED", "KILLED" or "FAILED")."""

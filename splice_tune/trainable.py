@@ -80,11 +80,13 @@ def run_trial(trial: dict, setup: TrialSetup) -> None:
             logger.log_eval(event.step, event.scores, image)
             with tempfile.TemporaryDirectory() as folder:
                 torch.save(trainer.state_dict(), Path(folder) / TRAINER_STATE)
+                generator_path = save_checkpoint(Path(folder) / GENERATOR_FILE, trainer.generator, config,
+                                                 event.step, event.scores)
                 if event.final:
-                    generator_path = save_checkpoint(Path(folder) / GENERATOR_FILE, trainer.generator, config,
-                                                     event.step, event.scores)
                     logger.log_final(image, generator_path, event.scores)
                     logger.finish("FINISHED")
+                else:
+                    logger.log_checkpoint(generator_path)
                 tune.report({**event.scores, "step": event.step, "final": event.final, "pair": pair,
                              "mlflow_run_id": logger.run_id},
                             checkpoint=tune.Checkpoint.from_directory(folder))

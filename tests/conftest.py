@@ -6,6 +6,10 @@ so tests check the machinery (shapes, gradients, determinism, scores), not Splic
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
@@ -70,3 +74,65 @@ def tiny_config() -> SpliceConfig:
     """random_tiny8 ViT at a 48-px short side, images capped at 64 px: a step takes milliseconds on a CPU."""
     return SpliceConfig(vit="random_tiny8", max_side=64, vit_size=48, vit_max_side=96, steps=12, eval_every=5,
                         full_image_every=4, device="cpu", seed=0)
+
+
+# ------------------------------------------------------------------------------------------ one real search
+# A real search (local Ray, SQLite MLflow store, the shipped example images) is the expensive fixture: it is
+# run once per test session and shared by every test that inspects a finished search.
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+TEST_SPACE = """\
+description: test space (random tiny ViT, 64 px, 30 steps)
+fixed: {vit: random_tiny8, max_side: 64, vit_size: 48, vit_max_side: 96, steps: 30, eval_every: 10,
+        full_image_every: 10}
+params:
+  lr: {type: categorical, choices: [1.0e-6, 4.0e-3]}  # 1e-6 barely learns: a trial for ASHA to stop
+  alpha: {type: float, low: 0.05, high: 0.3, log: true}
+budget: {trials_per_pair: 3, max_concurrent: 1}         # one at a time: ASHA's decisions are reproducible
+scheduler: {type: asha, grace_period: 2, reduction_factor: 2}
+sampler: {type: random, seed: 3}
+"""
+
+
+@dataclass
+class FinishedSearch:
+    folder: Path  # holds pairs.csv, space.yaml and splice-runs/
+    request: "SearchRequest"  # noqa: F821
+    summary: "SearchSummary"  # noqa: F821
+    tracking_uri: str
+
+
+def write_search_inputs(folder: Path, pairs: tuple[str, ...] = ("cows", "fruits")) -> tuple[Path, Path]:
+    """pairs.csv pointing at copies of the example images, and the small test search space."""
+    rows = ["pair,structure,appearance"]
+    for pair in pairs:
+        for role in ("structure", "appearance"):
+            shutil.copy(EXAMPLES / "pairs" / f"{pair}_{role}.png", folder / f"{pair}_{role}.png")
+        rows.append(f"{pair},{pair}_structure.png,{pair}_appearance.png")
+    (folder / "pairs.csv").write_text("\n".join(rows) + "\n")
+    (folder / "space.yaml").write_text(TEST_SPACE)
+    return folder / "pairs.csv", folder / "space.yaml"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray for the whole session (starting one takes seconds); shut down at the end."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def finished_search(tmp_path_factory, ray_session) -> FinishedSearch:
+    """A finished quick search over 2 example pairs x 3 trials."""
+    from splice_tune.driver import SearchRequest, run_search
+
+    folder = tmp_path_factory.mktemp("search")
+    pairs_csv, space = write_search_inputs(folder)
+    request = SearchRequest(pairs_csv=pairs_csv, space=str(space), name="test-search",
+                            root=folder / "splice-runs", quiet=True)
+    summary = run_search(request)
+    return FinishedSearch(folder, request, summary, summary.tracking_uri)

@@ -1,0 +1,113 @@
+"""`splice-tune search` end to end: a real local Ray, a real SQLite MLflow store, the example images."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+
+import pytest
+from mlflow import MlflowClient
+
+from splice_model import CONFIG_FIELDS
+from splice_tune import tracking
+from splice_tune.search import PairSearcher
+from splice_tune.spaces import load_space
+
+pytestmark = pytest.mark.slow
+SCORES = ("structure_score", "appearance_score", "splice_score")
+
+
+@pytest.fixture(scope="module")
+def runs(finished_search):
+    client = MlflowClient(tracking_uri=finished_search.tracking_uri)
+    experiment = client.get_experiment_by_name("test-search")
+    every = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [run for run in every if run.data.tags.get(tracking.TAG_KIND) == "pair"]
+    children = [run for run in every if run.data.tags.get(tracking.TAG_KIND) == "trial"]
+    return client, parents, children
+
+
+def test_one_parent_run_per_pair_with_its_input_images(runs):
+    client, parents, _ = runs
+    assert sorted(run.data.tags[tracking.TAG_PAIR] for run in parents) == ["cows", "fruits"]
+    for run in parents:
+        files = {info.path for info in client.list_artifacts(run.info.run_id, "inputs")}
+        assert files == {"inputs/structure.png", "inputs/appearance.png"}
+        assert run.data.metrics["structure_base"] > 0 and run.data.metrics["appearance_base"] > 0
+
+
+def test_every_trial_has_params_scores_images_and_checkpoint(runs):
+    client, parents, children = runs
+    assert len(children) == 6
+    parent_ids = {run.info.run_id for run in parents}
+    for run in children:
+        assert run.data.tags["mlflow.parentRunId"] in parent_ids
+        assert set(CONFIG_FIELDS) <= set(run.data.params), "every SpliceConfig field is a param"
+        for score in SCORES:
+            history = client.get_metric_history(run.info.run_id, score)
+            assert len(history) >= 2, f"{score}: at least two evals"
+            assert [m.step for m in history] == sorted(m.step for m in history)
+        assert len(client.get_metric_history(run.info.run_id, "loss/total")) >= 20, "a loss point per step"
+        images = client.list_artifacts(run.info.run_id, "images")
+        assert len(images) >= 2, "an output image per eval"
+        checkpoint = {info.path for info in client.list_artifacts(run.info.run_id, "checkpoint")}
+        assert checkpoint == {"checkpoint/generator.pt"}
+        assert run.data.tags[tracking.TAG_VIT] == "random_tiny8"
+
+
+def test_statuses_and_early_stopping_tags_agree(runs):
+    _, _, children = runs
+    stopped = [run for run in children if run.data.tags.get(tracking.TAG_STOPPED_EARLY) == "true"]
+    assert stopped, "the 1e-6 learning rate trials should lose to the 4e-3 ones and be stopped by ASHA"
+    for run in children:
+        early = run.data.tags.get(tracking.TAG_STOPPED_EARLY) == "true"
+        assert run.info.status == ("KILLED" if early else "FINISHED")
+        if not early:
+            assert "final_splice_score" in run.data.metrics
+
+
+def test_each_pair_has_its_own_study(runs):
+    _, _, children = runs
+    numbers = defaultdict(list)
+    for run in children:
+        assert run.data.params["pair"] == run.data.tags[tracking.TAG_PAIR]
+        numbers[run.data.params["pair"]].append(int(run.data.params["optuna_trial"]))
+    # Each pair's study numbers its own trials 0, 1, 2: one shared study would have numbered them 0..5.
+    assert {pair: sorted(found) for pair, found in numbers.items()} == {"cows": [0, 1, 2], "fruits": [0, 1, 2]}
+
+
+def test_summary_names_each_pairs_best_finished_trial(finished_search, runs):
+    _, _, children = runs
+    summary = {result.pair: result for result in finished_search.summary.pairs}
+    for pair in ("cows", "fruits"):
+        finished = [run for run in children if run.data.tags[tracking.TAG_PAIR] == pair
+                    and run.info.status == "FINISHED"]
+        best = min(finished, key=lambda run: run.data.metrics["splice_score"])
+        assert summary[pair].run_id == best.info.run_id
+        assert summary[pair].score == pytest.approx(best.data.metrics["splice_score"])
+        assert set(summary[pair].params) == {"lr", "alpha"}
+        assert summary[pair].counts["finished"] + summary[pair].counts["stopped early"] == 3
+
+
+def test_searcher_keeps_pairs_apart_and_respects_the_budget(tmp_path):
+    (tmp_path / "space.yaml").write_text(
+        "params: {alpha: {type: float, low: 0.01, high: 1.0, log: true}}\nbudget: {trials_per_pair: 3}\n"
+        "sampler: {type: random, seed: 0}\n")
+    space = load_space(tmp_path / "space.yaml")
+    searcher = PairSearcher(["a", "b"], space)
+    proposals = [searcher.suggest(f"trial_{i}") for i in range(7)]
+    assert proposals[-1] == PairSearcher.FINISHED, "3 + 3 trials, then done"
+    assert [p["pair"] for p in proposals[:6]] == ["a", "b", "a", "b", "a", "b"], "pairs interleave"
+    for pair in ("a", "b"):
+        mine = [p["params"]["alpha"] for p in proposals[:6] if p["pair"] == pair]
+        study = [trial.params["alpha"] for trial in searcher.studies[pair].trials]
+        assert mine == study, "a trial's values come from its own pair's study"
+    searcher.on_trial_complete("trial_0", {"splice_score": 0.5})
+    searcher.on_trial_complete("trial_1", {"splice_score": float("nan")})
+    assert searcher.studies["a"].trials[0].value == 0.5
+    assert searcher.studies["b"].trials[0].state.name == "FAIL"
+    restored = PairSearcher(["a", "b"], space)
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("trial_7") == PairSearcher.FINISHED
+    assert dataclasses.asdict(space.budget) == {"trials_per_pair": 3, "max_concurrent": None}
