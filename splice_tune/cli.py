@@ -5,6 +5,7 @@ Exit codes: 0 done, 1 the work itself failed, 2 bad input (one readable line per
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -116,30 +117,101 @@ def search(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table; print only the summary."),
 ) -> None:
     """Search each pair's best alpha, beta, lr and augmentation strengths (Ray Tune + Optuna, logged to MLflow)."""
-    from splice_tune.driver import SearchRequest, run_search
+    from splice_tune.driver import SearchInterrupted, SearchRequest, run_search
 
     request = SearchRequest(pairs_csv, space, list(set_values), name, resume, root, storage, tracking_uri, address,
                             cpus_per_trial, gpus_per_trial, max_concurrent, max_failures, None, quiet)
-    summary = run_search(request, console)
+    try:
+        summary = run_search(request, console)
+    except SearchInterrupted as stop:
+        again = shlex.join(arg for arg in sys.argv[1:] if arg != "--resume")
+        if "--name" not in sys.argv:
+            again += f" --name {stop.name}"
+        console.print(f"search {stop.name} interrupted: its state is saved ({stop.interrupted_runs} running "
+                      f"trial(s) marked interrupted in MLflow). Continue it with:\n  splice-tune {again} --resume",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
     _print_summary(summary)
+
+
+@app.command()
+def best(
+    pair: Optional[str] = typer.Option(None, "--pair", "-p", help="Pair whose winner to render (a name from pairs.csv)."),
+    all_pairs: bool = typer.Option(False, "--all", help="Render every pair's winner of the search."),
+    search: Optional[str] = typer.Option(None, help="Search name [default: the latest search]."),
+    by: str = typer.Option("splice", help="Score that picks the winner: splice, structure or appearance "
+                                          "(lowest <by>_score among finished trials)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output image [default: PAIR_best.png here]."),
+    out_dir: Optional[Path] = typer.Option(None, help="Folder for PAIR_best.png (with --all) [default: here]."),
+    max_side: Optional[int] = typer.Option(None, help="Cap the output's long side [default: full resolution]."),
+    retrain_steps: Optional[int] = typer.Option(None, help="Train the winner's settings again from scratch for "
+                                                           "N steps and render that (also writes OUT.pt)."),
+    root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI [default: SQLite under ROOT]."),
+) -> None:
+    """Render a pair's winning trial at the structure image's full resolution."""
+    from splice_tune.best import BestRequest, run_best
+
+    run_best(BestRequest(pair, all_pairs, search, by, out, out_dir, max_side, retrain_steps, root, tracking_uri),
+             progress_console=console)
+
+
+@app.command()
+def report(
+    pair: Optional[str] = typer.Option(None, "--pair", "-p", help="Only this pair [default: every pair]."),
+    search: Optional[str] = typer.Option(None, help="Search name [default: the latest search]."),
+    out_dir: Optional[Path] = typer.Option(None, help="Where to write the report [default: ROOT/reports/SEARCH]."),
+    root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI [default: SQLite under ROOT]."),
+) -> None:
+    """Pareto plots, contact sheets and an HTML page of a search (also logged to MLflow under report/)."""
+    from splice_tune.report import ReportRequest, run_report
+
+    run_report(ReportRequest(pair, search, out_dir, root, tracking_uri))
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(5000, help="Port to serve on."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind; only this machine can connect unless you "
+                                               "give another (e.g. 0.0.0.0)."),
+    root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store."),
+) -> None:
+    """Serve the MLflow UI for the local store until Ctrl-C."""
+    from splice_tune.ui import serve_ui
+
+    sys.exit(serve_ui(root, host, port, console))
+
+
+@app.command("ls")
+def list_searches(
+    root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI [default: SQLite under ROOT]."),
+) -> None:
+    """List searches with, per pair, trials by state and the best splice_score."""
+    from splice_tune.listing import list_searches as show
+
+    show(root, tracking_uri)
 
 
 def _print_summary(summary) -> None:
     from rich.table import Table
 
     out = Console()
-    table = Table(title=f"search {summary.name}: winners by {summary.metric}", title_justify="left")
-    for column in ("pair", summary.metric, "finished", "stopped early", "failed", "params", "render it"):
-        table.add_column(column)
+    table = Table(title=f"search {summary.name}: each pair's winner by {summary.metric}", title_justify="left")
+    for column in ("pair", summary.metric, "finished", "stopped early", "failed", "winner's params"):
+        table.add_column(column, overflow="fold")
     for pair in summary.pairs:
         score = f"{pair.score:.4f}" if pair.score is not None else "-"
-        params = ", ".join(f"{k}={_short(v)}" for k, v in sorted(pair.params.items())) or "-"
-        command = f"splice-tune best --pair {pair.pair} --search {summary.name}" if pair.run_id else "no finished trial"
+        params = " ".join(f"{k}={_short(v)}" for k, v in sorted(pair.params.items())) or "-"
         table.add_row(pair.pair, score, str(pair.counts["finished"]), str(pair.counts["stopped early"]),
-                      str(pair.counts["failed"]), params, command)
+                      str(pair.counts["failed"]), params if pair.run_id else "no finished trial")
     out.print(table)
-    out.print(f"MLflow: {summary.tracking_uri} (experiment {summary.experiment_id}); "
-              f"open the UI with: splice-tune ui")
+    for pair in summary.pairs:
+        if pair.run_id:
+            out.print(f"  splice-tune best --pair {pair.pair} --search {summary.name}", highlight=False)
+    out.print(f"MLflow: {summary.tracking_uri} (experiment {summary.experiment_id}); compare trials with: "
+              f"splice-tune ui", highlight=False)
 
 
 def _short(value: str) -> str:

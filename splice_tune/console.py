@@ -44,6 +44,22 @@ class LiveView:
             self.live.update(self.table())
             self.live.__exit__(*exc)
 
+    def load(self, runs) -> None:
+        """Counts from trial runs already recorded (a resumed search starts from what its first part did)."""
+        for run in runs:
+            progress = self.pairs.get(run.data.tags.get("splice_tune.pair"))
+            if progress is None:
+                continue
+            if run.data.tags.get("splice_tune.stopped_early") == "true":
+                progress.stopped_early += 1
+            elif run.info.status == "FINISHED":
+                progress.finished += 1
+            elif run.info.status == "FAILED":
+                progress.failed += 1
+            score = run.data.metrics.get(self.metric)
+            if score is not None and math.isfinite(score):
+                progress.best = min(progress.best, score)
+
     def refresh(self) -> None:
         if self.live:
             self.live.update(self.table())

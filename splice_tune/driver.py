@@ -9,9 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 from ray.tune import Callback
@@ -154,8 +156,21 @@ def _check_vit_and_pairs(space: SearchSpace, pairs: list[Pair]) -> None:
         raise BadInput(problems)
 
 
-def run_search(request: SearchRequest, console: Console | None = None) -> SearchSummary:
-    """Validate, then run the whole search; returns each pair's winner (also printed unless quiet)."""
+class SearchInterrupted(Exception):
+    """The search stopped before its budget was used (Ctrl-C); its state is saved and it can be resumed."""
+
+    def __init__(self, name: str, interrupted_runs: int):
+        self.name, self.interrupted_runs = name, interrupted_runs
+        super().__init__(f"search {name!r} interrupted")
+
+
+def run_search(request: SearchRequest, console: Console | None = None,
+               trainable: Callable[..., None] = run_trial) -> SearchSummary:
+    """Validate, then run the whole search; returns each pair's winner (also printed unless quiet).
+
+    Raises SearchInterrupted after Ctrl-C (trials then running are marked interrupted in MLflow; the same
+    command with --resume continues). `trainable` replaces the trial function (fault-injection tests).
+    """
     from ray import tune
 
     console = console or Console(stderr=True, quiet=request.quiet)
@@ -178,7 +193,7 @@ def run_search(request: SearchRequest, console: Console | None = None) -> Search
                        request.cpus_per_trial, request.device)
 
     _start_ray(request)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, setup=setup),
+    trainable = tune.with_resources(tune.with_parameters(trainable, setup=setup),
                                     {"cpu": request.cpus_per_trial, "gpu": request.gpus_per_trial})
     pair_names = [pair.name for pair in plan.pairs]
     view = LiveView(pair_names, space.budget.trials_per_pair, space.objective.metric, console, request.quiet)
@@ -191,8 +206,12 @@ def run_search(request: SearchRequest, console: Console | None = None) -> Search
     )
     experiment_path = f"{plan.storage.rstrip('/')}/{plan.name}"
     if request.resume:
+        # Runs left RUNNING by a driver that died are marked interrupted; those Ray resumes reopen them.
+        tracker.mark_interrupted()
+        view.load(tracker.trial_runs())
+        # Failed trials used their retries already: resuming continues unfinished trials only.
         tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
+                                   resume_errored=False)
     else:
         tuner = tune.Tuner(trainable, run_config=run_config, tune_config=tune.TuneConfig(
             search_alg=PairSearcher(pair_names, space), scheduler=PairScheduler(space, evals_per_trial(space)),
@@ -201,7 +220,12 @@ def run_search(request: SearchRequest, console: Console | None = None) -> Search
     console.print(f"search [bold]{plan.name}[/]: {len(pair_names)} pairs x {space.budget.trials_per_pair} trials, "
                   f"space {space.path}, MLflow {plan.tracking_uri}")
     with view:
-        tuner.fit()
+        results = tuner.fit()
+    if results.num_terminated + results.num_errors < len(pair_names) * space.budget.trials_per_pair:
+        interrupted = tracker.mark_interrupted()
+        for pair in pair_names:
+            tracker.finish_pair(pair, status="KILLED", summary={})
+        raise SearchInterrupted(plan.name, interrupted)
     summary = summarize(plan, tracker)
     for pair in pair_names:
         tracker.finish_pair(pair)
@@ -307,6 +331,9 @@ class _TrackingCallback(Callback):
 def _start_ray(request: SearchRequest) -> None:
     import ray
 
+    # Snapshotting the experiment after every checkpoint is what makes --resume lose nothing; Ray warns
+    # about its cost, which is negligible at one eval every few seconds or more.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if ray.is_initialized():
         return
     if request.address:

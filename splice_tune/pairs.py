@@ -63,7 +63,9 @@ def read_pairs(csv_path: str | os.PathLike, *, min_side: int, max_side: int | No
     """
     where = str(csv_path)
     text = _read_text(Path(csv_path), where)
-    rows = [(number, line) for number, line in enumerate(text.splitlines(), start=1)
+    # Only \n, \r\n and \r end a line (as for the csv module and editors); str.splitlines() would also
+    # split at \v, \f, \x1c-\x1e and \x85, silently cutting a row in two and shifting every line number.
+    rows = [(number, line) for number, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1)
             if line.strip() and not line.lstrip().startswith("#")]
     if not rows:
         raise BadInput(f"{where}: has no header and no pairs; {_HEADER_HINT}, then one line per pair")
@@ -111,7 +113,8 @@ def read_pairs(csv_path: str | os.PathLike, *, min_side: int, max_side: int | No
             label = f"{at}: {column} '{row[column]}'"
             if check.error is not None:
                 shown = f" ({path})" if not path.exists() and str(path) != row[column] else ""
-                row_problems.append(f"{label}{shown}: {check.error}")
+                hint = " (relative paths start at the CSV's folder)" if not path.exists() else ""
+                row_problems.append(f"{label}{shown}: {check.error}{hint}")
                 continue
             notes += [f"{label}: {note}" for note in check.notes]
             if max_side is not None and max(check.size) > max_side:

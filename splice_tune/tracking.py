@@ -38,6 +38,8 @@ TAG_KIND = "splice_tune.kind"
 TAG_SEARCH = "splice_tune.search"
 TAG_PAIR = "splice_tune.pair"
 TAG_TRIAL = "splice_tune.trial_id"
+TAG_STUDY_TRIAL = "splice_tune.study_trial"  # the trial's number in its pair's Optuna study
+TAG_INTERRUPTED = "splice_tune.interrupted"
 TAG_VIT = "splice_tune.vit"
 TAG_STOPPED_EARLY = "splice_tune.stopped_early"
 TAG_ERROR = "splice_tune.error"
@@ -321,6 +323,15 @@ class SearchTracker:
         _log_batch(self.client, run.info.run_id, tags=tags)
         _retry(self.client.set_terminated, run.info.run_id, status)
 
+    def mark_interrupted(self) -> int:
+        """End every still-RUNNING trial run of this search as KILLED with tag interrupted=true (the driver
+        stopped, or died, while they ran); returns how many. A resumed trial reopens its run."""
+        runs = [run for run in self.trial_runs() if run.info.status == "RUNNING"]
+        for run in runs:
+            _log_batch(self.client, run.info.run_id, tags=[RunTag(TAG_INTERRUPTED, "true")])
+            _retry(self.client.set_terminated, run.info.run_id, "KILLED")
+        return len(runs)
+
     def trial_runs(self, pair_name: str | None = None) -> list[Run]:
         """All active trial runs of this search (every status), optionally only those of one pair."""
         tags = {TAG_KIND: KIND_TRIAL, TAG_SEARCH: self.search_name}
@@ -338,25 +349,32 @@ class TrialLogger:
     """
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: str,
-                 pair_name: str, search_name: str, params: dict, tags: dict | None = None):
-        """Get or create the child run of `trial_id` under `parent_run_id` and set it RUNNING.
+                 pair_name: str, search_name: str, params: dict, tags: dict | None = None,
+                 study_trial: int | None = None):
+        """Get or create the child run of a trial under `parent_run_id` and set it RUNNING.
 
-        A trial that Ray restarts (or a resumed search) finds its existing run by tag, so each trial has
-        exactly one run: its attempt counter (tag ``splice_tune.attempt``) goes up, stale error and
-        stopped-early tags from the previous attempt are removed, and params already logged are left alone.
-        `tags` (e.g. the Ray node id) are set on every attempt.
+        The trial is identified by `study_trial` (its number in the pair's Optuna study) when given, else by
+        Ray's `trial_id`. The study number is what survives a driver killed mid-search: Ray may hand the
+        resumed trial a new id, but the restored study asks the same trial number again. A restarted trial
+        finds its existing run, so each trial has exactly one run: its attempt counter (tag
+        ``splice_tune.attempt``) goes up, stale error / stopped-early / interrupted tags from the previous
+        attempt are removed, and params already logged are left alone. `tags` (e.g. the Ray node id) and
+        the current Ray trial id are set on every attempt.
         """
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self._pending: list[Metric] = []
         self._last_step = 0
         extra_tags = {key: str(value) for key, value in (tags or {}).items()}
 
+        identity = {TAG_STUDY_TRIAL: str(study_trial)} if study_trial is not None else {TAG_TRIAL: trial_id}
+        extra_tags.update(identity)
         runs = _search_all(self.client, experiment_id, _tag_filter(
-            **{TAG_TRIAL: trial_id, MLFLOW_PARENT_RUN_ID: parent_run_id}))
+            **{**identity, MLFLOW_PARENT_RUN_ID: parent_run_id}))
         if runs:
             run = min(runs, key=lambda found: found.info.start_time)
             attempt = int(run.data.tags.get(TAG_ATTEMPT, "1")) + 1
-            for stale in (TAG_ERROR, TAG_STOPPED_EARLY):
+            extra_tags[TAG_TRIAL] = trial_id
+            for stale in (TAG_ERROR, TAG_STOPPED_EARLY, TAG_STOP_REASON, TAG_INTERRUPTED):
                 if stale in run.data.tags:
                     _retry(self.client.delete_tag, run.info.run_id, stale)
             if run.info.status != "RUNNING":

@@ -13,11 +13,13 @@ import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from ray import tune
 
-from splice_model import (EvalEvent, NonFiniteLossError, SpliceConfig, SpliceTrainer, save_checkpoint, to_pil)
+from splice_model import (EvalEvent, NonFiniteLossError, SpliceConfig, SpliceTrainer, StepEvent, save_checkpoint,
+                          to_pil)
 from splice_tune.spaces import SearchSpace
 from splice_tune.tracking import TAG_NODE, TrialLogger
 
@@ -51,8 +53,13 @@ def trial_config(setup: TrialSetup, sampled: dict) -> SpliceConfig:
     return config.replace(device=device)
 
 
-def run_trial(trial: dict, setup: TrialSetup) -> None:
-    """Ray Tune function trainable. `trial` is what the searcher proposed: pair, sampled params, study trial."""
+def run_trial(trial: dict, setup: TrialSetup,
+              on_event: Callable[[StepEvent | EvalEvent], None] | None = None) -> None:
+    """Ray Tune function trainable. `trial` is what the searcher proposed: pair, sampled params, study trial.
+
+    `on_event`, if given, sees every training event first (fault-injection tests use it to fail a trial
+    mid-training, after its run exists).
+    """
     import ray
 
     context = tune.get_context()
@@ -64,7 +71,8 @@ def run_trial(trial: dict, setup: TrialSetup) -> None:
               "sampled": ",".join(sorted(trial["params"])) or "-"}
     logger = TrialLogger(setup.tracking_uri, setup.experiment_id, setup.parent_runs[pair], context.get_trial_id(),
                          pair, setup.search_name, params,
-                         tags={TAG_NODE: ray.get_runtime_context().get_node_id()})
+                         tags={TAG_NODE: ray.get_runtime_context().get_node_id()},
+                         study_trial=trial["optuna_trial"])
     structure, appearance = (image.float() / 255.0 for image in setup.images[pair])
     try:
         trainer = SpliceTrainer(structure, appearance, config)
@@ -72,7 +80,14 @@ def run_trial(trial: dict, setup: TrialSetup) -> None:
             with checkpoint.as_directory() as folder:
                 state = torch.load(Path(folder) / TRAINER_STATE, map_location=trainer.device, weights_only=True)
             trainer.load_state_dict(state)
-        for event in trainer.events():
+        events = trainer.events()
+        if trainer.step >= config.steps:
+            # Restored from its final checkpoint (killed right after reporting it): only the record is left.
+            scores, output = trainer.evaluate()
+            events = [EvalEvent(trainer.step, scores, output, final=True)]
+        for event in events:
+            if on_event is not None:
+                on_event(event)
             if not isinstance(event, EvalEvent):
                 logger.log_step(event.step, event.losses)
                 continue

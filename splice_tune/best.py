@@ -1,0 +1,231 @@
+"""`splice-tune best`: render a pair's winning trial at the structure image's full resolution.
+
+The winner is the trial with the lowest ``<by>_score`` among the pair's FINISHED trials (stopped-early and
+failed trials never win: their scores are from fewer steps). Its logged generator checkpoint is downloaded,
+loaded with `weights_only` (a checkpoint cannot run code) and run on the full structure image. With
+``--retrain-steps N`` the winner's settings are instead trained again from scratch for N steps, which also
+works when no trial finished (the best stopped-early trial's settings are used then).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from PIL import Image
+from rich.console import Console
+from rich.table import Table
+
+from splice_model import (CheckpointError, EvalEvent, ImageError, NonFiniteLossError, WeightsError, load_checkpoint,
+                          load_image, render, save_checkpoint, to_pil, train_pair)
+from splice_tune import results, tracking
+from splice_tune.errors import BadInput
+
+SCORE_NAMES = ("splice", "structure", "appearance")
+SCORES = tuple(f"{name}_score" for name in SCORE_NAMES)
+CHECKPOINT_ARTIFACT = "checkpoint/generator.pt"
+# Bookkeeping params of a trial run, not settings of the training.
+_NOT_SETTINGS = {"pair", "optuna_trial", "sampled"}
+
+
+@dataclass
+class BestRequest:
+    """What `splice-tune best` was asked to do (flags, not yet validated)."""
+
+    pair: str | None = None
+    all_pairs: bool = False
+    search: str | None = None
+    by: str = "splice"
+    out: Path | None = None
+    out_dir: Path | None = None
+    max_side: int | None = None
+    retrain_steps: int | None = None
+    root: Path = tracking.DEFAULT_ROOT
+    tracking_uri: str | None = None
+
+
+@dataclass
+class BestResult:
+    """One rendered winner."""
+
+    pair: str
+    run_id: str
+    path: Path
+    size: tuple[int, int]
+    scores: dict[str, float]
+
+
+def run_best(request: BestRequest, console: Console | None = None,
+             progress_console: Console | None = None) -> list[BestResult]:
+    """Find and render the winner of each requested pair; BadInput (nothing written) when the flags, the
+    store, the search or the pair are wrong or the pair has no finished trial."""
+    console = console or Console()
+    progress_console = progress_console or Console(stderr=True)
+    _check_flags(request)
+    client, uri = results.open_store(request.tracking_uri, request.root)
+    experiment = results.find_search(client, request.search, uri)
+    pairs = results.search_pairs(client, experiment)
+    if request.all_pairs:
+        targets = list(pairs.values())
+        if not targets:
+            raise BadInput(f"--search {experiment.name}: the search has no pairs yet; wait for it to start trials")
+    else:
+        targets = [results.select_pair(pairs, request.pair, experiment.name)]
+
+    metric = f"{request.by}_score"
+    chosen: list[tuple[results.PairRuns, Run]] = []
+    problems: list[str] = []
+    for pair in targets:
+        run, problem = _choose(pair, metric, experiment.name, retrain=request.retrain_steps is not None)
+        if run is not None:
+            chosen.append((pair, run))
+        else:
+            problems.append(problem)
+    # With --all a pair without a winner is skipped with its reason; with nothing to render it is an error.
+    if not chosen:
+        raise BadInput(problems)
+    for problem in problems:
+        console.print(f"[yellow]skipped:[/] {problem}", highlight=False)
+
+    rendered = []
+    for pair, run in chosen:
+        out = _out_path(request, pair.name)
+        _describe(console, pair, run, metric, uri, experiment.experiment_id)
+        with tempfile.TemporaryDirectory(prefix="splice-best-") as tmp:
+            rendered.append(_render(client, pair, run, request, out, Path(tmp), console, progress_console))
+    return rendered
+
+
+def _check_flags(request: BestRequest) -> None:
+    problems = []
+    if request.all_pairs == (request.pair is not None):
+        problems.append("--pair NAME or --all: give exactly one (which pair's winner to render)")
+    if request.by not in SCORE_NAMES:
+        problems.append(f"--by {request.by}: choose one of {', '.join(SCORE_NAMES)}")
+    if request.out is not None:
+        if request.all_pairs:
+            problems.append("--out: with --all every pair gets its own file; use --out-dir FOLDER instead")
+        if request.out.suffix.lower() not in Image.registered_extensions():
+            problems.append(f"--out {request.out}: not an image file name; end it in .png (or .jpg, .webp)")
+        if not request.out.parent.is_dir():
+            problems.append(f"--out {request.out}: folder {request.out.parent} does not exist; create it first")
+    if request.out_dir is not None and request.out_dir.exists() and not request.out_dir.is_dir():
+        problems.append(f"--out-dir {request.out_dir}: is a file, not a folder; name a folder")
+    if request.max_side is not None and request.max_side < 16:
+        problems.append(f"--max-side: must be >= 16, got {request.max_side}")
+    if request.retrain_steps is not None and request.retrain_steps < 1:
+        problems.append(f"--retrain-steps: must be >= 1, got {request.retrain_steps}")
+    if problems:
+        raise BadInput(problems)
+
+
+def _choose(pair: results.PairRuns, metric: str, search: str, retrain: bool) -> tuple[Run | None, str]:
+    """(winning run, "") or (None, why there is none)."""
+    run = results.winner(pair.trials, metric)
+    if run is not None:
+        return run, ""
+    counts = ", ".join(f"{count} {state}" for state, count in results.count_states(pair.trials).items() if count)
+    counts = counts or "no trials yet"
+    if not retrain:
+        return None, (f"pair {pair.name}: no finished trial with a {metric} in search {search!r} ({counts}); "
+                      f"retrain the best stopped-early trial's settings with --retrain-steps N")
+    run = results.winner(pair.trials, metric, states=(results.STOPPED_EARLY,))
+    if run is not None:
+        return run, ""
+    return None, f"pair {pair.name}: no trial of search {search!r} has a {metric} yet ({counts}); nothing to retrain"
+
+
+def _out_path(request: BestRequest, pair: str) -> Path:
+    return request.out or (request.out_dir or Path(".")) / f"{pair}_best.png"
+
+
+def _describe(console: Console, pair: results.PairRuns, run: Run, metric: str, uri: str, experiment_id: str) -> None:
+    """The winner's params (sampled ones first), scores, run id and MLflow link."""
+    state = results.trial_state(run)
+    console.print(f"[bold]{pair.name}[/]: winner by {metric}: trial {results.trial_name(run)} ({state}), "
+                  f"run {run.info.run_id}", highlight=False)
+    sampled = results.sampled_names(run)
+    fixed = sorted(name for name in run.data.params if name not in _NOT_SETTINGS and name not in sampled)
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("sampled", ", ".join(f"{name}={run.data.params.get(name)}" for name in sampled) or "-")
+    table.add_row("fixed", ", ".join(f"{name}={run.data.params[name]}" for name in fixed) or "-")
+    table.add_row("scores", ", ".join(f"{name} {run.data.metrics[name]:.4f}" for name in SCORES
+                                      if name in run.data.metrics))
+    link = results.ui_link(uri, experiment_id, run.info.run_id)
+    if not uri.startswith(("http://", "https://")):
+        link += "  (start the UI with `splice-tune ui`)"
+    table.add_row("MLflow", link)
+    console.print(table, highlight=False)
+
+
+def _render(client: MlflowClient, pair: results.PairRuns, run: Run, request: BestRequest, out: Path, tmp: Path,
+            console: Console, progress_console: Console) -> BestResult:
+    structure_path = results.input_image(client, pair, "structure", tmp)
+    try:
+        structure = load_image(structure_path)
+    except ImageError as error:
+        raise BadInput(str(error)) from None
+    if request.retrain_steps is not None:
+        appearance_path = results.input_image(client, pair, "appearance", tmp)
+        generator, config, scores = _retrain(run, structure_path, appearance_path, request.retrain_steps,
+                                             progress_console)
+        how = f"retrained from scratch for {request.retrain_steps} steps"
+    else:
+        checkpoint = results.download(client, run, CHECKPOINT_ARTIFACT, tmp)
+        try:
+            generator, _, _ = load_checkpoint(checkpoint)
+        except CheckpointError as error:
+            raise BadInput(f"run {run.info.run_id}: {error}; retrain it with --retrain-steps N") from None
+        scores = {name: run.data.metrics[name] for name in SCORES if name in run.data.metrics}
+        how = "rendered with the trial's generator"
+    image = to_pil(render(generator, structure, request.max_side))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out)
+    written = f"{out}"
+    if request.retrain_steps is not None:
+        # A retraining can take long: keep its generator like `splice-tune train` does.
+        checkpoint_out = save_checkpoint(out.with_suffix(".pt"), generator, config, config.steps, scores)
+        written += f" and {checkpoint_out}"
+        console.print("retrained scores: " + ", ".join(f"{name} {scores[name]:.4f}" for name in SCORES
+                                                      if name in scores), highlight=False)
+    console.print(f"wrote {written} ({image.width}x{image.height}, {how})", highlight=False)
+    return BestResult(pair.name, run.info.run_id, out, image.size, scores)
+
+
+def _retrain(run: Run, structure: Path, appearance: Path, steps: int, console: Console):
+    """Train the run's settings from scratch for `steps` steps with a progress bar: (generator, config, scores)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    # "auto": the trial may have run on a GPU machine this one does not have (or the reverse).
+    config = results.config_from_params(run.data.params).replace(steps=steps, device="auto")
+    problems = config.validate()
+    if problems:
+        raise BadInput([f"run {run.info.run_id}: logged setting {problem}" for problem in problems])
+    columns = [TextColumn("[bold]retrain"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeRemainingColumn()]
+    started = time.perf_counter()
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("retrain", total=steps, info="")
+
+        def show(event) -> None:
+            if isinstance(event, EvalEvent):
+                progress.update(task, info=f"splice {event.scores['splice_score']:.3f} "
+                                           f"{event.step / (time.perf_counter() - started):.2f} it/s")
+            else:
+                progress.update(task, completed=event.step)
+
+        try:
+            result = train_pair(structure, appearance, config, callback=show)
+        except WeightsError as error:
+            raise BadInput(str(error)) from None
+        except NonFiniteLossError as error:
+            console.print(f"[red]error:[/] retraining run {run.info.run_id}'s settings diverged ({error}); "
+                          f"try another --retrain-steps or another trial", highlight=False)
+            raise SystemExit(1) from None
+    return result.generator, result.config, result.scores

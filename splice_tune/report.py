@@ -1,0 +1,339 @@
+"""`splice-tune report`: what a search found, per pair, as pictures a person can judge at a glance.
+
+Per pair: a Pareto plot (structure_score against appearance_score of every finished trial, the
+non-dominated front, the winner by splice_score) and a contact sheet (the two inputs, then every trial's
+output ordered by splice_score, its scores written under it). Both are written to the output folder and
+logged to the pair's parent run under ``report/``. One self-contained HTML page (images embedded) covers
+the pairs reported: ``index.html`` for the whole search, ``PAIR.html`` with ``--pair``. The page is logged
+once, to the parent run of the first pair it covers: a copy on every pair's run would make the stored
+size grow with the square of the number of pairs.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import math
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from mlflow import MlflowClient
+from mlflow.entities import Run
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+from rich.console import Console
+
+from splice_tune import results, tracking
+from splice_tune.errors import BadInput
+
+SCORES = ("splice_score", "structure_score", "appearance_score")
+SHORT_VIT_NOTE = "ViT random_tiny8: random weights, NOT DINO"
+# Bookkeeping params of a trial run, not settings of the training.
+_NOT_SETTINGS = {"pair", "optuna_trial", "sampled"}
+
+# Contact sheet layout (pixels)
+THUMB = (200, 150)
+PAD = 10
+LINE = 16
+LABEL_LINES = 4
+MAX_COLUMNS = 6
+WINNER_COLOUR = (230, 170, 0)
+
+
+@dataclass
+class ReportRequest:
+    """What `splice-tune report` was asked to do (flags, not yet validated)."""
+
+    pair: str | None = None
+    search: str | None = None
+    out_dir: Path | None = None
+    root: Path = tracking.DEFAULT_ROOT
+    tracking_uri: str | None = None
+
+
+@dataclass
+class TrialRow:
+    """One trial as the report shows it."""
+
+    run: Run
+    name: str
+    state: str
+    step: int | None
+    scores: dict[str, float]
+    image: Image.Image | None = None
+
+
+@dataclass
+class PairReport:
+    name: str
+    parent_run_id: str
+    rows: list[TrialRow]  # ordered by splice_score, unscored last
+    winner: TrialRow | None
+    pareto: Path
+    sheet: Path
+    settings: dict[str, str] = field(default_factory=dict)  # params equal in every trial
+    varying: list[str] = field(default_factory=list)  # sampled or otherwise differing params
+
+
+@dataclass
+class ReportResult:
+    out_dir: Path
+    page: Path
+    pairs: list[PairReport]
+
+
+def run_report(request: ReportRequest, console: Console | None = None) -> ReportResult:
+    """Write and log the report; BadInput (nothing written) for a missing store, search or pair."""
+    console = console or Console()
+    client, uri = results.open_store(request.tracking_uri, request.root)
+    experiment = results.find_search(client, request.search, uri)
+    pairs = results.search_pairs(client, experiment)
+    if request.pair is not None:
+        pairs = {request.pair: results.select_pair(pairs, request.pair, experiment.name)}
+    elif not pairs:
+        raise BadInput(f"search {experiment.name!r} has no pairs yet; wait for it to start trials")
+    out_dir = request.out_dir or request.root / "reports" / experiment.name
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BadInput(f"--out-dir {out_dir}: is a file, not a folder; name a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    note = results.vit_note([trial for pair in pairs.values() for trial in pair.trials])
+    reports = []
+    for pair in pairs.values():
+        with tempfile.TemporaryDirectory(prefix="splice-report-") as tmp:
+            report = _pair_report(client, experiment.name, pair, out_dir, Path(tmp), note is not None)
+        for path in (report.pareto, report.sheet):
+            tracking._retry(client.log_artifact, report.parent_run_id, str(path), "report")
+        reports.append(report)
+
+    page = out_dir / ("index.html" if request.pair is None else f"{request.pair}.html")
+    page.write_text(_html_page(experiment.name, experiment.experiment_id, uri, reports, note), encoding="utf-8")
+    tracking._retry(client.log_artifact, reports[0].parent_run_id, str(page), "report")
+    console.print(f"wrote {out_dir}: {', '.join(f'{r.name}_pareto.png, {r.name}_sheet.png' for r in reports)}, "
+                  f"{page.name}", highlight=False)
+    console.print(f"logged to MLflow under report/ of each pair's parent run ({page.name} on pair "
+                  f"{reports[0].name}'s run); open {page}", highlight=False)
+    return ReportResult(out_dir, page, reports)
+
+
+def _pair_report(client: MlflowClient, search: str, pair: results.PairRuns, out_dir: Path, tmp: Path,
+                 random_vit: bool) -> PairReport:
+    rows = [_trial_row(client, run, tmp) for run in pair.trials]
+    rows.sort(key=lambda row: (row.scores.get("splice_score", math.inf), row.name))
+    winner_run = results.winner(pair.trials)
+    winner = next((row for row in rows if winner_run and row.run.info.run_id == winner_run.info.run_id), None)
+    title = f"{search} / {pair.name}" + (f"  ({SHORT_VIT_NOTE})" if random_vit else "")
+    bases = {key: pair.parent.data.metrics.get(key) for key in ("structure_base", "appearance_base")}
+    pareto = _pareto_plot(rows, winner, bases, title, out_dir / f"{pair.name}_pareto.png")
+    inputs = [(_open_rgb(results.input_image(client, pair, role, tmp)), role) for role in ("structure", "appearance")]
+    sheet = _contact_sheet(inputs, rows, winner, title, out_dir / f"{pair.name}_sheet.png")
+    settings, varying = _split_params([row.run for row in rows])
+    return PairReport(pair.name, pair.parent.info.run_id, rows, winner, pareto, sheet, settings, varying)
+
+
+def _trial_row(client: MlflowClient, run: Run, tmp: Path) -> TrialRow:
+    state = results.trial_state(run)
+    scores = {key: run.data.metrics[key] for key in SCORES if key in run.data.metrics}
+    image, step = None, None
+    if state == results.FINISHED:
+        image = _try_image(client, run, "output.png", tmp)
+        step = int(run.data.params["steps"]) if "steps" in run.data.params else None
+    if image is None:
+        # Stopped early (or finished without its final image): show the last image it logged at an eval.
+        found = results.last_eval_image(client, run)
+        if found is not None:
+            image, step = _try_image(client, run, found[0], tmp), found[1]
+    if step is None and "splice_score" in scores:
+        history = tracking._retry(client.get_metric_history, run.info.run_id, "splice_score")
+        step = max(metric.step for metric in history) if history else None
+    return TrialRow(run, results.trial_name(run), state, step, scores, image)
+
+
+def _try_image(client: MlflowClient, run: Run, artifact_path: str, tmp: Path) -> Image.Image | None:
+    try:
+        path = results.download(client, run, artifact_path, tmp / run.info.run_id)
+    except BadInput:
+        return None
+    return _open_rgb(path)
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the non-dominated points (both coordinates lower is better), ordered by the first one."""
+    front, best_second = [], math.inf
+    for index in sorted(range(len(points)), key=lambda i: points[i]):
+        if points[index][1] < best_second:
+            front.append(index)
+            best_second = points[index][1]
+    return front
+
+
+def _pareto_plot(rows: list[TrialRow], winner: TrialRow | None, bases: dict[str, float | None], title: str,
+                 path: Path) -> Path:
+    # A bare Figure (no pyplot) renders with Agg and keeps no global state between reports.
+    figure = Figure(figsize=(7.5, 5.5), dpi=110, layout="constrained")
+    axes = figure.add_subplot()
+
+    def scored(state: str) -> list[TrialRow]:
+        return [row for row in rows if row.state == state
+                and "structure_score" in row.scores and "appearance_score" in row.scores]
+
+    finished, stopped = scored(results.FINISHED), scored(results.STOPPED_EARLY)
+    points = [(row.scores["structure_score"], row.scores["appearance_score"]) for row in finished]
+    if stopped:
+        axes.scatter([row.scores["structure_score"] for row in stopped],
+                     [row.scores["appearance_score"] for row in stopped],
+                     marker="x", color="0.7", label="stopped early (its last eval)")
+    if points:
+        axes.scatter(*zip(*points), color="0.35", label="finished trial", zorder=2)
+        front = [finished[index] for index in pareto_front(points)]
+        axes.plot([row.scores["structure_score"] for row in front], [row.scores["appearance_score"] for row in front],
+                  "-o", color="tab:red", linewidth=2, label="Pareto front (no trial better at both)", zorder=3)
+        for row in front:
+            axes.annotate(row.name, (row.scores["structure_score"], row.scores["appearance_score"]),
+                          xytext=(5, -12), textcoords="offset points", fontsize=8, color="tab:red")
+    else:
+        axes.text(0.5, 0.5, "no finished trial yet", transform=axes.transAxes, ha="center", fontsize=14)
+    if winner is not None:
+        x, y = winner.scores["structure_score"], winner.scores["appearance_score"]
+        axes.scatter([x], [y], marker="*", s=320, color="gold", edgecolors="black", zorder=4,
+                     label="winner (lowest splice_score)")
+        axes.annotate(f"winner {winner.name}\nsplice_score {winner.scores['splice_score']:.3f}", (x, y),
+                      xytext=(18, 18), textcoords="offset points", fontsize=9,
+                      arrowprops={"arrowstyle": "->", "color": "black"})
+    all_points = points + [(row.scores["structure_score"], row.scores["appearance_score"]) for row in stopped]
+    if all_points:
+        axes.set_xlim(0, max(x for x, _ in all_points) * 1.25 or 1)
+        axes.set_ylim(0, max(y for _, y in all_points) * 1.25 or 1)
+    structure_base, appearance_base = bases.get("structure_base"), bases.get("appearance_base")
+    if structure_base and appearance_base:
+        # splice_score = x / structure_base + y / appearance_base = 1: no better than copying an input.
+        axes.plot([0, structure_base], [appearance_base, 0], "--", color="0.6",
+                  label="splice_score = 1 (as good as copying an input)")
+    axes.set_xlabel("structure_score (lower: keeps the structure image's layout)")
+    axes.set_ylabel("appearance_score (lower: takes the appearance image's look)")
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, loc="upper right")
+    figure.savefig(path)
+    return path
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the fixed-size bitmap font
+        return ImageFont.load_default()
+
+
+def _contact_sheet(inputs: list[tuple[Image.Image, str]], rows: list[TrialRow], winner: TrialRow | None,
+                   title: str, path: Path) -> Path:
+    tiles = [(image, [f"{role} (input)", f"{image.width}x{image.height}"], False) for image, role in inputs]
+    for row in rows:
+        if row.image is None:
+            continue  # failed before its first eval: nothing to show
+        at_step = f" @ step {row.step}" if row.step is not None and row.state != results.FINISHED else ""
+        scores = row.scores
+        lines = [f"trial {row.name}", f"{row.state}{at_step}",
+                 f"splice {scores['splice_score']:.3f}" if "splice_score" in scores else "no score",
+                 f"struct {scores.get('structure_score', math.nan):.3f}  "
+                 f"app {scores.get('appearance_score', math.nan):.3f}"]
+        tiles.append((row.image, lines, row is winner))
+    columns = min(len(tiles), MAX_COLUMNS)
+    cell = (THUMB[0] + PAD, THUMB[1] + LABEL_LINES * LINE + 2 * PAD)
+    header = 2 * LINE + 2 * PAD
+    grid_rows = math.ceil(len(tiles) / columns)
+    sheet = Image.new("RGB", (columns * cell[0] + PAD, header + grid_rows * cell[1]), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((PAD, PAD), title, fill="black", font=_font(15))
+    draw.text((PAD, PAD + LINE + 2), "inputs, then trials by splice_score (lower is better; gold frame: winner)",
+              fill=(90, 90, 90), font=_font(12))
+    font = _font(13)
+    for index, (image, lines, is_winner) in enumerate(tiles):
+        left = PAD + (index % columns) * cell[0]
+        top = header + (index // columns) * cell[1]
+        thumbnail = ImageOps.contain(image, THUMB)
+        offset = (left + (THUMB[0] - thumbnail.width) // 2, top + (THUMB[1] - thumbnail.height) // 2)
+        sheet.paste(thumbnail, offset)
+        if is_winner:
+            draw.rectangle((offset[0] - 4, offset[1] - 4, offset[0] + thumbnail.width + 3,
+                            offset[1] + thumbnail.height + 3), outline=WINNER_COLOUR, width=4)
+        for number, line in enumerate(lines):
+            draw.text((left, top + THUMB[1] + 6 + number * LINE), line, fill="black", font=font)
+    sheet.save(path)
+    return path
+
+
+def _split_params(runs: list[Run]) -> tuple[dict[str, str], list[str]]:
+    """(settings equal in every trial, names of the params that were sampled or differ), sampled first."""
+    names = sorted({name for run in runs for name in run.data.params} - _NOT_SETTINGS)
+    sampled = list(dict.fromkeys(name for run in runs for name in results.sampled_names(run)))
+    differing = [name for name in names if len({run.data.params.get(name) for run in runs}) > 1]
+    varying = sampled + [name for name in differing if name not in sampled]
+    settings = {name: runs[0].data.params[name] for name in names if name not in varying}
+    return settings, varying
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _format(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _html_page(search: str, experiment_id: str, uri: str, reports: list[PairReport], note: str | None) -> str:
+    escape = html.escape
+    parts = [
+        "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>splice-tune report: {escape(search)}</title>",
+        "<style>body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
+        "table{border-collapse:collapse;font-size:14px;margin:1em 0}"
+        "th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f2f2f2}"
+        "td.text{text-align:left}tr.winner{background:#fff3c4}img{max-width:100%;margin:.5em 0;"
+        "border:1px solid #ddd}.note{background:#fde8e8;border:1px solid #e0a0a0;padding:.5em 1em}"
+        ".muted{color:#666;font-size:13px}</style></head><body>",
+        f"<h1>splice-tune report: search {escape(search)}</h1>",
+    ]
+    if note:
+        parts.append(f'<p class="note"><b>Note:</b> {escape(note)}.</p>')
+    parts.append(f'<p class="muted">MLflow {escape(uri)}, experiment <a href="'
+                 f'{escape(results.ui_link(uri, experiment_id))}">{escape(experiment_id)}</a>; '
+                 f"generated {dt.datetime.now():%Y-%m-%d %H:%M}. Scores: lower is better; splice_score 1.0 is "
+                 f"no better than copying an input.</p>")
+    parts.append("<p>Pairs: " + ", ".join(f'<a href="#{escape(r.name)}">{escape(r.name)}</a>' for r in reports)
+                 + "</p>")
+    for report in reports:
+        parts.append(f'<h2 id="{escape(report.name)}">{escape(report.name)}</h2>')
+        if report.winner is not None:
+            parts.append(f"<p>Winner: trial <b>{escape(report.winner.name)}</b>, splice_score "
+                         f"{report.winner.scores['splice_score']:.4f}. Render it: "
+                         f"<code>splice-tune best --pair {escape(report.name)} --search {escape(search)}</code></p>")
+        else:
+            parts.append("<p>No finished trial yet.</p>")
+        parts.append(f'<img alt="{escape(report.name)} Pareto front" src="{_data_uri(report.pareto)}">')
+        parts.append(f'<img alt="{escape(report.name)} contact sheet" src="{_data_uri(report.sheet)}">')
+        header = ["trial", "status", "step", *SCORES, *report.varying, "MLflow"]
+        parts.append("<table><tr>" + "".join(f"<th>{escape(name)}</th>" for name in header) + "</tr>")
+        for row in report.rows:
+            error = row.run.data.tags.get(tracking.TAG_ERROR, "").strip().splitlines()
+            status = f'<td class="text" title="{escape(error[-1])}">' if error else '<td class="text">'
+            cells = [f'<td class="text">{escape(row.name)}</td>', f"{status}{escape(row.state)}</td>",
+                     f"<td>{'-' if row.step is None else row.step}</td>",
+                     *(f"<td>{_format(row.scores.get(name))}</td>" for name in SCORES),
+                     *(f"<td>{escape(row.run.data.params.get(name, '-'))}</td>" for name in report.varying),
+                     f'<td class="text"><a href="{escape(results.ui_link(uri, experiment_id, row.run.info.run_id))}'
+                     f'">run</a></td>']
+            css = ' class="winner"' if row is report.winner else ""
+            parts.append(f"<tr{css}>" + "".join(cells) + "</tr>")
+        parts.append("</table>")
+        settings = ", ".join(f"{name}={value}" for name, value in report.settings.items())
+        parts.append(f'<p class="muted">Same in every trial: {escape(settings) or "-"}</p>')
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,231 @@
+"""Reading a search back from MLflow: the store, the search, its pairs, their trials and the winners.
+
+Shared by `splice-tune best`, `report`, `ls` and `ui`. Opening a store never creates one: MLflow would
+happily create an empty ``mlflow.db`` on first contact, so local stores are checked on disk first and a
+missing one is `BadInput` naming the path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import Experiment, Run
+from mlflow.exceptions import MlflowException
+
+from splice_model.config import SpliceConfig
+from splice_tune import tracking
+from splice_tune.errors import BadInput
+
+# What `splice-tune ui` serves by default; links printed for a local store point there.
+DEFAULT_UI_URL = "http://127.0.0.1:5000"
+
+FINISHED = "finished"
+STOPPED_EARLY = "stopped early"
+FAILED = "failed"
+RUNNING = "running"
+INTERRUPTED = "interrupted"  # KILLED without the stopped-early tag: the search itself was stopped
+STATES = (FINISHED, STOPPED_EARLY, FAILED, RUNNING, INTERRUPTED)
+
+# log_image's file names: images/output+step+<step>+timestamp+<ms>+<uuid>.png (plus a .webp preview)
+_EVAL_IMAGE = re.compile(rf"^images/{re.escape(tracking.IMAGE_KEY)}\+step\+(\d+)\+.*(?<!\+compressed)\.png$")
+
+
+@dataclass
+class PairRuns:
+    """One pair of a search: its parent run and every trial run (all statuses)."""
+
+    name: str
+    parent: Run
+    trials: list[Run]
+
+
+def store_uri(tracking_uri: str | None, root: Path) -> str:
+    """The tracking URI to read (`--tracking-uri`, else ROOT/mlflow.db); BadInput if a local store is missing."""
+    uri = tracking.resolve_tracking_uri(tracking_uri, root)
+    local = _local_store_path(uri)
+    if local is not None and not local.exists():
+        where = f"--tracking-uri {uri}" if tracking_uri else f"{local}"
+        raise BadInput(f"{where}: no MLflow store there; run `splice-tune search` first, or pass the --root "
+                       f"(or --tracking-uri) the search used")
+    return uri
+
+
+def _local_store_path(uri: str) -> Path | None:
+    """The file or folder a local store lives in (SQLite file, file store); None for servers and databases."""
+    if uri.startswith("sqlite:///"):
+        path = uri.removeprefix("sqlite:///").split("?", 1)[0]
+        return Path(path) if path and path != ":memory:" else None
+    if uri.startswith("file:"):
+        return Path(uri.removeprefix("file://").removeprefix("file:"))
+    if "://" not in uri:
+        return Path(uri)
+    return None
+
+
+def open_store(tracking_uri: str | None, root: Path) -> tuple[MlflowClient, str]:
+    """A client on an existing store, and its URI (see `store_uri`)."""
+    uri = store_uri(tracking_uri, root)
+    return MlflowClient(tracking_uri=uri), uri
+
+
+def find_search(client: MlflowClient, name: str | None, uri: str) -> Experiment:
+    """The experiment of search `name` (the newest search when None); BadInput listing known searches."""
+    try:
+        return tracking.find_experiment(client, name)
+    except LookupError as error:
+        raise BadInput(str(error)) from None
+    except MlflowException as error:
+        raise BadInput(f"{uri}: cannot read the MLflow store ({error.message}); check --tracking-uri") from None
+
+
+def search_experiments(client: MlflowClient) -> list[Experiment]:
+    """Every active experiment that is a splice-tune search, newest first."""
+    experiments: list[Experiment] = []
+    page_token = None
+    while True:
+        page = tracking._retry(client.search_experiments, page_token=page_token)
+        experiments.extend(experiment for experiment in page if tracking.TAG_SEARCH in experiment.tags)
+        page_token = page.token
+        if not page_token:
+            return sorted(experiments, key=lambda experiment: experiment.creation_time or 0, reverse=True)
+
+
+def search_pairs(client: MlflowClient, experiment: Experiment) -> dict[str, PairRuns]:
+    """The search's pairs by name (sorted), each with its parent run and trial runs."""
+    experiment_id = experiment.experiment_id
+    parents = tracking._search_all(client, experiment_id, tracking._tag_filter(
+        **{tracking.TAG_KIND: tracking.KIND_PAIR}))
+    trials = tracking._search_all(client, experiment_id, tracking._tag_filter(
+        **{tracking.TAG_KIND: tracking.KIND_TRIAL}))
+    pairs: dict[str, PairRuns] = {}
+    # Oldest parent first, as the tracker picks it, should a crash ever have left two for one pair.
+    for parent in sorted(parents, key=lambda run: run.info.start_time):
+        name = parent.data.tags.get(tracking.TAG_PAIR, parent.info.run_name)
+        pairs.setdefault(name, PairRuns(name, parent, []))
+    for trial in trials:
+        name = trial.data.tags.get(tracking.TAG_PAIR)
+        if name in pairs:
+            pairs[name].trials.append(trial)
+    return dict(sorted(pairs.items()))
+
+
+def select_pair(pairs: dict[str, PairRuns], name: str, search: str) -> PairRuns:
+    """`pairs[name]`, or BadInput listing the search's pairs and the closest name."""
+    if name in pairs:
+        return pairs[name]
+    close = difflib.get_close_matches(name, list(pairs), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise BadInput(f"--pair {name}: search {search!r} has no such pair; its pairs are "
+                   f"{', '.join(pairs) or 'none'}{hint}")
+
+
+def trial_state(run: Run) -> str:
+    """One of `STATES`: how a trial ended (or that it still runs)."""
+    if run.data.tags.get(tracking.TAG_STOPPED_EARLY) == "true":
+        return STOPPED_EARLY
+    return {"FINISHED": FINISHED, "FAILED": FAILED, "KILLED": INTERRUPTED}.get(run.info.status, RUNNING)
+
+
+def count_states(trials: list[Run]) -> dict[str, int]:
+    counts = dict.fromkeys(STATES, 0)
+    for trial in trials:
+        counts[trial_state(trial)] += 1
+    return counts
+
+
+def winner(trials: list[Run], metric: str = "splice_score", states: tuple[str, ...] = (FINISHED,)) -> Run | None:
+    """The trial in `states` with the lowest `metric` (every score is lower-is-better); None if there is none."""
+    try:
+        return tracking.best_trial([trial for trial in trials if trial_state(trial) in states], by=metric)
+    except LookupError:
+        return None
+
+
+def sampled_names(run: Run) -> list[str]:
+    """The params Optuna sampled for this trial (the rest were fixed by the search space)."""
+    listed = run.data.params.get("sampled", "-")
+    return [] if listed in ("", "-") else listed.split(",")
+
+
+def trial_name(run: Run) -> str:
+    return run.data.tags.get(tracking.TAG_TRIAL) or run.info.run_name
+
+
+def ui_link(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI page of a run (or experiment): the tracking server itself, else `splice-tune ui`'s URL."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else DEFAULT_UI_URL
+    return f"{base}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+
+
+def config_from_params(params: dict[str, str]) -> SpliceConfig:
+    """The SpliceConfig a trial logged (MLflow keeps params as strings; convert back by each field's type)."""
+    hints = typing.get_type_hints(SpliceConfig)
+    values = {field.name: _from_text(params[field.name], hints[field.name])
+              for field in fields(SpliceConfig) if field.name in params}
+    return SpliceConfig.from_dict(values)
+
+
+def _from_text(text: str, hint) -> object:
+    kinds = typing.get_args(hint) or (hint,)
+    if text == "None" and type(None) in kinds:
+        return None
+    for kind in kinds:
+        if kind is bool and text in ("True", "False"):
+            return text == "True"
+        if kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                continue
+        if kind is str:
+            return text
+    raise ValueError(f"param value {text!r} does not fit type {hint}")
+
+
+def download(client: MlflowClient, run: Run, artifact_path: str, folder: Path) -> Path:
+    """Download one artifact of `run` into `folder`; BadInput naming the run when it is missing."""
+    # MLflow draws a progress bar per download, which drowns our own output for a few small files.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        return Path(client.download_artifacts(run.info.run_id, artifact_path, str(folder)))
+    except (MlflowException, OSError) as error:
+        reason = error.message if isinstance(error, MlflowException) else str(error)
+        raise BadInput(f"run {run.info.run_id}: cannot get artifact {artifact_path} ({reason.splitlines()[0]})") \
+            from None
+
+
+def input_image(client: MlflowClient, pair: PairRuns, role: str, folder: Path) -> Path:
+    """The pair's `role` ("structure"/"appearance") image at full resolution: the file the search read if
+    it still exists, else the copy logged with the parent run (``inputs/<role>.png``)."""
+    logged_path = pair.parent.data.params.get(role)
+    if logged_path and Path(logged_path).is_file():
+        return Path(logged_path)
+    return download(client, pair.parent, f"inputs/{role}.png", folder)
+
+
+def last_eval_image(client: MlflowClient, run: Run) -> tuple[str, int] | None:
+    """(artifact path, step) of the latest output image logged at an eval, or None if none was logged."""
+    try:
+        logged = client.list_artifacts(run.info.run_id, "images")
+    except (MlflowException, OSError):
+        return None
+    steps = [(int(match.group(1)), info.path) for info in logged if (match := _EVAL_IMAGE.match(info.path))]
+    if not steps:
+        return None
+    step, path = max(steps)
+    return path, step
+
+
+def vit_note(trials: list[Run]) -> str | None:
+    """A warning to show with results computed with the random-weights test ViT (not DINO); else None."""
+    vits = {trial.data.params.get("vit") or trial.data.tags.get(tracking.TAG_VIT) for trial in trials}
+    if "random_tiny8" in vits:
+        return ("ViT random_tiny8: seeded random weights, NOT DINO; these results show the machinery "
+                "working, not Splice's quality")
+    return None

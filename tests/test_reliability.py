@@ -1,0 +1,154 @@
+"""Failing trials and interrupted searches: the search goes on, resumes where it stopped, loses nothing.
+
+Real Ray and a real SQLite MLflow store. Faults are injected inside real trials (after their MLflow run
+exists): an exception, and the trial's process killed with SIGKILL. The resume test drives the real CLI in
+subprocesses and interrupts it with Ctrl-C (SIGINT) and with SIGKILL of the driver.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import ray.cloudpickle
+from mlflow import MlflowClient
+
+from conftest import write_search_inputs
+from splice_tune import tracking
+from splice_tune.driver import SearchRequest, run_search
+from splice_tune.trainable import run_trial
+
+pytestmark = pytest.mark.slow
+# Ray ships functions by reference; this module is not importable in Ray's workers, so ship it by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+SPACE = """\
+fixed: {vit: random_tiny8, max_side: 64, vit_size: 48, vit_max_side: 96, steps: STEPS, eval_every: 10,
+        full_image_every: 10}
+params: {alpha: {type: float, low: 0.05, high: 0.3, log: true}}
+budget: {trials_per_pair: TRIALS, max_concurrent: CONCURRENT}
+scheduler: {type: none}
+sampler: {type: random, seed: 0}
+"""
+
+
+def write_space(folder: Path, steps: int, trials: int, concurrent: int) -> Path:
+    text = SPACE.replace("STEPS", str(steps)).replace("TRIALS", str(trials)).replace("CONCURRENT", str(concurrent))
+    (folder / "space.yaml").write_text(text)
+    return folder / "space.yaml"
+
+
+def faulty_trial(trial: dict, setup) -> None:
+    """Study trial 0 of 'fruits' raises at step 3; study trial 0 of 'cows' has its process SIGKILLed."""
+    def fault(event) -> None:
+        if event.step == 3 and trial["optuna_trial"] == 0:
+            if trial["pair"] == "fruits":
+                raise RuntimeError("injected fault: fruits trial 0")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    run_trial(trial, setup, on_event=fault)
+
+
+def child_runs(tracking_uri: str, search: str) -> list:
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment = client.get_experiment_by_name(search)
+    if experiment is None:
+        return []
+    return [run for run in client.search_runs([experiment.experiment_id], max_results=1000)
+            if run.data.tags.get(tracking.TAG_KIND) == "trial"]
+
+
+def test_a_raising_trial_and_a_killed_trial_end_failed_and_the_search_completes(tmp_path, ray_session):
+    write_search_inputs(tmp_path)
+    space = write_space(tmp_path, steps=20, trials=2, concurrent=2)
+    request = SearchRequest(pairs_csv=tmp_path / "pairs.csv", space=str(space), name="faults",
+                            root=tmp_path / "splice-runs", max_failures=1, quiet=True)
+    summary = run_search(request, trainable=faulty_trial)
+
+    runs = child_runs(summary.tracking_uri, "faults")
+    assert len(runs) == 4, "one run per trial: a retry reopens its trial's run"
+    by_trial = {(run.data.tags[tracking.TAG_PAIR], run.data.tags[tracking.TAG_STUDY_TRIAL]): run for run in runs}
+    raised, killed = by_trial[("fruits", "0")], by_trial[("cows", "0")]
+    for run in (raised, killed):
+        assert run.info.status == "FAILED"
+        assert run.data.tags[tracking.TAG_ATTEMPT] == "2", "retried once (--max-failures 1), then failed"
+    assert "injected fault: fruits trial 0" in raised.data.tags[tracking.TAG_ERROR]
+    assert "died" in killed.data.tags[tracking.TAG_ERROR].lower()
+    for key in (("fruits", "1"), ("cows", "1")):
+        assert by_trial[key].info.status == "FINISHED"
+    counts = {result.pair: result.counts for result in summary.pairs}
+    assert counts["fruits"]["failed"] == counts["cows"]["failed"] == 1
+    assert all(result.run_id == by_trial[(result.pair, "1")].info.run_id for result in summary.pairs)
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "splice_tune.cli", *args]
+    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _wait_finished(tracking_uri: str, count: int, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"search ended early:\n{process.stdout.read()}"
+        if sum(run.info.status == "FINISHED" for run in child_runs(tracking_uri, "resume-test")) >= count:
+            return
+        time.sleep(1.0)
+    raise AssertionError(f"fewer than {count} finished trials after {timeout} s")
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL the driver, then whatever it started (its Ray), as a crashed machine session would leave."""
+    process.kill()
+    process.wait()
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_interrupted_search_resumes_to_exactly_its_budget(tmp_path):
+    write_search_inputs(tmp_path)
+    write_space(tmp_path, steps=30, trials=3, concurrent=1)
+    root = tmp_path / "splice-runs"
+    tracking_uri = tracking.default_tracking_uri(root.resolve())
+    args = ["search", "pairs.csv", "--space", "space.yaml", "--name", "resume-test", "--quiet"]
+
+    # 1. Ctrl-C after two finished trials: a clean stop that says how to resume.
+    first = _start(args, tmp_path)
+    try:
+        _wait_finished(tracking_uri, 2, first)
+        first.send_signal(signal.SIGINT)
+        output, _ = first.communicate(timeout=120)
+    finally:
+        _kill_group(first)
+    assert first.returncode == 130, output
+    assert "--resume" in output and "Traceback" not in output
+    assert not [run for run in child_runs(tracking_uri, "resume-test") if run.info.status == "RUNNING"]
+
+    # 2. Resume, then SIGKILL the driver mid-way after one more finished trial.
+    second = _start([*args, "--resume"], tmp_path)
+    try:
+        _wait_finished(tracking_uri, 3, second)
+    finally:
+        _kill_group(second)
+
+    # 3. Resume again, to the end.
+    third = subprocess.run([sys.executable, "-m", "splice_tune.cli", *args, "--resume"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stdout + third.stderr
+
+    runs = child_runs(tracking_uri, "resume-test")
+    per_trial = Counter((run.data.tags[tracking.TAG_PAIR], run.data.tags[tracking.TAG_STUDY_TRIAL]) for run in runs)
+    assert sorted(per_trial) == [(pair, str(n)) for pair in ("cows", "fruits") for n in range(3)]
+    assert set(per_trial.values()) == {1}, "exactly one MLflow run per trial, no duplicates"
+    assert all(run.info.status == "FINISHED" for run in runs), [(r.info.run_name, r.info.status) for r in runs]
+    for run in runs:  # every finished trial has its full record: 3 evals of every score
+        history = MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "splice_score")
+        assert sorted({m.step for m in history}) == [10, 20, 30]
