@@ -119,8 +119,10 @@ def search(
     """Search each pair's best alpha, beta, lr and augmentation strengths (Ray Tune + Optuna, logged to MLflow)."""
     from splice_tune.driver import SearchInterrupted, SearchRequest, run_search
 
-    request = SearchRequest(pairs_csv, space, list(set_values), name, resume, root, storage, tracking_uri, address,
-                            cpus_per_trial, gpus_per_trial, max_concurrent, max_failures, None, quiet)
+    request = SearchRequest(pairs_csv=pairs_csv, space=space, overrides=list(set_values), name=name, resume=resume,
+                            root=root, storage=storage, tracking_uri=tracking_uri, address=address,
+                            cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                            max_concurrent=max_concurrent, max_failures=max_failures, quiet=quiet)
     try:
         summary = run_search(request, console)
     except SearchInterrupted as stop:

@@ -49,7 +49,6 @@ class SearchRequest:
     gpus_per_trial: float = 0.0
     max_concurrent: int | None = None
     max_failures: int = 2
-    device: str | None = None
     quiet: bool = False
 
 
@@ -80,6 +79,7 @@ class _Plan:
     storage: str
     tracking_uri: str
     max_concurrent: int | None
+    baselines: dict[str, dict[str, float]]  # pair -> structure_base, appearance_base
 
 
 def plan_search(request: SearchRequest) -> _Plan:
@@ -110,8 +110,6 @@ def plan_search(request: SearchRequest) -> _Plan:
     if request.gpus_per_trial > 0 and request.address is None and torch.cuda.device_count() == 0:
         problems.append(f"--gpus-per-trial {request.gpus_per_trial}: this machine has no GPU; leave it at 0 "
                         f"or join a GPU cluster with --address")
-    if request.device == "cuda" and request.gpus_per_trial == 0:
-        problems.append("--device cuda: needs --gpus-per-trial > 0 so Ray gives each trial a GPU")
     storage = request.storage or str((request.root / "ray").resolve())
     name = request.name or (_latest_search(storage) if request.resume else _default_name(request))
     if name is None:
@@ -128,21 +126,21 @@ def plan_search(request: SearchRequest) -> _Plan:
                             f"continue it, or choose another --name")
     if problems:
         raise BadInput(problems)
-    _check_vit_and_pairs(space, pairs)
+    baselines = _check_vit_and_pairs(space, pairs)
     tracking_uri = tracking.resolve_tracking_uri(request.tracking_uri, request.root.resolve())
     max_concurrent = request.max_concurrent or space.budget.max_concurrent
-    return _Plan(request, name, pairs, space, storage, tracking_uri, max_concurrent)
+    return _Plan(request, name, pairs, space, storage, tracking_uri, max_concurrent, baselines)
 
 
-def _check_vit_and_pairs(space: SearchSpace, pairs: list[Pair]) -> None:
+def _check_vit_and_pairs(space: SearchSpace, pairs: list[Pair]) -> dict[str, dict[str, float]]:
     """Load the ViT once (weights missing offline fail here, not in every trial) and reject pairs whose
-    images are (near-)duplicates, where the scores would divide by ~0."""
+    images are (near-)duplicates, where the scores would divide by ~0. Returns each pair's baselines."""
     config = space.config_for(_lowest_values(space))
     try:
         features = build_vit(config.vit, config.vit_weights)
     except WeightsError as error:
         raise BadInput([f"{_shown(space)}: vit {config.vit}: {error}"]) from None
-    problems = []
+    problems, baselines = [], {}
     for pair in pairs:
         structure = load_image(pair.structure, max_side=config.max_side)
         appearance = load_image(pair.appearance, max_side=config.max_side)
@@ -151,9 +149,10 @@ def _check_vit_and_pairs(space: SearchSpace, pairs: list[Pair]) -> None:
             scorer.check_baselines(f"pair {pair.name!r}")
         except NearDuplicatePairError as error:
             problems.append(str(error))
-        pair.baselines = scorer.baselines
+        baselines[pair.name] = scorer.baselines
     if problems:
         raise BadInput(problems)
+    return baselines
 
 
 class SearchInterrupted(Exception):
@@ -183,14 +182,14 @@ def run_search(request: SearchRequest, console: Console | None = None,
     root = request.root.resolve()
     tracker = tracking.SearchTracker(plan.tracking_uri, plan.name, artifact_root=root / "mlartifacts")
     parent_runs = {
-        pair.name: tracker.pair_run(pair.name, pair.structure, pair.appearance, getattr(pair, "baselines", None),
+        pair.name: tracker.pair_run(pair.name, pair.structure, pair.appearance, plan.baselines[pair.name],
                                     pair.notes)
         for pair in plan.pairs
     }
     images = {pair.name: (_uint8(pair.structure, _largest(space, "max_side")),
                           _uint8(pair.appearance, _largest(space, "max_side"))) for pair in plan.pairs}
     setup = TrialSetup(plan.name, plan.tracking_uri, tracker.experiment_id, parent_runs, images, space,
-                       request.cpus_per_trial, request.device)
+                       request.cpus_per_trial)
 
     _start_ray(request)
     trainable = tune.with_resources(tune.with_parameters(trainable, setup=setup),

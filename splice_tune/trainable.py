@@ -38,13 +38,12 @@ class TrialSetup:
     images: dict[str, tuple[torch.Tensor, torch.Tensor]]  # pair -> (structure, appearance), uint8 (3, H, W)
     space: SearchSpace
     cpus_per_trial: float
-    device: str | None = None  # overrides the space's device ("auto" = the GPU Ray assigned, if any)
 
 
 def trial_config(setup: TrialSetup, sampled: dict) -> SpliceConfig:
     """The SpliceConfig of one trial, with the device Ray gave this worker."""
     config = setup.space.config_for(sampled)
-    device = setup.device or config.device
+    device = config.device
     if device == "auto":
         import ray
 
