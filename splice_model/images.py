@@ -41,7 +41,7 @@ def open_image(path: str | os.PathLike, min_side: int = 1, notes: list[str] | No
     """Open, fully decode and convert an image file to an RGB PIL image (see `load_image`)."""
     path = Path(path)
     if not path.exists():
-        raise ImageError(f"{path}: no such file; check the path (relative paths start at the CSV's folder)")
+        raise ImageError(f"{path}: no such file; check the path")
     if path.is_dir():
         raise ImageError(f"{path}: is a directory, not an image file; name a .png/.jpg file")
     try:

@@ -209,16 +209,19 @@ def _retrain(run: Run, structure: Path, appearance: Path, steps: int, console: C
         raise BadInput([f"run {run.info.run_id}: logged setting {problem}" for problem in problems])
     columns = [TextColumn("[bold]retrain"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeRemainingColumn()]
-    started = time.perf_counter()
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("retrain", total=steps, info="")
+        state = {"score": "", "rate": ""}
 
         def show(event) -> None:
+            # Timed from the first step: building the ViT and the targets before it is not training speed.
+            started = state.setdefault("started", time.perf_counter())
             if isinstance(event, EvalEvent):
-                progress.update(task, info=f"splice {event.scores['splice_score']:.3f} "
-                                           f"{event.step / (time.perf_counter() - started):.2f} it/s")
+                state["score"] = f"splice {event.scores['splice_score']:.3f} "
             else:
+                state["rate"] = f"{(event.step - 1) / max(time.perf_counter() - started, 1e-9):.2f} it/s"
                 progress.update(task, completed=event.step)
+            progress.update(task, info=state["score"] + state["rate"])
 
         try:
             result = train_pair(structure, appearance, config, callback=show)

@@ -72,12 +72,17 @@ def train(
     from splice_model.vit import VIT_PRESETS
     if config.vit not in VIT_PRESETS:
         problems.append(f"--vit {config.vit}: unknown preset; choose one of {', '.join(VIT_PRESETS)}")
+    if vit_weights is not None and not vit_weights.is_file():
+        problems.append(f"--vit-weights {vit_weights}: no such ViT weights file; pass the path of a DINO .pth checkpoint")
     full_structure = None
-    try:
-        full_structure = load_image(structure, min_side=16)
-        load_image(appearance, min_side=16)
-    except ImageError as error:
-        problems.append(str(error))
+    for image in (structure, appearance):
+        try:
+            loaded = load_image(image, min_side=16)
+        except ImageError as error:
+            problems.append(str(error))
+            continue
+        if image is structure:
+            full_structure = loaded
     if problems:
         raise BadInput(problems)
     try:
@@ -107,7 +112,7 @@ def search(
                                                      "[default: ROOT/ray]."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI, e.g. http://mlflow:5000 "
                                                           "[default: SQLite under ROOT]."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster to join, e.g. ray://head:10001 or auto "
+    address: Optional[str] = typer.Option(None, help="Ray cluster to join: HEAD:6379 of its head node, or auto "
                                                      "[default: start a local Ray]."),
     cpus_per_trial: float = typer.Option(1.0, help="CPUs Ray reserves for each trial."),
     gpus_per_trial: float = typer.Option(0.0, help="GPUs per trial; fractions share a GPU (0.25 = four per GPU)."),
@@ -138,18 +143,19 @@ def search(
 
 @app.command()
 def best(
-    pair: Optional[str] = typer.Option(None, "--pair", "-p", help="Pair whose winner to render (a name from pairs.csv)."),
+    pair: Optional[str] = typer.Option(None, "--pair", "-p", help="Pair whose winner to render (its name in "
+                                                                  "pairs.csv)."),
     all_pairs: bool = typer.Option(False, "--all", help="Render every pair's winner of the search."),
-    search: Optional[str] = typer.Option(None, help="Search name [default: the latest search]."),
+    search: Optional[str] = typer.Option(None, help="Search name \\[default: the latest search]."),
     by: str = typer.Option("splice", help="Score that picks the winner: splice, structure or appearance "
                                           "(lowest <by>_score among finished trials)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output image [default: PAIR_best.png here]."),
-    out_dir: Optional[Path] = typer.Option(None, help="Folder for PAIR_best.png (with --all) [default: here]."),
-    max_side: Optional[int] = typer.Option(None, help="Cap the output's long side [default: full resolution]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output image \\[default: PAIR_best.png here]."),
+    out_dir: Optional[Path] = typer.Option(None, help="Folder for PAIR_best.png (with --all) \\[default: here]."),
+    max_side: Optional[int] = typer.Option(None, help="Cap the output's long side \\[default: full resolution]."),
     retrain_steps: Optional[int] = typer.Option(None, help="Train the winner's settings again from scratch for "
                                                            "N steps and render that (also writes OUT.pt)."),
     root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI [default: SQLite under ROOT]."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI \\[default: SQLite under ROOT]."),
 ) -> None:
     """Render a pair's winning trial at the structure image's full resolution."""
     from splice_tune.best import BestRequest, run_best
@@ -160,11 +166,11 @@ def best(
 
 @app.command()
 def report(
-    pair: Optional[str] = typer.Option(None, "--pair", "-p", help="Only this pair [default: every pair]."),
-    search: Optional[str] = typer.Option(None, help="Search name [default: the latest search]."),
-    out_dir: Optional[Path] = typer.Option(None, help="Where to write the report [default: ROOT/reports/SEARCH]."),
+    pair: Optional[str] = typer.Option(None, "--pair", "-p", help="Only this pair \\[default: every pair]."),
+    search: Optional[str] = typer.Option(None, help="Search name \\[default: the latest search]."),
+    out_dir: Optional[Path] = typer.Option(None, help="Where to write the report \\[default: ROOT/reports/SEARCH]."),
     root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI [default: SQLite under ROOT]."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI \\[default: SQLite under ROOT]."),
 ) -> None:
     """Pareto plots, contact sheets and an HTML page of a search (also logged to MLflow under report/)."""
     from splice_tune.report import ReportRequest, run_report
@@ -188,7 +194,7 @@ def ui(
 @app.command("ls")
 def list_searches(
     root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI [default: SQLite under ROOT]."),
+    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI \\[default: SQLite under ROOT]."),
 ) -> None:
     """List searches with, per pair, trials by state and the best splice_score."""
     from splice_tune.listing import list_searches as show

@@ -107,23 +107,42 @@ def plan_search(request: SearchRequest) -> _Plan:
         problems.append(f"--max-concurrent: must be >= 1, got {request.max_concurrent}")
     if request.max_failures < 0:
         problems.append(f"--max-failures: must be >= 0, got {request.max_failures}")
+    if request.address is None and request.cpus_per_trial > (os.cpu_count() or 1):
+        problems.append(f"--cpus-per-trial {request.cpus_per_trial}: this machine has {os.cpu_count()} CPUs, so no "
+                        f"trial could ever start; use at most {os.cpu_count()} or join a cluster with --address")
     if request.gpus_per_trial > 0 and request.address is None and torch.cuda.device_count() == 0:
         problems.append(f"--gpus-per-trial {request.gpus_per_trial}: this machine has no GPU; leave it at 0 "
                         f"or join a GPU cluster with --address")
-    storage = request.storage or str((request.root / "ray").resolve())
+    storage = request.storage or str(request.root / "ray")
+    if _is_local(storage):
+        # Ray wants an absolute path; a file:// URI names the same folder.
+        storage = str(Path(storage.removeprefix("file://")).expanduser().resolve())
+    # What trials on other machines must reach has to answer now, before anything is written.
+    from splice_tune import cluster
+    problems += cluster.address_problems(request.address)
+    problems += cluster.tracking_problems(request.tracking_uri, request.address)
     name = request.name or (_latest_search(storage) if request.resume else _default_name(request))
     if name is None:
         problems.append(f"--resume: no search to resume under {storage}; pass --name of the search")
     elif not SEARCH_NAME.match(name):
         problems.append(f"--name {name!r}: use letters, digits, '.', '_' and '-' (at most 100, not starting "
                         f"with '.' or '-')")
-    elif _is_local(storage):
-        exists = (Path(storage) / name).exists()
-        if request.resume and not exists:
-            problems.append(f"--resume: no search named {name!r} under {storage}; check --name and --storage")
-        if not request.resume and exists:
-            problems.append(f"--name {name!r}: a search of that name exists under {storage}; add --resume to "
-                            f"continue it, or choose another --name")
+    else:
+        from ray import tune
+
+        experiment = f"{storage.rstrip('/')}/{name}"
+        try:
+            # Shared or cloud storage (s3://, gs://) is read through Ray's own filesystem layer (pyarrow).
+            exists = Path(experiment).exists() if _is_local(storage) else tune.Tuner.can_restore(experiment)
+        except (OSError, ValueError) as error:  # what pyarrow raises for an unknown scheme or unreachable store
+            problems.append(f"--storage {storage}: cannot read it ({' '.join(str(error).split())}); check the "
+                            f"URI and this machine's credentials for it")
+        else:
+            if request.resume and not exists:
+                problems.append(f"--resume: no search named {name!r} under {storage}; check --name and --storage")
+            if not request.resume and exists:
+                problems.append(f"--name {name!r}: a search of that name exists under {storage}; add --resume "
+                                f"to continue it, or choose another --name")
     if problems:
         raise BadInput(problems)
     baselines = _check_vit_and_pairs(space, pairs)
@@ -146,7 +165,7 @@ def _check_vit_and_pairs(space: SearchSpace, pairs: list[Pair]) -> dict[str, dic
         appearance = load_image(pair.appearance, max_side=config.max_side)
         scorer = PairScorer(features, structure, appearance, config.vit_size, config.vit_max_side)
         try:
-            scorer.check_baselines(f"pair {pair.name!r}")
+            scorer.check_baselines(f"{pair.where}: pair {pair.name!r}")
         except NearDuplicatePairError as error:
             problems.append(str(error))
         baselines[pair.name] = scorer.baselines
@@ -174,6 +193,7 @@ def run_search(request: SearchRequest, console: Console | None = None,
 
     console = console or Console(stderr=True, quiet=request.quiet)
     plan = plan_search(request)
+    _start_ray(request)  # before any MLflow write: a cluster that cannot be joined or is too small is bad input
     space = plan.space
     for pair in plan.pairs:
         for note in pair.notes:
@@ -191,7 +211,6 @@ def run_search(request: SearchRequest, console: Console | None = None,
     setup = TrialSetup(plan.name, plan.tracking_uri, tracker.experiment_id, parent_runs, images, space,
                        request.cpus_per_trial)
 
-    _start_ray(request)
     trainable = tune.with_resources(tune.with_parameters(trainable, setup=setup),
                                     {"cpu": request.cpus_per_trial, "gpu": request.gpus_per_trial})
     pair_names = [pair.name for pair in plan.pairs]
@@ -328,17 +347,32 @@ class _TrackingCallback(Callback):
 
 
 def _start_ray(request: SearchRequest) -> None:
+    """Start a local Ray, or join the cluster at --address (shipping this project's code to its workers),
+    unless this process is already connected; then check that some node can hold one trial.
+
+    Runs before the search writes anything, so a cluster that cannot be joined or is too small is a
+    BadInput like any other (the connection this call made is closed again first).
+    """
     import ray
+
+    from splice_tune import cluster
 
     # Snapshotting the experiment after every checkpoint is what makes --resume lose nothing; Ray warns
     # about its cost, which is negligible at one eval every few seconds or more.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if ray.is_initialized():
-        return
-    if request.address:
-        ray.init(address=request.address, logging_level=logging.WARNING, log_to_driver=False)
-    else:
-        ray.init(logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)
+    connected_here = not ray.is_initialized()
+    if connected_here and request.address:
+        cluster.join(request.address)
+    elif connected_here:
+        # "local": a Ray of our own even when RAY_ADDRESS or a `ray start` on this machine names a cluster;
+        # joining one takes --address, which is also what makes the SQLite default refused.
+        ray.init(address="local", logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)
+    where = f"the Ray cluster at {request.address}" if request.address else "this machine's Ray"
+    problem = cluster.resource_problem(request.cpus_per_trial, request.gpus_per_trial, where)
+    if problem:
+        if connected_here:
+            ray.shutdown()
+        raise BadInput([problem])
 
 
 def _largest(space: SearchSpace, name: str):
@@ -363,6 +397,8 @@ def _shown(space: SearchSpace) -> str:
 
 
 def _is_local(storage: str) -> bool:
+    """True for a folder this machine reads directly (a path, also a shared mount, or file://); False for a
+    URI that only Ray's filesystem layer reads (s3://, gs://, ...)."""
     return "://" not in storage or storage.startswith("file://")
 
 

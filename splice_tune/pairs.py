@@ -43,6 +43,7 @@ class Pair:
     structure: Path
     appearance: Path
     notes: list[str] = field(default_factory=list)
+    where: str = ""  # "pairs.csv:3", for messages about the pair found after reading the file
 
 
 @dataclass
@@ -125,7 +126,7 @@ def read_pairs(csv_path: str | os.PathLike, *, min_side: int, max_side: int | No
                                 f"output with two different images, so give two different files")
         problems += row_problems
         if not row_problems:
-            pairs.append(Pair(name, images["structure"], images["appearance"], notes))
+            pairs.append(Pair(name, images["structure"], images["appearance"], notes, at))
     if problems:
         raise BadInput(problems)
     return pairs

@@ -177,7 +177,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 def _pareto_plot(rows: list[TrialRow], winner: TrialRow | None, bases: dict[str, float | None], title: str,
                  path: Path) -> Path:
     # A bare Figure (no pyplot) renders with Agg and keeps no global state between reports.
-    figure = Figure(figsize=(7.5, 5.5), dpi=110, layout="constrained")
+    figure = Figure(figsize=(7.5, 6.2), dpi=110, layout="constrained")
     axes = figure.add_subplot()
 
     def scored(state: str) -> list[TrialRow]:
@@ -196,6 +196,8 @@ def _pareto_plot(rows: list[TrialRow], winner: TrialRow | None, bases: dict[str,
         axes.plot([row.scores["structure_score"] for row in front], [row.scores["appearance_score"] for row in front],
                   "-o", color="tab:red", linewidth=2, label="Pareto front (no trial better at both)", zorder=3)
         for row in front:
+            if row is winner:
+                continue  # labelled below, with its score
             axes.annotate(row.name, (row.scores["structure_score"], row.scores["appearance_score"]),
                           xytext=(5, -12), textcoords="offset points", fontsize=8, color="tab:red")
     else:
@@ -220,7 +222,8 @@ def _pareto_plot(rows: list[TrialRow], winner: TrialRow | None, bases: dict[str,
     axes.set_ylabel("appearance_score (lower: takes the appearance image's look)")
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8, loc="upper right")
+    # Below the axes: inside, it would hide trials (typically the weak ones in the upper right).
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     figure.savefig(path)
     return path
 

@@ -322,8 +322,17 @@ def _parse(path: Path, shown: str) -> tuple[Any, dict[_At, int], list[str]]:
     return data, lines, problems
 
 
-def _record_lines(node: yaml.Node, at: _At, lines: dict[_At, int], problems: list[str], shown: str) -> None:
-    """Walk the composed document: note each key's line and report keys given twice (YAML keeps the last)."""
+def _record_lines(node: yaml.Node, at: _At, lines: dict[_At, int], problems: list[str], shown: str,
+                  seen: set[int] | None = None) -> None:
+    """Walk the composed document: note each key's line and report keys given twice (YAML keeps the last).
+
+    Each node is walked once: an alias (`*name`) shares its anchor's node, so nested aliases would otherwise
+    make the walk exponential (a "billion laughs" file never finishes) and a self-referencing one endless.
+    """
+    seen = set() if seen is None else seen
+    if id(node) in seen:
+        return
+    seen.add(id(node))
     if isinstance(node, yaml.MappingNode):
         first: dict[str, int] = {}
         for key_node, value_node in node.value:
@@ -335,11 +344,11 @@ def _record_lines(node: yaml.Node, at: _At, lines: dict[_At, int], problems: lis
                                 f"{first[key]}); keep one")
             first[key] = line
             lines[at + (key,)] = line
-            _record_lines(value_node, at + (key,), lines, problems, shown)
+            _record_lines(value_node, at + (key,), lines, problems, shown, seen)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             lines[at + (index,)] = item.start_mark.line + 1
-            _record_lines(item, at + (index,), lines, problems, shown)
+            _record_lines(item, at + (index,), lines, problems, shown, seen)
 
 
 def _override_target(key: str) -> _At | None:

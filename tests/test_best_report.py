@@ -1,0 +1,332 @@
+"""`splice-tune best / report / ui / ls` against the real finished search of conftest (no mocks).
+
+Commands run in-process through `splice_tune.cli.main` (the console script's entry point, so BadInput
+becomes exit code 2 exactly as for a user); one check runs the installed console script itself. Tests that
+write to the store (report) or change it (moved inputs, no finished trial) work on a copy of it
+(`store_copy`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+from mlflow.tracking._tracking_service.utils import _artifact_repos_cache as artifact_repos
+from PIL import Image
+
+from splice_model import SpliceGenerator, load_image, to_pil
+from splice_tune.cli import main
+from splice_tune.report import pareto_front
+
+SEARCH = "test-search"
+SCRIPT = Path(sys.executable).parent / "splice-tune"
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    """Run `splice-tune ARGS` in-process: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["splice-tune", *map(str, args)])
+    monkeypatch.setenv("COLUMNS", "250")  # rich tables wide enough that rows stay on one line
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    return exit_info.value.code or 0, captured.out, captured.err
+
+
+def store_root(finished_search) -> Path:
+    return finished_search.folder / "splice-runs"
+
+
+def experiment_id(tracking_uri: str) -> str:
+    return MlflowClient(tracking_uri).get_experiment_by_name(SEARCH).experiment_id
+
+
+def finished_trials(tracking_uri: str, pair: str) -> list:
+    """The pair's FINISHED, not stopped-early child runs, found with plain MLflow queries."""
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([experiment_id(tracking_uri)], max_results=1000,
+                              filter_string=f"tags.`splice_tune.pair` = '{pair}' and attributes.status = 'FINISHED'")
+    return [run for run in runs if "mlflow.parentRunId" in run.data.tags
+            and run.data.tags.get("splice_tune.stopped_early") != "true"]
+
+
+def lowest(runs: list, metric: str):
+    return min(runs, key=lambda run: run.data.metrics[metric])
+
+
+def generator_output(tracking_uri: str, run_id: str, structure_path: Path, folder: Path) -> np.ndarray:
+    """The run's logged generator, loaded by hand, applied to the full structure image (uint8 pixels)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = MlflowClient(tracking_uri).download_artifacts(run_id, "checkpoint/generator.pt", str(folder))
+    generator = SpliceGenerator()
+    generator.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["generator"])
+    generator.eval()
+    with torch.no_grad():
+        output = generator(load_image(structure_path)[None])[0]
+    return np.asarray(to_pil(output))
+
+
+@pytest.fixture
+def store_copy(finished_search, tmp_path):
+    """A private copy of the search's store (database and artifacts, re-pointed): (root, tracking URI)."""
+    source = store_root(finished_search).resolve()
+    root = tmp_path / "store" / "splice-runs"
+    root.mkdir(parents=True)
+    shutil.copy(source / "mlflow.db", root / "mlflow.db")
+    shutil.copytree(source / "mlartifacts", root / "mlartifacts")
+    with store_database(root) as database:
+        database.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)",
+                         (str(source), str(root.resolve())))
+        database.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)",
+                         (str(source), str(root.resolve())))
+    # MLflow caches each run's artifact location per process by run id alone; the copy has the same run ids,
+    # so without this its artifacts would be read from (and written to) the original store.
+    artifact_repos.clear()
+    yield root, f"sqlite:///{(root / 'mlflow.db').resolve()}"
+    artifact_repos.clear()
+
+
+@contextlib.contextmanager
+def store_database(root: Path):
+    """The store's SQLite database, to stage what MLflow's API cannot (changed params, statuses); commits."""
+    connection = sqlite3.connect(root / "mlflow.db")
+    try:
+        with connection:
+            yield connection
+    finally:
+        connection.close()
+
+
+def set_param(root: Path, run_id: str, key: str, value: str) -> None:
+    """Change a logged param behind MLflow's back (it forbids changing params) to stage a moved file."""
+    with store_database(root) as database:
+        database.execute("UPDATE params SET value = ? WHERE run_uuid = ? AND key = ?", (value, run_id, key))
+
+
+def parent_run_id(tracking_uri: str, pair: str) -> str:
+    runs = MlflowClient(tracking_uri).search_runs([experiment_id(tracking_uri)], filter_string=(
+        f"tags.`splice_tune.kind` = 'pair' and tags.`splice_tune.pair` = '{pair}'"))
+    return runs[0].info.run_id
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# --------------------------------------------------------------------------------------------------- best
+
+@pytest.mark.parametrize("by", ["splice", "structure"])
+def test_best_renders_the_winning_generator_at_full_resolution(by, finished_search, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["best", "--pair", "cows", "--root", store_root(finished_search)]
+    if by != "splice":
+        args += ["--by", by]
+    code, out, err = run_cli(args, capsys, monkeypatch)
+    assert code == 0, err
+
+    winner = lowest(finished_trials(finished_search.tracking_uri, "cows"), f"{by}_score")
+    assert winner.info.run_id in out
+    assert f"/#/experiments/{experiment_id(finished_search.tracking_uri)}/runs/{winner.info.run_id}" in out
+    structure_path = finished_search.folder / "cows_structure.png"
+    written = Image.open(tmp_path / "cows_best.png")
+    assert written.size == Image.open(structure_path).size == (192, 128)
+    expected = generator_output(finished_search.tracking_uri, winner.info.run_id, structure_path, tmp_path / "check")
+    assert np.array_equal(np.asarray(written.convert("RGB")), expected)
+
+
+def test_best_all_writes_every_pair_into_out_dir(finished_search, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["best", "--all", "--out-dir", "winners", "--max-side", 96, "--tracking-uri",
+                              finished_search.tracking_uri], capsys, monkeypatch)
+    assert code == 0, err
+    assert sorted(path.name for path in (tmp_path / "winners").iterdir()) == ["cows_best.png", "fruits_best.png"]
+    assert Image.open(tmp_path / "winners" / "cows_best.png").size == (96, 64)  # 192x128 capped at 96
+
+
+@pytest.mark.parametrize("case", ["unknown pair", "unknown search", "no store", "--out with --all"])
+def test_best_bad_input_exits_2_and_writes_nothing(case, finished_search, tmp_path, monkeypatch, capsys):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    root = store_root(finished_search)
+    args, expected = {
+        "unknown pair": (["--pair", "cowz", "--root", root], ["cowz", "cows, fruits", "did you mean 'cows'"]),
+        "unknown search": (["--pair", "cows", "--search", "nope", "--root", root], ["nope", SEARCH]),
+        "no store": (["--pair", "cows", "--root", tmp_path / "nowhere"], ["nowhere", "no MLflow store",
+                                                                         "splice-tune search"]),
+        "--out with --all": (["--all", "--out", "x.png", "--root", root], ["--out", "--out-dir"]),
+    }[case]
+    code, out, err = run_cli(["best", *args], capsys, monkeypatch)
+    assert code == 2
+    assert all(text in err for text in expected), err
+    assert list(cwd.iterdir()) == []
+    assert not (tmp_path / "nowhere").exists()  # looking must not create an empty store
+
+
+def test_console_script_reports_a_missing_store_with_exit_2(tmp_path):
+    completed = subprocess.run([SCRIPT, "best", "--pair", "cows"], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=120)
+    assert completed.returncode == 2
+    assert "no MLflow store" in completed.stderr and "Traceback" not in completed.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_best_uses_the_logged_input_when_the_file_moved_and_renders_hd(finished_search, store_copy, tmp_path,
+                                                                       monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    root, uri = store_copy
+    parent = parent_run_id(uri, "cows")
+
+    hd_path = tmp_path / "hd_structure.png"
+    Image.open(finished_search.folder / "cows_structure.png").resize((1920, 1080)).save(hd_path)
+    set_param(root, parent, "structure", str(hd_path))
+    code, _, err = run_cli(["best", "--pair", "cows", "--root", root, "--out", "hd.png"], capsys, monkeypatch)
+    assert code == 0, err
+    assert Image.open(tmp_path / "hd.png").size == (1920, 1080)
+
+    set_param(root, parent, "structure", str(tmp_path / "moved_away.png"))
+    code, _, err = run_cli(["best", "--pair", "cows", "--root", root], capsys, monkeypatch)
+    assert code == 0, err
+    winner = lowest(finished_trials(uri, "cows"), "splice_score")
+    expected = generator_output(uri, winner.info.run_id, finished_search.folder / "cows_structure.png",
+                                tmp_path / "check")
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "cows_best.png").convert("RGB")), expected)
+
+
+def test_best_without_a_finished_trial_suggests_and_does_retrain(store_copy, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    root, uri = store_copy
+    with store_database(root) as database:  # every cows trial stopped early
+        for run in finished_trials(uri, "cows"):
+            database.execute("UPDATE runs SET status = 'KILLED' WHERE run_uuid = ?", (run.info.run_id,))
+            database.execute("INSERT INTO tags (key, value, run_uuid) VALUES ('splice_tune.stopped_early', 'true', ?)",
+                             (run.info.run_id,))
+    code, _, err = run_cli(["best", "--pair", "cows", "--root", root], capsys, monkeypatch)
+    assert code == 2 and "no finished trial" in err and "--retrain-steps" in err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["store"]
+
+    code, out, err = run_cli(["best", "--pair", "cows", "--root", root, "--retrain-steps", 2], capsys, monkeypatch)
+    assert code == 0, err
+    assert "retrained from scratch for 2 steps" in out
+    assert Image.open(tmp_path / "cows_best.png").size == (192, 128)
+    assert (tmp_path / "cows_best.pt").is_file()
+
+
+# ------------------------------------------------------------------------------------------------- report
+
+def test_pareto_front_keeps_only_non_dominated_points():
+    points = [(0.1, 0.9), (0.2, 0.5), (0.3, 0.6), (0.5, 0.1), (0.4, 0.4), (0.1, 0.95)]
+    assert pareto_front(points) == [0, 1, 4, 3]
+
+
+def test_report_writes_and_logs_plots_sheets_and_page(store_copy, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    root, uri = store_copy
+    code, _, err = run_cli(["report", "--root", root, "--out-dir", tmp_path / "report"], capsys, monkeypatch)
+    assert code == 0, err
+
+    client = MlflowClient(uri)
+    for pair in ("cows", "fruits"):
+        for kind, min_size in (("pareto", (500, 400)), ("sheet", (5 * 200, 250))):  # sheet: 2 inputs + 3 trials
+            path = tmp_path / "report" / f"{pair}_{kind}.png"
+            image = Image.open(path)
+            assert image.width >= min_size[0] and image.height >= min_size[1]
+            assert path.stat().st_size > 10_000
+            assert len(np.unique(np.asarray(image.convert("L")))) > 50  # real content, not a blank canvas
+        logged = {info.path for info in client.list_artifacts(parent_run_id(uri, pair), "report")}
+        assert {f"report/{pair}_pareto.png", f"report/{pair}_sheet.png"} <= logged
+    assert "report/index.html" in {info.path for info in client.list_artifacts(parent_run_id(uri, "cows"), "report")}
+
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert page.count("data:image/png;base64,") == 4 and "NOT DINO" in page
+    for run in finished_trials(uri, "cows"):
+        assert run.data.tags["splice_tune.trial_id"] in page
+
+
+def test_report_unknown_pair_exits_2_and_writes_nothing(finished_search, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(["report", "--pair", "fruit", "--root", store_root(finished_search), "--out-dir", "out"],
+                           capsys, monkeypatch)
+    assert code == 2 and "fruit" in err and "did you mean 'fruits'" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------------- ls
+
+def test_ls_shows_the_search_its_pairs_and_trial_counts(finished_search, monkeypatch, capsys):
+    code, out, err = run_cli(["ls", "--root", store_root(finished_search)], capsys, monkeypatch)
+    assert code == 0, err
+    header = next(line for line in out.splitlines() if "stopped early" in line)
+    columns = [cell.strip() for cell in header.split("┃")[1:-1]]
+    assert columns[:4] == ["search", "created", "pair", "trials"]
+    for pair in finished_search.summary.pairs:
+        row = next(line for line in out.splitlines() if f" {pair.pair} " in line)
+        cells = dict(zip(columns, (cell.strip() for cell in row.split("│")[1:-1])))
+        assert cells["trials"] == str(sum(pair.counts.values()))
+        for state in ("finished", "stopped early", "failed"):
+            assert cells[state] == str(pair.counts[state])
+        assert cells["best splice_score"] == f"{pair.score:.4f}"
+    assert SEARCH in out
+
+
+# ----------------------------------------------------------------------------------------------------- ui
+
+def test_ui_refuses_a_missing_store_and_a_busy_port(finished_search, tmp_path, monkeypatch, capsys):
+    code, _, err = run_cli(["ui", "--root", tmp_path / "nowhere"], capsys, monkeypatch)
+    assert code == 2 and "splice-tune search" in err
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, _, err = run_cli(["ui", "--root", store_root(finished_search), "--port", port], capsys, monkeypatch)
+    assert code == 2 and f"--port {port}" in err and "in use" in err
+
+
+@pytest.mark.slow
+def test_ui_serves_the_search_over_http_on_localhost(store_copy, tmp_path):
+    root, uri = store_copy
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with open(tmp_path / "ui.log", "wb") as log:
+        process = subprocess.Popen([SCRIPT, "ui", "--port", str(port), "--root", root], stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + 90  # a cold server start takes 10-30 s on a busy 2-core machine
+            while True:
+                assert process.poll() is None, (tmp_path / "ui.log").read_text()
+                try:
+                    with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except (urllib.error.URLError, OSError):
+                    assert time.monotonic() < deadline, "the UI did not answer in 90 s"
+                    time.sleep(0.5)
+            request = urllib.request.Request(
+                f"{base}/api/2.0/mlflow/runs/search", method="POST", headers={"Content-Type": "application/json"},
+                data=json.dumps({"experiment_ids": [experiment_id(uri)], "max_results": 100}).encode())
+            with urllib.request.urlopen(request, timeout=30) as response:
+                runs = json.load(response)["runs"]
+            kinds = sorted(tag["value"] for run in runs for tag in run["data"]["tags"]
+                           if tag["key"] == "splice_tune.kind")
+            assert len(runs) == 8 and kinds == ["pair"] * 2 + ["trial"] * 6
+        finally:
+            process.terminate()
+            code = process.wait(timeout=60)
+    assert code == 0, (tmp_path / "ui.log").read_text()
+    with pytest.raises((urllib.error.URLError, OSError)):  # the server went with it
+        urllib.request.urlopen(f"{base}/health", timeout=2)
