@@ -12,8 +12,9 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed  ## quick search of the example pairs on this machine (local Ray, local MLflow)
-	$(BIN)/splice-tune search examples/pairs.csv --space quick --name demo
-	$(BIN)/splice-tune best --all --search demo --out-dir splice-runs/demo-best
+	$(BIN)/splice-tune search examples/pairs.csv --space quick
+	$(BIN)/splice-tune best --all --out-dir splice-runs/demo-best
+	$(BIN)/splice-tune report
 
 test: $(BIN)/.installed  ## the whole suite, as CI runs it
 	$(BIN)/python -m pytest -q

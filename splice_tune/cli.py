@@ -32,7 +32,7 @@ def _root() -> None:
 
 
 def _default(name: str) -> str:
-    return f"[default: {getattr(DEFAULTS, name)}]"
+    return f"\\[default: {getattr(DEFAULTS, name)}]"
 
 
 @app.command()
@@ -41,7 +41,7 @@ def train(
     appearance: Path = typer.Argument(..., help="Image whose appearance (colours, textures) the output takes."),
     out: Path = typer.Option(Path("out.png"), "--out", "-o", help="Where to write the rendered output image."),
     checkpoint: Optional[Path] = typer.Option(None, help="Where to write the generator checkpoint "
-                                                          "[default: OUT with suffix .pt]."),
+                                                          "\\[default: OUT with suffix .pt]."),
     steps: Optional[int] = typer.Option(None, help=f"Training steps {_default('steps')}."),
     vit: Optional[str] = typer.Option(None, help=f"ViT preset {_default('vit')}."),
     vit_weights: Optional[Path] = typer.Option(None, help="Local DINO checkpoint file (else torch hub's cache)."),
@@ -52,9 +52,9 @@ def train(
     vit_size: Optional[int] = typer.Option(None, help=f"Short side of the ViT's input {_default('vit_size')}."),
     eval_every: Optional[int] = typer.Option(None, help=f"Score every N steps {_default('eval_every')}."),
     seed: Optional[int] = typer.Option(None, help=f"Random seed {_default('seed')}."),
-    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 or auto [default: auto]."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 or auto \\[default: auto]."),
     render_max_side: Optional[int] = typer.Option(None, help="Cap the rendered output's long side "
-                                                             "[default: the structure image's full size]."),
+                                                             "\\[default: the structure image's full size]."),
 ) -> None:
     """Train Splice on one image pair and render the result at full resolution."""
     from splice_model import (EvalEvent, ImageError, NearDuplicatePairError, WeightsError, load_image, render,
@@ -105,18 +105,18 @@ def search(
                                                              "paper) or a YAML file."),
     set_values: list[str] = typer.Option([], "--set", help="Override a fixed setting or budget, e.g. "
                                                            "--set steps=500 --set budget.trials_per_pair=4."),
-    name: Optional[str] = typer.Option(None, help="Search name [default: CSV-SPACE-TIMESTAMP]."),
+    name: Optional[str] = typer.Option(None, help="Search name \\[default: CSV-SPACE-TIMESTAMP]."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted search (--name, or the latest)."),
     root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store and Ray results."),
     storage: Optional[str] = typer.Option(None, help="Ray experiment storage: a path or URI (s3://, gs://) "
-                                                     "[default: ROOT/ray]."),
+                                                     "\\[default: ROOT/ray]."),
     tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI, e.g. http://mlflow:5000 "
-                                                          "[default: SQLite under ROOT]."),
+                                                          "\\[default: SQLite under ROOT]."),
     address: Optional[str] = typer.Option(None, help="Ray cluster to join: HEAD:6379 of its head node, or auto "
-                                                     "[default: start a local Ray]."),
+                                                     "\\[default: start a local Ray]."),
     cpus_per_trial: float = typer.Option(1.0, help="CPUs Ray reserves for each trial."),
     gpus_per_trial: float = typer.Option(0.0, help="GPUs per trial; fractions share a GPU (0.25 = four per GPU)."),
-    max_concurrent: Optional[int] = typer.Option(None, help="Most trials running at once [default: the space's "
+    max_concurrent: Optional[int] = typer.Option(None, help="Most trials running at once \\[default: the space's "
                                                             "budget.max_concurrent, else what resources allow]."),
     max_failures: int = typer.Option(2, help="Retries of a trial that crashes before it counts as failed."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table; print only the summary."),

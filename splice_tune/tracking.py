@@ -196,7 +196,9 @@ class SearchTracker:
                 location = root.resolve().as_uri()
             try:
                 return _retry(self.client.create_experiment, self.search_name, artifact_location=location,
-                              tags={TAG_SEARCH: self.search_name})
+                              tags={TAG_SEARCH: self.search_name,
+                                    # MLflow 3's UI otherwise opens an experiment on its GenAI traces view
+                                    "mlflow.experimentKind": "custom_model_development"})
             except MlflowException as error:
                 # Another driver created it between our lookup and create: use theirs.
                 if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):

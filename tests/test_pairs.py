@@ -193,10 +193,11 @@ def test_good_file(folder: Path) -> None:
     pairs = read_pairs(csv_path, min_side=MIN_SIDE, max_side=512)
     assert listing(folder) == before
     assert pairs == [
-        Pair("cows", folder / "a.png", folder / "b.png", []),
+        Pair("cows", folder / "a.png", folder / "b.png", [], f"{csv_path}:4"),
         Pair("horses", folder / "images" / "big.png", absolute,
-             [f"{csv_path}:6: structure 'images/big.png': 700x300 will be downscaled to max side 512"]),
-        Pair("cows-2.v1_x", folder / "b.png", folder / "c.png", []),
+             [f"{csv_path}:6: structure 'images/big.png': 700x300 will be downscaled to max side 512"],
+             f"{csv_path}:6"),
+        Pair("cows-2.v1_x", folder / "b.png", folder / "c.png", [], f"{csv_path}:7"),
     ]
     assert all(p.structure.is_absolute() and p.appearance.is_absolute() for p in pairs)
 
