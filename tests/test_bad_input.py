@@ -33,9 +33,10 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 import splice_model.images
+from conftest import make_appearance_image, make_structure_image
 
 # ------------------------------------------------------------------------------------------ inputs
 
@@ -64,25 +65,12 @@ TRAIN = ["train", "s.png", "a.png", "--vit", "random_tiny8"]
 
 def structure_picture(size: tuple[int, int] = (48, 40), seed: int = 0) -> Image.Image:
     """Flat coloured shapes on a light noisy background (a clear layout)."""
-    rng = np.random.default_rng(seed)
-    width, height = size
-    image = Image.fromarray((200 + rng.integers(0, 30, size=(height, width, 3))).astype(np.uint8), "RGB")
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((3, 4, width // 2, height // 2 + 6), fill=(210, 40, 40))
-    draw.rectangle((width // 2, height // 3, width - 4, height - 3), fill=(30, 60, 200))
-    draw.polygon([(4, height - 2), (width // 3, height // 2), (width // 2, height - 2)], fill=(40, 170, 60))
-    return image
+    return make_structure_image(size, seed)
 
 
 def appearance_picture(size: tuple[int, int] = (40, 40), seed: int = 1) -> Image.Image:
     """Noisy diagonal colour stripes (texture everywhere, no layout)."""
-    rng = np.random.default_rng(seed)
-    width, height = size
-    y, x = np.mgrid[0:height, 0:width]
-    phase = (x + y) / 5.0
-    stripes = np.stack([np.sin(phase), np.sin(phase + 2.0), np.cos(phase / 2)], axis=-1)
-    pixels = 127.5 + 90 * stripes + rng.normal(0, 20, size=(height, width, 3))
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+    return make_appearance_image(size, seed)
 
 
 def write_valid_inputs(work: Path) -> None:

@@ -7,6 +7,7 @@ subprocesses and interrupts it with Ctrl-C (SIGINT) and with SIGKILL of the driv
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import ray.cloudpickle
 from mlflow import MlflowClient
 
 from conftest import write_search_inputs
+from splice_model import NonFiniteLossError
 from splice_tune import tracking
 from splice_tune.driver import SearchRequest, run_search
 from splice_tune.trainable import run_trial
@@ -45,12 +47,17 @@ def write_space(folder: Path, steps: int, trials: int, concurrent: int) -> Path:
 
 
 def faulty_trial(trial: dict, setup) -> None:
-    """Study trial 0 of 'fruits' raises at step 3; study trial 0 of 'cows' has its process SIGKILLed."""
+    """Study trial 0 of 'fruits' raises at step 3; study trial 0 of 'cows' has its process SIGKILLed;
+    study trial 1 of 'cows' diverges (its loss turns NaN) at step 3."""
     def fault(event) -> None:
-        if event.step == 3 and trial["optuna_trial"] == 0:
-            if trial["pair"] == "fruits":
-                raise RuntimeError("injected fault: fruits trial 0")
+        if event.step != 3:
+            return
+        if trial["optuna_trial"] == 0 and trial["pair"] == "fruits":
+            raise RuntimeError("injected fault: fruits trial 0")
+        if trial["optuna_trial"] == 0:
             os.kill(os.getpid(), signal.SIGKILL)
+        if trial["optuna_trial"] == 1 and trial["pair"] == "cows":
+            raise NonFiniteLossError(3, {"loss/total": math.nan})
 
     run_trial(trial, setup, on_event=fault)
 
@@ -64,15 +71,15 @@ def child_runs(tracking_uri: str, search: str) -> list:
             if run.data.tags.get(tracking.TAG_KIND) == "trial"]
 
 
-def test_a_raising_trial_and_a_killed_trial_end_failed_and_the_search_completes(tmp_path, ray_session):
+def test_failing_and_diverging_trials_are_recorded_and_the_search_completes(tmp_path, ray_session):
     write_search_inputs(tmp_path)
-    space = write_space(tmp_path, steps=20, trials=2, concurrent=2)
+    space = write_space(tmp_path, steps=20, trials=3, concurrent=2)
     request = SearchRequest(pairs_csv=tmp_path / "pairs.csv", space=str(space), name="faults",
                             root=tmp_path / "splice-runs", max_failures=1, quiet=True)
     summary = run_search(request, trainable=faulty_trial)
 
     runs = child_runs(summary.tracking_uri, "faults")
-    assert len(runs) == 4, "one run per trial: a retry reopens its trial's run"
+    assert len(runs) == 6, "one run per trial: a retry reopens its trial's run"
     by_trial = {(run.data.tags[tracking.TAG_PAIR], run.data.tags[tracking.TAG_STUDY_TRIAL]): run for run in runs}
     raised, killed = by_trial[("fruits", "0")], by_trial[("cows", "0")]
     for run in (raised, killed):
@@ -80,11 +87,18 @@ def test_a_raising_trial_and_a_killed_trial_end_failed_and_the_search_completes(
         assert run.data.tags[tracking.TAG_ATTEMPT] == "2", "retried once (--max-failures 1), then failed"
     assert "injected fault: fruits trial 0" in raised.data.tags[tracking.TAG_ERROR]
     assert "died" in killed.data.tags[tracking.TAG_ERROR].lower()
-    for key in (("fruits", "1"), ("cows", "1")):
+    diverged = by_trial[("cows", "1")]
+    assert diverged.info.status == "KILLED", "a diverged trial is a result, not a crash to retry"
+    assert diverged.data.tags[tracking.TAG_STOPPED_EARLY] == "true"
+    assert "non-finite loss at step 3" in diverged.data.tags[tracking.TAG_STOP_REASON]
+    assert diverged.data.tags[tracking.TAG_ATTEMPT] == "1"
+    for key in (("fruits", "1"), ("fruits", "2"), ("cows", "2")):
         assert by_trial[key].info.status == "FINISHED"
     counts = {result.pair: result.counts for result in summary.pairs}
-    assert counts["fruits"]["failed"] == counts["cows"]["failed"] == 1
-    assert all(result.run_id == by_trial[(result.pair, "1")].info.run_id for result in summary.pairs)
+    assert counts["fruits"] == {"finished": 2, "stopped early": 0, "failed": 1, "other": 0}
+    assert counts["cows"] == {"finished": 1, "stopped early": 1, "failed": 1, "other": 0}
+    winners = {result.pair: result.run_id for result in summary.pairs}
+    assert winners["cows"] == by_trial[("cows", "2")].info.run_id
 
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
