@@ -43,6 +43,7 @@ class LiveView:
         if self.live:
             self.live.update(self.table())
             self.live.__exit__(*exc)
+            self.console.line()  # the live table leaves the cursor on its last line
 
     def load(self, runs) -> None:
         """Counts from trial runs already recorded (a resumed search starts from what its first part did)."""

@@ -360,6 +360,10 @@ def _start_ray(request: SearchRequest) -> None:
     # Snapshotting the experiment after every checkpoint is what makes --resume lose nothing; Ray warns
     # about its cost, which is negligible at one eval every few seconds or more.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Our live table replaces Ray's own progress output (its config box, tables and TensorBoard hints).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    for chatty in ("ray._private.authentication.authentication_token_setup", "mlflow.store.db.utils"):
+        logging.getLogger(chatty).setLevel(logging.WARNING if "mlflow" in chatty else logging.ERROR)
     connected_here = not ray.is_initialized()
     if connected_here and request.address:
         cluster.join(request.address)
