@@ -47,15 +47,18 @@ class LiveView:
 
     def load(self, runs) -> None:
         """Counts from trial runs already recorded (a resumed search starts from what its first part did)."""
+        from splice_tune import results, tracking
+
         for run in runs:
-            progress = self.pairs.get(run.data.tags.get("splice_tune.pair"))
+            progress = self.pairs.get(run.data.tags.get(tracking.TAG_PAIR))
             if progress is None:
                 continue
-            if run.data.tags.get("splice_tune.stopped_early") == "true":
+            state = results.trial_state(run)
+            if state == results.STOPPED_EARLY:
                 progress.stopped_early += 1
-            elif run.info.status == "FINISHED":
+            elif state == results.FINISHED:
                 progress.finished += 1
-            elif run.info.status == "FAILED":
+            elif state == results.FAILED:
                 progress.failed += 1
             score = run.data.metrics.get(self.metric)
             if score is not None and math.isfinite(score):

@@ -7,6 +7,8 @@ all been checked; problems surface as one `BadInput` listing them all.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 import math
 import os
@@ -24,10 +26,10 @@ from splice_model.images import load_image
 from splice_tune.console import LiveView
 from splice_tune.errors import BadInput
 from splice_tune.pairs import Pair, read_pairs
-from splice_tune.search import PairScheduler, PairSearcher, evals_per_trial
+from splice_tune.search import PairScheduler, PairSearcher, evals_per_trial, lowest_values
 from splice_tune.spaces import SearchSpace, load_space
 from splice_tune.trainable import TrialSetup, run_trial
-from splice_tune import tracking
+from splice_tune import results, tracking
 
 SEARCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -68,6 +70,7 @@ class SearchSummary:
     tracking_uri: str
     metric: str
     pairs: list[PairResult]
+    vit: str  # the ViT preset the trials used (the first choice, when it is sampled)
 
 
 @dataclass
@@ -143,18 +146,52 @@ def plan_search(request: SearchRequest) -> _Plan:
             if not request.resume and exists:
                 problems.append(f"--name {name!r}: a search of that name exists under {storage}; add --resume "
                                 f"to continue it, or choose another --name")
+    tracking_uri = tracking.resolve_tracking_uri(request.tracking_uri, request.root.resolve())
+    if not problems:
+        problems += _recorded_search_problems(tracking_uri, name, request.resume, search_spec(space, pairs))
     if problems:
         raise BadInput(problems)
     baselines = _check_vit_and_pairs(space, pairs)
-    tracking_uri = tracking.resolve_tracking_uri(request.tracking_uri, request.root.resolve())
     max_concurrent = request.max_concurrent or space.budget.max_concurrent
     return _Plan(request, name, pairs, space, storage, tracking_uri, max_concurrent, baselines)
+
+
+def search_spec(space: SearchSpace, pairs: list[Pair]) -> str:
+    """Fingerprint of what a search runs (the space after --set, the pairs and their images, in order):
+    a resume must run the same, or its trials would silently differ from the first part's."""
+    text = json.dumps({"space": space.to_dict(),
+                       "pairs": [[pair.name, str(pair.structure), str(pair.appearance)] for pair in pairs]},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _recorded_search_problems(tracking_uri: str, name: str, resume: bool, spec: str) -> list[str]:
+    """What the MLflow store says against starting (or resuming) search `name`: its records must never be
+    mixed with another search's."""
+    experiment = tracking.recorded_search(tracking_uri, name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        return [f"--name {name!r}: an MLflow experiment of that name was deleted and still blocks the name; "
+                f"choose another --name, or restore or permanently delete it (`mlflow experiments restore` / "
+                f"`mlflow gc`)"]
+    if not resume:
+        if experiment is not None:
+            return [f"--name {name!r}: the MLflow store {tracking_uri} already holds a search of that name; "
+                    f"add --resume to continue it, or choose another --name"]
+        return []
+    if experiment is None:
+        return [f"--resume: the MLflow store {tracking_uri} has no search named {name!r}; pass the --root or "
+                f"--tracking-uri the search used"]
+    recorded = experiment.tags.get(tracking.TAG_SPEC)
+    if recorded is not None and recorded != spec:
+        return [f"--resume: the pairs file or the search space (with its --set values) differs from what search "
+                f"{name!r} started with; resume with the same inputs, or start a new search with another --name"]
+    return []
 
 
 def _check_vit_and_pairs(space: SearchSpace, pairs: list[Pair]) -> dict[str, dict[str, float]]:
     """Load the ViT once (weights missing offline fail here, not in every trial) and reject pairs whose
     images are (near-)duplicates, where the scores would divide by ~0. Returns each pair's baselines."""
-    config = space.config_for(_lowest_values(space))
+    config = space.config_for(lowest_values(space))
     try:
         features = build_vit(config.vit, config.vit_weights)
     except WeightsError as error:
@@ -201,6 +238,7 @@ def run_search(request: SearchRequest, console: Console | None = None,
 
     root = request.root.resolve()
     tracker = tracking.SearchTracker(plan.tracking_uri, plan.name, artifact_root=root / "mlartifacts")
+    tracker.tag_search(tracking.TAG_SPEC, search_spec(space, plan.pairs))
     parent_runs = {
         pair.name: tracker.pair_run(pair.name, pair.structure, pair.appearance, plan.baselines[pair.name],
                                     pair.notes)
@@ -234,49 +272,45 @@ def run_search(request: SearchRequest, console: Console | None = None,
         tuner = tune.Tuner(trainable, run_config=run_config, tune_config=tune.TuneConfig(
             search_alg=PairSearcher(pair_names, space), scheduler=PairScheduler(space, evals_per_trial(space)),
             num_samples=len(pair_names) * space.budget.trials_per_pair,
-            max_concurrent_trials=plan.max_concurrent))
+            max_concurrent_trials=plan.max_concurrent,
+            # A worker process serves trial after trial: no new interpreter, imports or ViT load per trial.
+            reuse_actors=True))
     console.print(f"search [bold]{plan.name}[/]: {len(pair_names)} pairs x {space.budget.trials_per_pair} trials, "
                   f"space {space.path}, MLflow {plan.tracking_uri}")
     with view:
-        results = tuner.fit()
-    if results.num_terminated + results.num_errors < len(pair_names) * space.budget.trials_per_pair:
+        grid = tuner.fit()
+    if grid.num_terminated + grid.num_errors < len(pair_names) * space.budget.trials_per_pair:
         interrupted = tracker.mark_interrupted()
         for pair in pair_names:
             tracker.finish_pair(pair, status="KILLED", summary={})
         raise SearchInterrupted(plan.name, interrupted)
     summary = summarize(plan, tracker)
-    for pair in pair_names:
-        tracker.finish_pair(pair)
+    for result in summary.pairs:
+        tracker.finish_pair(result.pair, summary=_winner_record(result, summary.metric))
     return summary
 
 
 def summarize(plan: _Plan, tracker: tracking.SearchTracker) -> SearchSummary:
     """Each pair's winner (lowest objective among its finished trials) and its trial counts, from MLflow."""
     metric = plan.space.objective.metric
-    results = []
+    sampled = set(plan.space.params)
+    pairs = []
     for pair in plan.pairs:
         runs = tracker.trial_runs(pair.name)
-        counts = {"finished": 0, "stopped early": 0, "failed": 0, "other": 0}
-        for run in runs:
-            if run.data.tags.get(tracking.TAG_STOPPED_EARLY) == "true":
-                counts["stopped early"] += 1
-            elif run.info.status == "FINISHED":
-                counts["finished"] += 1
-            elif run.info.status == "FAILED":
-                counts["failed"] += 1
-            else:
-                counts["other"] += 1
-        finished = [run for run in runs if run.info.status == "FINISHED" and
-                    run.data.tags.get(tracking.TAG_STOPPED_EARLY) != "true"]
-        try:
-            best = tracking.best_trial(finished, by=metric)
-        except (LookupError, ValueError):
-            best = None
-        sampled = set(plan.space.params)
-        results.append(PairResult(
+        best = results.winner(runs, metric)
+        pairs.append(PairResult(
             pair.name, best.info.run_id if best else None, best.data.metrics.get(metric) if best else None,
-            {k: v for k, v in best.data.params.items() if k in sampled} if best else {}, counts))
-    return SearchSummary(plan.name, tracker.experiment_id, plan.tracking_uri, metric, results)
+            {k: v for k, v in best.data.params.items() if k in sampled} if best else {},
+            results.count_states(runs)))
+    vit = plan.space.config_for(lowest_values(plan.space)).vit
+    return SearchSummary(plan.name, tracker.experiment_id, plan.tracking_uri, metric, pairs, vit)
+
+
+def _winner_record(result: PairResult, metric: str) -> dict:
+    """What the pair's parent run keeps of its winner: the run id and the objective's value."""
+    if result.run_id is None:
+        return {}
+    return {tracking.TAG_BEST_TRIAL: result.run_id, metric: result.score}
 
 
 # Ray pickles the run config (callbacks included) into the experiment and, on --resume, brings back that
@@ -383,13 +417,9 @@ def _largest(space: SearchSpace, name: str):
     """The largest value a setting can take in this space (None counts as largest: no cap)."""
     spec = space.params.get(name)
     if spec is None:
-        return getattr(space.config_for(_lowest_values(space)), name)
+        return getattr(space.config_for(lowest_values(space)), name)
     values = list(spec.choices) if spec.type == "categorical" else [spec.low, spec.high]
     return None if None in values else max(values)
-
-
-def _lowest_values(space: SearchSpace) -> dict:
-    return {name: spec.choices[0] if spec.type == "categorical" else spec.low for name, spec in space.params.items()}
 
 
 def _uint8(path: Path, max_side: int | None) -> torch.Tensor:

@@ -3,8 +3,9 @@
 One Tuner runs the trials of every pair at once, so free slots never idle while any pair has trials left.
 `PairSearcher` keeps one Optuna study per pair and hands out trials round-robin over the pairs with budget
 left; `PairScheduler` keeps one ASHA comparison per pair (comparing scores across different images would be
-meaningless). Both live in the driver and are saved with Ray's experiment state, which makes `--resume`
-continue the same studies.
+meaningless). Both live in the driver. Ray saves the searcher (with its studies) in the experiment state,
+so `--resume` continues the same studies; it does not save schedulers, so after a resume each pair's ASHA
+rungs fill again from the trials that report from then on.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class PairSearcher(Searcher):
         self.studies = {pair: optuna.create_study(study_name=pair, direction=direction,
                                                   sampler=make_sampler(space, pair)) for pair in self.pairs}
         self.assigned: dict[str, tuple[str, int]] = {}  # Ray trial id -> (pair, Optuna trial number)
+        self.open_trials: dict[str, optuna.trial.Trial] = {}  # Ray trial id -> its Optuna trial, until told
 
     def started(self) -> Counter:
         return Counter(pair for pair, _ in self.assigned.values())
@@ -55,29 +57,47 @@ class PairSearcher(Searcher):
         pair = min(open_pairs, key=lambda name: started[name])  # ties keep the CSV's order
         optuna_trial = self.studies[pair].ask(self.distributions)
         self.assigned[trial_id] = (pair, optuna_trial.number)
+        self.open_trials[trial_id] = optuna_trial
         return {"pair": pair, "params": dict(optuna_trial.params), "optuna_trial": optuna_trial.number}
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        # Intermediate values let TPE rank trials that the scheduler stops (told PRUNED below).
+        value = result.get(self.metric)
+        if trial_id in self.open_trials and value is not None and math.isfinite(value):
+            self.open_trials[trial_id].report(value, step=result["training_iteration"])
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id not in self.assigned:
-            return
+        optuna_trial = self.open_trials.pop(trial_id, None)
+        if optuna_trial is None:
+            return  # told already (a resumed search replays completions)
         pair, number = self.assigned[trial_id]
         study = self.studies[pair]
-        if study.trials[number].state != optuna.trial.TrialState.RUNNING:
-            return  # told already (a resumed search replays completions)
-        value = (result or {}).get(self.metric)
-        if error or value is None or not math.isfinite(value):
+        result = result or {}
+        value = result.get(self.metric)
+        if error or value is None:
             study.tell(number, state=optuna.trial.TrialState.FAIL)
+        elif result.get("diverged"):
+            # Diverged: these values are bad. Told as the worst score seen so far, so TPE steers away from
+            # them; with nothing to compare against yet, as failed.
+            seen = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+            if seen:
+                study.tell(number, max(seen) if self.mode == "min" else min(seen))
+            else:
+                study.tell(number, state=optuna.trial.TrialState.FAIL)
+        elif not result.get("final"):
+            study.tell(number, state=optuna.trial.TrialState.PRUNED)  # stopped early by the scheduler
         else:
             study.tell(number, value)
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as file:
-            pickle.dump({"studies": self.studies, "assigned": self.assigned}, file)
+            pickle.dump({"studies": self.studies, "assigned": self.assigned, "open_trials": self.open_trials},
+                        file)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as file:
             state = pickle.load(file)
-        self.studies, self.assigned = state["studies"], state["assigned"]
+        self.studies, self.assigned, self.open_trials = state["studies"], state["assigned"], state["open_trials"]
 
 
 class PairScheduler(FIFOScheduler):
@@ -121,24 +141,17 @@ class PairScheduler(FIFOScheduler):
     def debug_string(self) -> str:
         return f"per-pair {self.space.scheduler.type} over {len(self.per_pair)} pairs"
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as file:
-            pickle.dump(self.per_pair, file)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as file:
-            self.per_pair = pickle.load(file)
-
 
 def evals_per_trial(space: SearchSpace) -> int:
     """The most reports a trial can make (ASHA's horizon): one per eval_every steps, rounding up for the last."""
     def extremes(name: str) -> list:
         spec = space.params.get(name)
         if spec is None:
-            return [getattr(space.config_for(_lowest(space)), name)]
+            return [getattr(space.config_for(lowest_values(space)), name)]
         return list(spec.choices) if spec.type == "categorical" else [spec.low, spec.high]
     return math.ceil(max(extremes("steps")) / min(extremes("eval_every")))
 
 
-def _lowest(space: SearchSpace) -> dict:
+def lowest_values(space: SearchSpace) -> dict:
+    """A valid sample of the space: every parameter at its low end (or first choice)."""
     return {name: spec.choices[0] if spec.type == "categorical" else spec.low for name, spec in space.params.items()}

@@ -40,6 +40,7 @@ TAG_PAIR = "splice_tune.pair"
 TAG_TRIAL = "splice_tune.trial_id"
 TAG_STUDY_TRIAL = "splice_tune.study_trial"  # the trial's number in its pair's Optuna study
 TAG_INTERRUPTED = "splice_tune.interrupted"
+TAG_SPEC = "splice_tune.spec"  # fingerprint of the pairs and search space a search was started with
 TAG_VIT = "splice_tune.vit"
 TAG_STOPPED_EARLY = "splice_tune.stopped_early"
 TAG_ERROR = "splice_tune.error"
@@ -211,6 +212,10 @@ class SearchTracker:
         if TAG_SEARCH not in experiment.tags:
             _retry(self.client.set_experiment_tag, experiment.experiment_id, TAG_SEARCH, self.search_name)
         return experiment.experiment_id
+
+    def tag_search(self, key: str, value: str) -> None:
+        """Set a tag on the search's experiment."""
+        _retry(self.client.set_experiment_tag, self.experiment_id, key, value)
 
     def _find_pair_run(self, pair_name: str) -> Run | None:
         runs = _search_all(self.client, self.experiment_id, _tag_filter(
@@ -482,6 +487,15 @@ class TrialLogger:
         _log_batch(self.client, self.run_id, tags=[RunTag(TAG_STOPPED_EARLY, "true"),
                                                    RunTag(TAG_STOP_REASON, reason[:MAX_ERROR_CHARS])])
         self.finish("KILLED")
+
+
+def recorded_search(tracking_uri: str, search_name: str) -> Experiment | None:
+    """The experiment of search `search_name` if the store has one (deleted ones included), without ever
+    creating a store: a local SQLite file that does not exist yet means no search."""
+    folder = _sqlite_folder(tracking_uri)
+    if folder is not None and not Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]).exists():
+        return None
+    return _retry(MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name, search_name)
 
 
 def find_experiment(client: MlflowClient, search_name: str | None) -> Experiment:

@@ -77,7 +77,8 @@ def run_trial(trial: dict, setup: TrialSetup,
         trainer = SpliceTrainer(structure, appearance, config)
         if checkpoint is not None:  # a retried or resumed trial continues from its last eval
             with checkpoint.as_directory() as folder:
-                state = torch.load(Path(folder) / TRAINER_STATE, map_location=trainer.device, weights_only=True)
+                # On the CPU: the augmentation RNG's state must stay there; load_state_dict moves the rest.
+                state = torch.load(Path(folder) / TRAINER_STATE, map_location="cpu", weights_only=True)
             trainer.load_state_dict(state)
         events = trainer.events()
         if trainer.step >= config.steps:
@@ -92,9 +93,9 @@ def run_trial(trial: dict, setup: TrialSetup,
                 continue
             image = to_pil(event.output)
             logger.log_eval(event.step, event.scores, image)
-            with tempfile.TemporaryDirectory() as folder:
+            with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as artifacts:
                 torch.save(trainer.state_dict(), Path(folder) / TRAINER_STATE)
-                generator_path = save_checkpoint(Path(folder) / GENERATOR_FILE, trainer.generator, config,
+                generator_path = save_checkpoint(Path(artifacts) / GENERATOR_FILE, trainer.generator, config,
                                                  event.step, event.scores)
                 if event.final:
                     logger.log_final(image, generator_path, event.scores)

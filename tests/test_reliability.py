@@ -95,8 +95,8 @@ def test_failing_and_diverging_trials_are_recorded_and_the_search_completes(tmp_
     for key in (("fruits", "1"), ("fruits", "2"), ("cows", "2")):
         assert by_trial[key].info.status == "FINISHED"
     counts = {result.pair: result.counts for result in summary.pairs}
-    assert counts["fruits"] == {"finished": 2, "stopped early": 0, "failed": 1, "other": 0}
-    assert counts["cows"] == {"finished": 1, "stopped early": 1, "failed": 1, "other": 0}
+    assert counts["fruits"] == {"finished": 2, "stopped early": 0, "failed": 1, "running": 0, "interrupted": 0}
+    assert counts["cows"] == {"finished": 1, "stopped early": 1, "failed": 1, "running": 0, "interrupted": 0}
     winners = {result.pair: result.run_id for result in summary.pairs}
     assert winners["cows"] == by_trial[("cows", "2")].info.run_id
 

@@ -102,10 +102,18 @@ def test_searcher_keeps_pairs_apart_and_respects_the_budget(tmp_path):
         mine = [p["params"]["alpha"] for p in proposals[:6] if p["pair"] == pair]
         study = [trial.params["alpha"] for trial in searcher.studies[pair].trials]
         assert mine == study, "a trial's values come from its own pair's study"
-    searcher.on_trial_complete("trial_0", {"splice_score": 0.5})
-    searcher.on_trial_complete("trial_1", {"splice_score": float("nan")})
-    assert searcher.studies["a"].trials[0].value == 0.5
-    assert searcher.studies["b"].trials[0].state.name == "FAIL"
+    searcher.on_trial_result("trial_2", {"splice_score": 0.9, "training_iteration": 1})
+    searcher.on_trial_complete("trial_0", {"splice_score": 0.5, "final": True})
+    searcher.on_trial_complete("trial_1", {"splice_score": 0.7}, error=True)
+    searcher.on_trial_complete("trial_2", {"splice_score": 0.9, "final": False})  # the scheduler stopped it
+    searcher.on_trial_complete("trial_4", {"splice_score": float("inf"), "final": True, "diverged": True})
+    searcher.on_trial_complete("trial_3", {"splice_score": float("inf"), "final": True, "diverged": True})
+    study_a, study_b = searcher.studies["a"], searcher.studies["b"]
+    assert study_a.trials[0].value == 0.5
+    assert study_b.trials[0].state.name == "FAIL"
+    assert study_a.trials[1].state.name == "PRUNED" and study_a.trials[1].intermediate_values == {1: 0.9}
+    assert study_a.trials[2].value == 0.5, "a diverged trial counts as the worst result seen so far"
+    assert study_b.trials[1].state.name == "FAIL", "nothing to compare a diverged trial with yet"
     restored = PairSearcher(["a", "b"], space)
     searcher.save(str(tmp_path / "searcher.pkl"))
     restored.restore(str(tmp_path / "searcher.pkl"))
