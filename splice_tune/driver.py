@@ -226,6 +226,7 @@ def run_search(request: SearchRequest, console: Console | None = None,
     Raises SearchInterrupted after Ctrl-C (trials then running are marked interrupted in MLflow; the same
     command with --resume continues). `trainable` replaces the trial function (fault-injection tests).
     """
+    import ray
     from ray import tune
 
     console = console or Console(stderr=True, quiet=request.quiet)
@@ -244,8 +245,9 @@ def run_search(request: SearchRequest, console: Console | None = None,
                                     pair.notes)
         for pair in plan.pairs
     }
-    images = {pair.name: (_uint8(pair.structure, _largest(space, "max_side")),
-                          _uint8(pair.appearance, _largest(space, "max_side"))) for pair in plan.pairs}
+    # One object per pair in Ray's object store: a trial fetches its own pair's images, not every pair's.
+    images = {pair.name: ray.put((_uint8(pair.structure, _largest(space, "max_side")),
+                                  _uint8(pair.appearance, _largest(space, "max_side")))) for pair in plan.pairs}
     setup = TrialSetup(plan.name, plan.tracking_uri, tracker.experiment_id, parent_runs, images, space,
                        request.cpus_per_trial)
 

@@ -35,7 +35,7 @@ class TrialSetup:
     tracking_uri: str
     experiment_id: str
     parent_runs: dict[str, str]  # pair -> parent run id
-    images: dict[str, tuple[torch.Tensor, torch.Tensor]]  # pair -> (structure, appearance), uint8 (3, H, W)
+    images: dict[str, "ray.ObjectRef"]  # pair -> ref to (structure, appearance), uint8 (3, H, W)
     space: SearchSpace
     cpus_per_trial: float
 
@@ -72,7 +72,7 @@ def run_trial(trial: dict, setup: TrialSetup,
                          pair, setup.search_name, params,
                          tags={TAG_NODE: ray.get_runtime_context().get_node_id()},
                          study_trial=trial["optuna_trial"])
-    structure, appearance = (image.float() / 255.0 for image in setup.images[pair])
+    structure, appearance = (image.float() / 255.0 for image in ray.get(setup.images[pair]))
     try:
         trainer = SpliceTrainer(structure, appearance, config)
         if checkpoint is not None:  # a retried or resumed trial continues from its last eval
