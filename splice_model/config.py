@@ -84,7 +84,33 @@ class SpliceConfig:
             problems.append(f"max_side: must be >= 16 or null, got {self.max_side!r}")
         if self.vit_max_side < self.vit_size:
             problems.append(f"vit_max_side: must be >= vit_size ({self.vit_size}), got {self.vit_max_side!r}")
+        from .vit import VIT_PRESETS  # here, not at the top: vit.py imports torch and timm
+
+        if self.vit not in VIT_PRESETS:
+            problems.append(f"vit: unknown ViT preset {self.vit!r}; choose one of {', '.join(VIT_PRESETS)}")
+        device_problem = _device_problem(self.device)
+        if device_problem:
+            problems.append(f"device: {device_problem}")
         return problems
+
+
+def _device_problem(device: object) -> str | None:
+    """Why `device` is not "auto" or a device string torch parses (cpu, cuda, cuda:1, mps); None if it is.
+
+    Only the spelling is checked: whether this machine has that device is the caller's business (a search
+    driver may lack the GPUs its cluster's nodes have).
+    """
+    if device == "auto":
+        return None
+    if isinstance(device, str) and device:
+        import torch
+
+        try:
+            torch.device(device)
+            return None
+        except (RuntimeError, ValueError):
+            pass
+    return f"{device!r} is not a device; use auto, cpu, cuda, cuda:N (a GPU index) or mps"
 
 
 CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SpliceConfig))

@@ -7,6 +7,7 @@ tiny or gigantic images) and raises `ImageError` with one readable line instead 
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -44,23 +45,32 @@ def open_image(path: str | os.PathLike, min_side: int = 1, notes: list[str] | No
         raise ImageError(f"{path}: no such file; check the path")
     if path.is_dir():
         raise ImageError(f"{path}: is a directory, not an image file; name a .png/.jpg file")
+    # Our cap is the one that applies: PIL's own guard (a warning above MAX_IMAGE_PIXELS, an error above
+    # twice that, 89.5 MP by default) is moved up to our cap for this call, and its warning is ignored
+    # because the check below refuses the same images with their size in the message. Only above twice the
+    # cap does PIL refuse first (DecompressionBombError, inside Image.open).
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path)
             width, height = image.size
             if width * height > MAX_PIXELS:
-                raise ImageError(f"{path}: {width}x{height} is over the {MAX_PIXELS:,}-pixel limit; "
-                                 f"downscale the image before using it")
+                raise ImageError(_too_many_pixels(path, f"{width}x{height}"))
             image.load()
     except ImageError:
         raise
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image Pillow can read; use PNG, JPEG, WebP, TIFF or BMP") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{path}: too many pixels (decompression-bomb guard); downscale the image") from None
+    except Image.DecompressionBombError as error:
+        # PIL's message holds the pixel count ("Image size (N pixels) exceeds limit of ..."), not W x H.
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        raise ImageError(_too_many_pixels(path, f"{int(found.group(1)):,} pixels" if found else "it")) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{path}: corrupt or truncated image ({error}); re-export or re-download it") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
     if getattr(image, "n_frames", 1) > 1 and notes is not None:
         notes.append(f"{path}: has {image.n_frames} frames; using the first")
     image = _to_rgb(image, path, notes)
@@ -68,6 +78,11 @@ def open_image(path: str | os.PathLike, min_side: int = 1, notes: list[str] | No
         raise ImageError(f"{path}: {image.size[0]}x{image.size[1]} is too small; the short side must be at "
                          f"least {min_side} pixels for the ViT")
     return image
+
+
+def _too_many_pixels(path: Path, size: str) -> str:
+    return (f"{path}: {size} is over the {MAX_PIXELS:,}-pixel limit (decompression-bomb guard); downscale the "
+            f"image before using it")
 
 
 def _to_rgb(image: Image.Image, path: Path, notes: list[str] | None) -> Image.Image:

@@ -136,11 +136,33 @@ def vit_resize(images: torch.Tensor, short_side: int = 224, max_side: int = 480)
     pass through it.
     """
     height, width = images.shape[-2:]
-    scale = min(short_side / min(height, width), max_side / max(height, width))
-    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    size = vit_input_size(height, width, short_side, max_side)
     if size == (height, width):
         return images
     return F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=True)
+
+
+def vit_input_size(height: int, width: int, short_side: int = 224, max_side: int = 480) -> tuple[int, int]:
+    """(height, width) after `vit_resize`: torchvision's `Resize(short_side, max_size=max_side)` arithmetic,
+    which the released Splice code uses (`_compute_resized_output_size`): the long side is truncated, not
+    rounded, and when it exceeds `max_side` the short side becomes `int(max_side * short_side / long)`.
+    Unlike torchvision, `max_side == short_side` is allowed (the long side is then capped at it), and a side
+    never shrinks to 0."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = short_side, int(short_side * long / short)
+    if new_long > max_side:
+        new_short, new_long = int(max_side * new_short / new_long), max_side
+    new_short = max(1, new_short)
+    return (new_long, new_short) if width <= height else (new_short, new_long)
+
+
+def not_dino_note(preset_name: str) -> str | None:
+    """One line to show with results of a random-weight preset (not DINO); None for DINO presets."""
+    preset = VIT_PRESETS.get(preset_name)
+    if preset is None or preset.url is not None:
+        return None
+    return (f"NOT DINO (random-weight ViT {preset_name}): these results show the machinery working, "
+            f"not Splice's quality")
 
 
 def build_vit(preset_name: str = DEFAULT_VIT, weights: str | os.PathLike | None = None) -> ViTFeatures:

@@ -10,7 +10,6 @@ works when no trial finished (the best stopped-early trial's settings are used t
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,16 +19,16 @@ from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
-from splice_model import (CheckpointError, EvalEvent, ImageError, NonFiniteLossError, WeightsError, load_checkpoint,
-                          load_image, render, save_checkpoint, to_pil, train_pair)
+from splice_model import (CheckpointError, ImageError, NonFiniteLossError, SpliceTrainer, WeightsError,
+                          load_checkpoint, load_image, render, save_checkpoint, to_pil)
+from splice_model.vit import not_dino_note
 from splice_tune import results, tracking
 from splice_tune.errors import BadInput
+from splice_tune.progress import train_with_progress
+from splice_tune.results import NOT_SETTINGS, SCORES
 
-SCORE_NAMES = ("splice", "structure", "appearance")
-SCORES = tuple(f"{name}_score" for name in SCORE_NAMES)
+SCORE_NAMES = tuple(name.removesuffix("_score") for name in SCORES)
 CHECKPOINT_ARTIFACT = "checkpoint/generator.pt"
-# Bookkeeping params of a trial run, not settings of the training.
-_NOT_SETTINGS = {"pair", "optuna_trial", "sampled"}
 
 
 @dataclass
@@ -149,7 +148,7 @@ def _describe(console: Console, pair: results.PairRuns, run: Run, metric: str, u
     console.print(f"[bold]{pair.name}[/]: winner by {metric}: trial {results.trial_name(run)} ({state}), "
                   f"run {run.info.run_id}", highlight=False)
     sampled = results.sampled_names(run)
-    fixed = sorted(name for name in run.data.params if name not in _NOT_SETTINGS and name not in sampled)
+    fixed = sorted(name for name in run.data.params if name not in NOT_SETTINGS and name not in sampled)
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column()
@@ -161,6 +160,9 @@ def _describe(console: Console, pair: results.PairRuns, run: Run, metric: str, u
     if not uri.startswith(("http://", "https://")):
         link += "  (start the UI with `splice-tune ui`)"
     table.add_row("MLflow", link)
+    note = not_dino_note(results.trial_vit(run) or "")
+    if note:
+        table.add_row("ViT", f"[bold red]{note}[/]")
     console.print(table, highlight=False)
 
 
@@ -200,35 +202,19 @@ def _render(client: MlflowClient, pair: results.PairRuns, run: Run, request: Bes
 
 def _retrain(run: Run, structure: Path, appearance: Path, steps: int, console: Console):
     """Train the run's settings from scratch for `steps` steps with a progress bar: (generator, config, scores)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     # "auto": the trial may have run on a GPU machine this one does not have (or the reverse).
     config = results.config_from_params(run.data.params).replace(steps=steps, device="auto")
     problems = config.validate()
     if problems:
         raise BadInput([f"run {run.info.run_id}: logged setting {problem}" for problem in problems])
-    columns = [TextColumn("[bold]retrain"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeRemainingColumn()]
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("retrain", total=steps, info="")
-        state = {"score": "", "rate": ""}
-
-        def show(event) -> None:
-            # Timed from the first step: building the ViT and the targets before it is not training speed.
-            started = state.setdefault("started", time.perf_counter())
-            if isinstance(event, EvalEvent):
-                state["score"] = f"splice {event.scores['splice_score']:.3f} "
-            else:
-                state["rate"] = f"{(event.step - 1) / max(time.perf_counter() - started, 1e-9):.2f} it/s"
-                progress.update(task, completed=event.step)
-            progress.update(task, info=state["score"] + state["rate"])
-
-        try:
-            result = train_pair(structure, appearance, config, callback=show)
-        except WeightsError as error:
-            raise BadInput(str(error)) from None
-        except NonFiniteLossError as error:
-            console.print(f"[red]error:[/] retraining run {run.info.run_id}'s settings diverged ({error}); "
-                          f"try another --retrain-steps or another trial", highlight=False)
-            raise SystemExit(1) from None
-    return result.generator, result.config, result.scores
+    try:
+        trainer = SpliceTrainer(structure, appearance, config)
+    except WeightsError as error:
+        raise BadInput(str(error)) from None
+    try:
+        scores = train_with_progress(trainer, console, label="retrain")
+    except NonFiniteLossError as error:
+        console.print(f"[red]error:[/] retraining run {run.info.run_id}'s settings diverged ({error}); "
+                      f"try another --retrain-steps or another trial", highlight=False)
+        raise SystemExit(1) from None
+    return trainer.generator, trainer.config, scores

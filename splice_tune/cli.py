@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -57,21 +56,27 @@ def train(
                                                              "\\[default: the structure image's full size]."),
 ) -> None:
     """Train Splice on one image pair and render the result at full resolution."""
-    from splice_model import (EvalEvent, ImageError, NearDuplicatePairError, WeightsError, load_image, render,
-                              save_checkpoint, to_pil)
+    from splice_model import (ImageError, NearDuplicatePairError, NonFiniteLossError, WeightsError, load_image,
+                              render, save_checkpoint, to_pil)
     from splice_model.train import SpliceTrainer
+    from splice_model.vit import not_dino_note
+    from splice_tune.progress import train_with_progress
 
     given = {"steps": steps, "vit": vit, "vit_weights": str(vit_weights) if vit_weights else None, "alpha": alpha,
-             "beta": beta, "lr": lr, "max_side": max_side, "vit_size": vit_size, "eval_every": eval_every, "seed": seed, "device": device}
+             "beta": beta, "lr": lr, "max_side": max_side, "vit_size": vit_size, "eval_every": eval_every,
+             "seed": seed, "device": device}
     config = DEFAULTS.replace(**{k: v for k, v in given.items() if v is not None})
+    if vit_size is not None:
+        # train has no --vit-max-side: the long-side cap follows a larger --vit-size instead of refusing it.
+        config = config.replace(vit_max_side=max(config.vit_max_side, vit_size))
     problems = [_as_flag(problem) for problem in config.validate()]
-    if out.suffix.lower() not in IMAGE_SUFFIXES:
-        problems.append(f"--out {out}: use an image file name ending in {', '.join(sorted(IMAGE_SUFFIXES))}")
-    if not out.parent.is_dir():
-        problems.append(f"--out {out}: folder {out.parent} does not exist; create it first")
-    from splice_model.vit import VIT_PRESETS
-    if config.vit not in VIT_PRESETS:
-        problems.append(f"--vit {config.vit}: unknown preset; choose one of {', '.join(VIT_PRESETS)}")
+    if not any(problem.startswith("--device") for problem in problems):
+        problems += _device_problems(config.device)
+    checkpoint_given = checkpoint is not None
+    checkpoint = checkpoint or out.with_suffix(".pt")
+    problems += _output_problems(out, checkpoint, checkpoint_given)
+    if render_max_side is not None and render_max_side < 16:
+        problems.append(f"--render-max-side: must be >= 16, got {render_max_side}")
     if vit_weights is not None and not vit_weights.is_file():
         problems.append(f"--vit-weights {vit_weights}: no such ViT weights file; pass the path of a DINO .pth checkpoint")
     full_structure = None
@@ -90,12 +95,69 @@ def train(
         trainer.scorer.check_baselines(f"{structure} + {appearance}")
     except (WeightsError, NearDuplicatePairError) as error:
         raise BadInput([str(error)]) from None
-    _train_with_progress(trainer, config, EvalEvent)
-    checkpoint = checkpoint or out.with_suffix(".pt")
-    scores, _ = trainer.evaluate()
-    save_checkpoint(checkpoint, trainer.generator, config, trainer.step, scores)
-    to_pil(render(trainer.generator, full_structure, max_side=render_max_side)).save(out)
-    console.print(f"wrote {out} and {checkpoint}; " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    try:
+        scores = train_with_progress(trainer, console)
+    except NonFiniteLossError as error:
+        console.print(f"[red]error:[/] training diverged at step {error.step} (non-finite loss); lower --lr "
+                      f"(it was {config.lr:g}). Nothing written.", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    # The image first: a checkpoint that fails to write must not cost the rendered output.
+    try:
+        to_pil(render(trainer.generator, full_structure, max_side=render_max_side)).save(out)
+        save_checkpoint(checkpoint, trainer.generator, config, trainer.step, scores)
+    except OSError as error:
+        written = f"; {out} was written" if out.is_file() else ""
+        console.print(f"[red]error:[/] cannot write {error.filename or out}: {error.strerror or error}{written}",
+                      highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    line = f"wrote {out} and {checkpoint}; " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+    note = not_dino_note(config.vit)
+    console.print(line + (f"; {note}" if note else ""), highlight=False, soft_wrap=True)
+
+
+def _device_problems(device: str) -> list[str]:
+    """Why `--device` (already a valid device string) cannot run training on this machine; [] when it can."""
+    import torch
+
+    if device == "auto":
+        return []
+    parsed = torch.device(device)
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            return [f"--device {device}: this machine has no CUDA GPU PyTorch can use; use --device cpu or auto"]
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            return [f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"]
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            return [f"--device {device}: Apple's MPS is not available on this machine; use --device cpu or auto"]
+    elif parsed.type != "cpu":
+        return [f"--device {device}: training runs on cpu, cuda or mps; use one of them (or auto)"]
+    return []
+
+
+def _output_problems(out: Path, checkpoint: Path, checkpoint_given: bool) -> list[str]:
+    """Why the image `out` or the `checkpoint` could not be written once training is done; [] when fine."""
+    problems = []
+    if out.is_dir():
+        problems.append(f"--out {out}: is a directory; name an image file such as {out / 'out.png'}")
+    else:
+        if out.suffix.lower() not in IMAGE_SUFFIXES:
+            problems.append(f"--out {out}: use an image file name ending in {', '.join(sorted(IMAGE_SUFFIXES))}")
+        if not out.parent.is_dir():
+            problems.append(f"--out {out}: folder {out.parent} does not exist; create it first")
+    if checkpoint_given:
+        if checkpoint.is_dir():
+            problems.append(f"--checkpoint {checkpoint}: is a directory; name a file such as "
+                            f"{checkpoint / 'generator.pt'}")
+        elif not checkpoint.parent.is_dir():
+            problems.append(f"--checkpoint {checkpoint}: folder {checkpoint.parent} does not exist; create it first")
+        elif checkpoint.resolve() == out.resolve():
+            problems.append(f"--checkpoint {checkpoint}: is the same file as --out; name another file")
+    elif checkpoint.is_dir():  # the default, OUT with suffix .pt, in a folder already checked above
+        problems.append(f"--out {out}: the checkpoint's default path {checkpoint} is a directory; pass "
+                        f"--checkpoint FILE")
+    return problems
 
 
 @app.command()
@@ -205,6 +267,8 @@ def list_searches(
 def _print_summary(summary) -> None:
     from rich.table import Table
 
+    from splice_model.vit import not_dino_note
+
     out = Console()
     table = Table(title=f"search {summary.name}: each pair's winner by {summary.metric}", title_justify="left")
     for column in ("pair", summary.metric, "finished", "stopped early", "failed", "winner's params"):
@@ -215,9 +279,13 @@ def _print_summary(summary) -> None:
         table.add_row(pair.pair, score, str(pair.counts["finished"]), str(pair.counts["stopped early"]),
                       str(pair.counts["failed"]), params if pair.run_id else "no finished trial")
     out.print(table)
+    by = "" if summary.metric == "splice_score" else f" --by {summary.metric.removesuffix('_score')}"
     for pair in summary.pairs:
         if pair.run_id:
-            out.print(f"  splice-tune best --pair {pair.pair} --search {summary.name}", highlight=False)
+            out.print(f"  splice-tune best --pair {pair.pair} --search {summary.name}{by}", highlight=False)
+    note = not_dino_note(getattr(summary, "vit", None) or "")
+    if note:
+        out.print(f"[bold red]{note}[/]", highlight=False)
     out.print(f"MLflow: {summary.tracking_uri} (experiment {summary.experiment_id}); compare trials with: "
               f"splice-tune ui", highlight=False)
 
@@ -235,26 +303,6 @@ def _as_flag(problem: str) -> str:
     return f"--{name.replace('_', '-')}:{rest}"
 
 
-def _train_with_progress(trainer, config: SpliceConfig, eval_event_type) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeRemainingColumn()]
-    started = time.perf_counter()
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("train", total=config.steps, info="")
-        scores = ""
-        for event in trainer.events():
-            if isinstance(event, eval_event_type):
-                scores = f" splice {event.scores['splice_score']:.3f}"
-                continue
-            rate = event.step / (time.perf_counter() - started)
-            info = (f"loss {event.losses['loss/total']:.4f} (app {event.losses['loss/appearance']:.4f}, "
-                    f"struct {event.losses['loss/structure']:.4f}, id {event.losses['loss/identity']:.4f})"
-                    f"{scores} {rate:.2f} it/s")
-            progress.update(task, completed=event.step, info=info)
-
-
 def main() -> None:
     """Console-script entry point: turns BadInput into readable lines and exit code 2."""
     try:
@@ -263,9 +311,7 @@ def main() -> None:
         for problem in error.problems:
             console.print(f"[red]error:[/] {problem}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        sys.exit(130)
+    # No KeyboardInterrupt handler here: typer's own main turns Ctrl-C into Exit(130) (typer/core.py `_main`).
 
 
 if __name__ == "__main__":

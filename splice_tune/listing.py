@@ -12,7 +12,8 @@ from splice_tune import results
 
 
 def list_searches(root: Path, tracking_uri: str | None = None, console: Console | None = None) -> None:
-    """Print one table row per pair of every search, newest search first; BadInput if the store is missing."""
+    """Print one table row per pair of every search, newest search first, and a NOT DINO note under it for
+    searches that used a random-weight ViT; BadInput if the store is missing or cannot be read."""
     console = console or Console()
     client, uri = results.open_store(tracking_uri, root)
     experiments = results.search_experiments(client)
@@ -41,5 +42,9 @@ def list_searches(root: Path, tracking_uri: str | None = None, console: Console 
                           f"{best.data.metrics['splice_score']:.4f}" if best else "-")
         table.add_section()
     console.print(table)
+    for experiment, pairs in searches:
+        note = results.vit_note([trial for pair in pairs.values() for trial in pair.trials])
+        if note:
+            console.print(f"search {experiment.name}: {note}", highlight=False)
     console.print("next: splice-tune best --pair PAIR --search SEARCH (render a winner), splice-tune report "
                   "--search SEARCH (plots and contact sheets), splice-tune ui (browse in MLflow)", highlight=False)

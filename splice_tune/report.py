@@ -27,11 +27,9 @@ from rich.console import Console
 
 from splice_tune import results, tracking
 from splice_tune.errors import BadInput
+from splice_tune.results import NOT_SETTINGS, SCORES
 
-SCORES = ("splice_score", "structure_score", "appearance_score")
-SHORT_VIT_NOTE = "ViT random_tiny8: random weights, NOT DINO"
-# Bookkeeping params of a trial run, not settings of the training.
-_NOT_SETTINGS = {"pair", "optuna_trial", "sampled"}
+SHORT_VIT_NOTE = "random-weight ViT, NOT DINO"
 
 # Contact sheet layout (pixels)
 THUMB = (200, 150)
@@ -275,7 +273,7 @@ def _contact_sheet(inputs: list[tuple[Image.Image, str]], rows: list[TrialRow], 
 
 def _split_params(runs: list[Run]) -> tuple[dict[str, str], list[str]]:
     """(settings equal in every trial, names of the params that were sampled or differ), sampled first."""
-    names = sorted({name for run in runs for name in run.data.params} - _NOT_SETTINGS)
+    names = sorted({name for run in runs for name in run.data.params} - NOT_SETTINGS)
     sampled = list(dict.fromkeys(name for run in runs for name in results.sampled_names(run)))
     differing = [name for name in names if len({run.data.params.get(name) for run in runs}) > 1]
     varying = sampled + [name for name in differing if name not in sampled]

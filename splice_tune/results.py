@@ -32,6 +32,11 @@ RUNNING = "running"
 INTERRUPTED = "interrupted"  # KILLED without the stopped-early tag: the search itself was stopped
 STATES = (FINISHED, STOPPED_EARLY, FAILED, RUNNING, INTERRUPTED)
 
+# The scores every trial logs (all lower-is-better), in the order results show them.
+SCORES = ("splice_score", "structure_score", "appearance_score")
+# Bookkeeping params of a trial run, not settings of the training.
+NOT_SETTINGS = frozenset({"pair", "optuna_trial", "sampled"})
+
 # log_image's file names: images/output+step+<step>+timestamp+<ms>+<uuid>.png (plus a .webp preview)
 _EVAL_IMAGE = re.compile(rf"^images/{re.escape(tracking.IMAGE_KEY)}\+step\+(\d+)\+.*(?<!\+compressed)\.png$")
 
@@ -53,6 +58,14 @@ def store_uri(tracking_uri: str | None, root: Path) -> str:
         where = f"--tracking-uri {uri}" if tracking_uri else f"{local}"
         raise BadInput(f"{where}: no MLflow store there; run `splice-tune search` first, or pass the --root "
                        f"(or --tracking-uri) the search used")
+    if uri.startswith(("http://", "https://")):
+        # A server that is down or not MLflow: one line within seconds, where MLflow's own client would
+        # retry for minutes and then raise a paragraph about connection pools.
+        from splice_tune.cluster import _server_problem
+
+        problem = _server_problem(uri)
+        if problem:
+            raise BadInput(problem)
     return uri
 
 
@@ -89,7 +102,12 @@ def search_experiments(client: MlflowClient) -> list[Experiment]:
     experiments: list[Experiment] = []
     page_token = None
     while True:
-        page = tracking._retry(client.search_experiments, page_token=page_token)
+        try:
+            page = tracking._retry(client.search_experiments, page_token=page_token)
+        except MlflowException as error:
+            uri = client.tracking_uri
+            raise BadInput(f"{uri}: cannot read the MLflow store ({' '.join(error.message.split())[:200]}); "
+                           f"check --tracking-uri") from None
         experiments.extend(experiment for experiment in page if tracking.TAG_SEARCH in experiment.tags)
         page_token = page.token
         if not page_token:
@@ -201,12 +219,19 @@ def download(client: MlflowClient, run: Run, artifact_path: str, folder: Path) -
 
 
 def input_image(client: MlflowClient, pair: PairRuns, role: str, folder: Path) -> Path:
-    """The pair's `role` ("structure"/"appearance") image at full resolution: the file the search read if
-    it still exists, else the copy logged with the parent run (``inputs/<role>.png``)."""
-    logged_path = pair.parent.data.params.get(role)
-    if logged_path and Path(logged_path).is_file():
-        return Path(logged_path)
-    return download(client, pair.parent, f"inputs/{role}.png", folder)
+    """The pair's `role` ("structure"/"appearance") image at full resolution: the copy logged with the
+    parent run (``inputs/<role>.png``, the exact RGB image the search trained on), else, for a run that has
+    no such copy, the file at the path the search read (which may have been edited since)."""
+    artifact = f"inputs/{role}.png"
+    try:
+        return download(client, pair.parent, artifact, folder)
+    except BadInput as missing:
+        logged_path = pair.parent.data.params.get(role)
+        if logged_path and Path(logged_path).is_file():
+            return Path(logged_path)
+        raise BadInput(f"pair {pair.name}: {role} image not found: neither the copy logged with run "
+                       f"{pair.parent.info.run_id} ({missing.problems[0]}) nor the file the search read "
+                       f"({logged_path or 'not logged'})") from None
 
 
 def last_eval_image(client: MlflowClient, run: Run) -> tuple[str, int] | None:
@@ -222,10 +247,14 @@ def last_eval_image(client: MlflowClient, run: Run) -> tuple[str, int] | None:
     return path, step
 
 
+def trial_vit(run: Run) -> str | None:
+    """The ViT preset a trial ran with (its `vit` param, else its ViT tag)."""
+    return run.data.params.get("vit") or run.data.tags.get(tracking.TAG_VIT)
+
+
 def vit_note(trials: list[Run]) -> str | None:
-    """A warning to show with results computed with the random-weights test ViT (not DINO); else None."""
-    vits = {trial.data.params.get("vit") or trial.data.tags.get(tracking.TAG_VIT) for trial in trials}
-    if "random_tiny8" in vits:
-        return ("ViT random_tiny8: seeded random weights, NOT DINO; these results show the machinery "
-                "working, not Splice's quality")
-    return None
+    """A warning to show with results computed with a random-weight ViT preset (not DINO); else None."""
+    from splice_model.vit import not_dino_note
+
+    notes = [not_dino_note(vit) for vit in sorted({trial_vit(trial) or "" for trial in trials})]
+    return "; ".join(note for note in notes if note) or None

@@ -43,6 +43,8 @@ import difflib
 import hashlib
 import os
 import re
+import site
+import sys
 import types
 import typing
 from dataclasses import dataclass
@@ -57,8 +59,23 @@ from splice_tune.errors import BadInput
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
 
-SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
-"""The shipped search spaces (the repository's `search_spaces/`, beside the `splice_tune` package)."""
+
+def shipped_spaces_dir(repo: Path | None = None, prefixes: typing.Sequence[Path] | None = None) -> Path:
+    """Where the shipped search spaces are: the repository's `search_spaces/` beside the `splice_tune`
+    package (a checkout, an editable install), else PREFIX/share/splice-tune/search_spaces, where a wheel
+    install puts them (pyproject's data-files; PREFIX is the environment's, or the user base of a --user
+    install). When none exists, the repository's path (load_space then says the folder is missing)."""
+    repo = repo if repo is not None else Path(__file__).resolve().parent.parent / "search_spaces"
+    if prefixes is None:
+        prefixes = [Path(sys.prefix), Path(site.getuserbase())]
+    for folder in [repo, *(Path(prefix) / "share" / "splice-tune" / "search_spaces" for prefix in prefixes)]:
+        if folder.is_dir():
+            return folder
+    return repo
+
+
+SPACES_DIR = shipped_spaces_dir()
+"""The shipped search spaces (see `shipped_spaces_dir`)."""
 
 PARAM_TYPES = ("float", "int", "categorical")
 SCHEDULERS = ("asha", "none")

@@ -239,8 +239,17 @@ CASES = [
              ("pairs.csv:2: appearance 'big.png'", "60x60 is over the 2,500-pixel limit", "downscale"),
              setup=[picture("big.png", (60, 60))], patch=_low_pixel_cap),
     csv_case("image-decompression-bomb", HEADER + "cows,s.png,bomb.png\n",
-             ("pairs.csv:2: appearance 'bomb.png'", "pixel", "downscale"),
+             ("pairs.csv:2: appearance 'bomb.png'", "900,000,000 pixels is over the 256,000,000-pixel limit",
+              "downscale"),
              setup=[png_claiming("bomb.png", 30000, 30000)]),
+    # 400 MP: above our 256 MP cap but below twice it, so our check (not PIL's) refuses it, with its size.
+    csv_case("image-over-cap-20000x20000", HEADER + "cows,s.png,bomb.png\n",
+             ("pairs.csv:2: appearance 'bomb.png'", "20000x20000 is over the 256,000,000-pixel limit", "downscale"),
+             setup=[png_claiming("bomb.png", 20000, 20000)]),
+    # Over twice a (patched) cap: PIL's own guard, moved to our cap, refuses it first; the count is still given.
+    csv_case("image-over-twice-the-cap", HEADER + "cows,s.png,big.png\n",
+             ("pairs.csv:2: appearance 'big.png'", "10,000 pixels is over the 2,500-pixel limit", "downscale"),
+             setup=[picture("big.png", (100, 100))], patch=_low_pixel_cap),
     csv_case("same-file-twice", HEADER + "cows,s.png,s.png\n",
              ("pairs.csv:2: structure and appearance are the same image", "give two different files")),
     csv_case("identical-bytes-two-names", HEADER + "cows,s.png,twin.png\n",
@@ -290,6 +299,8 @@ CASES = [
                (f"space.yaml:{LINE_TRIALS}: budget.trials_per_pair: must be a whole number >= 1",)),
     space_case("yaml-unknown-vit", "vit: random_tiny8", "vit: random_tiny9",
                (f"space.yaml:{LINE_VIT}: fixed.vit: unknown ViT preset 'random_tiny9'", "did you mean 'random_tiny8'?")),
+    space_case("yaml-bad-device", "  steps: 10\n", "  steps: 10\n  device: gpu\n",
+               (f"space.yaml:{LINE_STEPS + 1}: fixed.device: 'gpu' is not a device", "cuda:N")),
     space_case("yaml-vit-weights-missing", "  vit: random_tiny8\n", "  vit: dino_vits16\n  vit_weights: missing.pth\n",
                (f"space.yaml:{LINE_VIT + 1}: fixed.vit_weights: weights file 'missing.pth' not found",),
                max_seconds=10),
@@ -343,7 +354,26 @@ CASES = [
                ("--out nosuchdir/out.png", "folder nosuchdir does not exist", "create it first")),
     train_case("train-alpha-negative", TRAIN[1:] + ["--alpha", "-1"], ("--alpha", "must be >= 0", "-1")),
     train_case("train-unknown-vit", ["s.png", "a.png", "--vit", "nosuch"],
-               ("--vit nosuch", "unknown preset", "random_tiny8")),
+               ("--vit: unknown ViT preset 'nosuch'", "random_tiny8")),
+    train_case("train-device-unknown", TRAIN[1:] + ["--device", "foo"],
+               ("--device: 'foo' is not a device", "cpu, cuda")),
+    train_case("train-device-cuda-without-gpu", TRAIN[1:] + ["--device", "cuda"],
+               ("--device cuda: this machine has no CUDA GPU", "--device cpu"), marks=(NO_GPU,)),
+    train_case("train-device-not-for-training", TRAIN[1:] + ["--device", "meta"],
+               ("--device meta: training runs on cpu, cuda or mps",)),
+    train_case("train-out-is-a-directory", TRAIN[1:] + ["--out", "adir"],
+               ("--out adir: is a directory", "name an image file"), setup=[folder("adir")]),
+    train_case("train-checkpoint-is-a-directory", TRAIN[1:] + ["--checkpoint", "adir"],
+               ("--checkpoint adir: is a directory", "name a file"), setup=[folder("adir")]),
+    train_case("train-default-checkpoint-is-a-directory", TRAIN[1:] + ["--out", "res.png"],
+               ("--out res.png: the checkpoint's default path res.pt is a directory", "--checkpoint FILE"),
+               setup=[folder("res.pt")]),
+    train_case("train-checkpoint-folder-missing", TRAIN[1:] + ["--checkpoint", "nosuchdir/g.pt"],
+               ("--checkpoint nosuchdir/g.pt: folder nosuchdir does not exist", "create it first")),
+    train_case("train-render-max-side-0", TRAIN[1:] + ["--render-max-side", "0"],
+               ("--render-max-side: must be >= 16, got 0",)),
+    train_case("train-render-max-side-negative", TRAIN[1:] + ["--render-max-side", "-5"],
+               ("--render-max-side: must be >= 16, got -5",)),
     train_case("train-vit-weights-missing", ["s.png", "a.png", "--vit-weights", "missing.pth"],
                ("missing.pth", "no such ViT weights file"), max_seconds=10),
     train_case("train-dino-not-cached-offline", ["s.png", "a.png", "--vit", "dino_vits16"],
@@ -553,3 +583,19 @@ def test_console_script_exits_2_without_traceback(args: list[str], setup, expect
         assert any(all(f in line for f in fragments) for line in lines), f"{fragments} not in:\n{done.stderr}"
     assert len(lines) == len(expect)
     assert snapshot(work) == before
+
+
+def test_our_pixel_cap_applies_not_pils(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PIL's own bomb guard (89.5 MP by default, here lowered to 1,000 pixels) does not refuse an image under
+    our cap; PIL's limit is back as it was afterwards, also after a refusal."""
+    from PIL import Image as PILImage
+
+    from splice_model.images import ImageError, open_image
+
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)
+    assert open_image(work / "s.png").size == (48, 40)  # 1,920 pixels: over PIL's limit, under ours
+    assert PILImage.MAX_IMAGE_PIXELS == 1000
+    monkeypatch.setattr(splice_model.images, "MAX_PIXELS", 1500)
+    with pytest.raises(ImageError, match="48x40 is over the 1,500-pixel limit"):
+        open_image(work / "s.png")
+    assert PILImage.MAX_IMAGE_PIXELS == 1000

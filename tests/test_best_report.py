@@ -142,6 +142,7 @@ def test_best_renders_the_winning_generator_at_full_resolution(by, finished_sear
 
     winner = lowest(finished_trials(finished_search.tracking_uri, "cows"), f"{by}_score")
     assert winner.info.run_id in out
+    assert "NOT DINO (random-weight ViT random_tiny8)" in out  # the test search's ViT has random weights
     assert f"/#/experiments/{experiment_id(finished_search.tracking_uri)}/runs/{winner.info.run_id}" in out
     structure_path = finished_search.folder / "cows_structure.png"
     written = Image.open(tmp_path / "cows_best.png")
@@ -187,26 +188,36 @@ def test_console_script_reports_a_missing_store_with_exit_2(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_best_uses_the_logged_input_when_the_file_moved_and_renders_hd(finished_search, store_copy, tmp_path,
-                                                                       monkeypatch, capsys):
+def test_best_renders_the_logged_input_not_an_edited_file_and_falls_back_to_the_path(
+        finished_search, store_copy, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     root, uri = store_copy
     parent = parent_run_id(uri, "cows")
+    original = finished_search.folder / "cows_structure.png"
+    winner = lowest(finished_trials(uri, "cows"), "splice_score")
+    expected = generator_output(uri, winner.info.run_id, original, tmp_path / "check")
 
-    hd_path = tmp_path / "hd_structure.png"
-    Image.open(finished_search.folder / "cows_structure.png").resize((1920, 1080)).save(hd_path)
-    set_param(root, parent, "structure", str(hd_path))
+    # The file at the logged path was edited since the search (other size, other content): the logged copy,
+    # the image the search trained on, is what `best` renders.
+    edited = tmp_path / "edited_structure.png"
+    Image.open(original).transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((1920, 1080)).save(edited)
+    set_param(root, parent, "structure", str(edited))
+    code, _, err = run_cli(["best", "--pair", "cows", "--root", root], capsys, monkeypatch)
+    assert code == 0, err
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "cows_best.png").convert("RGB")), expected)
+
+    # A run without the logged copy: the file at the logged path (here an HD one) is used instead.
+    artifacts = Path(MlflowClient(uri).get_run(parent).info.artifact_uri.removeprefix("file://"))
+    (artifacts / "inputs" / "structure.png").unlink()
     code, _, err = run_cli(["best", "--pair", "cows", "--root", root, "--out", "hd.png"], capsys, monkeypatch)
     assert code == 0, err
     assert Image.open(tmp_path / "hd.png").size == (1920, 1080)
 
+    # Neither: one line naming both, exit code 2.
     set_param(root, parent, "structure", str(tmp_path / "moved_away.png"))
-    code, _, err = run_cli(["best", "--pair", "cows", "--root", root], capsys, monkeypatch)
-    assert code == 0, err
-    winner = lowest(finished_trials(uri, "cows"), "splice_score")
-    expected = generator_output(uri, winner.info.run_id, finished_search.folder / "cows_structure.png",
-                                tmp_path / "check")
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "cows_best.png").convert("RGB")), expected)
+    code, _, err = run_cli(["best", "--pair", "cows", "--root", root, "--out", "none.png"], capsys, monkeypatch)
+    assert code == 2 and "structure image not found" in err and "moved_away.png" in err, err
+    assert not (tmp_path / "none.png").exists()
 
 
 def test_best_without_a_finished_trial_suggests_and_does_retrain(store_copy, tmp_path, monkeypatch, capsys):
@@ -283,6 +294,38 @@ def test_ls_shows_the_search_its_pairs_and_trial_counts(finished_search, monkeyp
             assert cells[state] == str(pair.counts[state])
         assert cells["best splice_score"] == f"{pair.score:.4f}"
     assert SEARCH in out
+    assert f"search {SEARCH}: NOT DINO (random-weight ViT random_tiny8)" in out
+
+
+def test_ls_against_an_unreachable_server_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    started = time.perf_counter()
+    code, out, err = run_cli(["ls", "--tracking-uri", "http://127.0.0.1:1"], capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in out + err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: --tracking-uri http://127.0.0.1:1: nothing answers")
+    assert time.perf_counter() - started < 20
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unreadable_store_is_bad_input_not_a_traceback():
+    from mlflow.exceptions import MlflowException
+
+    from splice_tune import results
+    from splice_tune.errors import BadInput
+
+    class Broken:
+        tracking_uri = "http://mlflow.example:5000"
+
+        def search_experiments(self, **kwargs):
+            raise MlflowException("API request to http://mlflow.example:5000 failed: 502 Bad Gateway")
+
+    with pytest.raises(BadInput) as raised:
+        results.search_experiments(Broken())
+    [line] = raised.value.problems
+    assert line.startswith("http://mlflow.example:5000: cannot read the MLflow store") and "502" in line
 
 
 # ----------------------------------------------------------------------------------------------------- ui

@@ -339,3 +339,46 @@ def test_no_params_reports_the_default_budget_once(tmp_path: Path) -> None:
                                  f"(params is empty), so every trial would be the same run; set it to 1 or add params"]
     path = write_space(tmp_path, "fixed:\n  steps: 10\nbudget:\n  trials_per_pair: 0\n")
     assert len(problems_of(path)) == 1  # the invalid value only, not also "nothing is sampled"
+
+
+def test_installed_spaces_are_found_under_the_prefix(tmp_path: Path) -> None:
+    """A wheel install has no search_spaces/ beside the package: PREFIX/share/splice-tune/search_spaces."""
+    from splice_tune.spaces import shipped_spaces_dir
+
+    repo, installed = tmp_path / "repo" / "search_spaces", tmp_path / "prefix" / "share" / "splice-tune" / "search_spaces"
+    installed.mkdir(parents=True)
+    assert shipped_spaces_dir(repo, [tmp_path / "elsewhere", tmp_path / "prefix"]) == installed
+    repo.mkdir(parents=True)
+    assert shipped_spaces_dir(repo, [tmp_path / "prefix"]) == repo  # a checkout's own folder comes first
+    assert shipped_spaces_dir(tmp_path / "none", [tmp_path / "nowhere"]) == tmp_path / "none"
+
+
+# ------------------------------------------------------------------------------ SpliceConfig.validate
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:1", "mps"])
+def test_config_accepts_device_spellings_without_checking_the_hardware(device: str) -> None:
+    assert SpliceConfig(device=device).validate() == []
+
+
+@pytest.mark.parametrize("device", ["foo", "gpu", "", "cuda:x", "CPU"])
+def test_config_refuses_unknown_devices(device: str) -> None:
+    [problem] = SpliceConfig(device=device).validate()
+    assert problem.startswith(f"device: {device!r} is not a device")
+
+
+def test_config_refuses_unknown_vit() -> None:
+    [problem] = SpliceConfig(vit="dino_vitz99").validate()
+    assert problem.startswith("vit: unknown ViT preset 'dino_vitz99'") and "random_tiny8" in problem
+
+
+def test_device_problems_name_the_yaml_line_or_the_override(tmp_path: Path) -> None:
+    assert problems_of("quick", ["device=foo"]) == [
+        "--set device=foo: fixed.device: 'foo' is not a device; use auto, cpu, cuda, cuda:N (a GPU index) or mps"]
+    path = write_space(tmp_path, "fixed:\n  vit: random_tiny8\n  device: gpu\nbudget:\n  trials_per_pair: 1\n")
+    assert problems_of(path, folder=tmp_path) == [f"{path}:3: fixed.device: 'gpu' is not a device; use auto, cpu, "
+                                                  f"cuda, cuda:N (a GPU index) or mps"]
+    assert load_space("quick", ["device=cuda:3"]).fixed["device"] == "cuda:3"  # no GPU needed to plan it
+    # An unknown ViT is reported once (by the space's own check, which suggests the closest name).
+    [problem] = problems_of("quick", ["vit=random_tiny9"])
+    assert "did you mean 'random_tiny8'?" in problem

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from splice_model.vit import VIT_PRESETS, VitPreset, WeightsError, build_vit, vit_resize
+from splice_model.vit import VIT_PRESETS, VitPreset, WeightsError, build_vit, vit_input_size, vit_resize
 
 # A small architecture registered as a preset for these tests only (cheap to build and to run).
 TEST_PRESET = "test_dino_tiny"
@@ -265,8 +265,8 @@ def test_unknown_preset_lists_known_ones():
 
 
 @pytest.mark.parametrize("size, expected", [
-    ((300, 400), (224, 299)),   # short side -> 224
-    ((400, 300), (299, 224)),
+    ((300, 400), (224, 298)),   # short side -> 224; the long side is truncated like torchvision (298.67 -> 298)
+    ((400, 300), (298, 224)),
     ((100, 1000), (48, 480)),   # the long side cap wins: 224 x 2240 would not fit 480
     ((1000, 100), (480, 48)),
     ((1080, 1920), (224, 398)),
@@ -274,6 +274,19 @@ def test_unknown_preset_lists_known_ones():
 def test_vit_resize_short_side_and_long_cap(size, expected):
     out = vit_resize(torch.rand(1, 3, *size), 224, 480)
     assert tuple(out.shape[-2:]) == expected
+
+
+@pytest.mark.parametrize("size", [(295, 400), (400, 295), (100, 1000), (1000, 100), (224, 230), (230, 224),
+                                  (37, 53), (53, 37), (480, 640), (1080, 1920), (1920, 1080), (224, 224),
+                                  (50, 64), (7, 3000), (3000, 7), (333, 333)])
+def test_vit_resize_matches_torchvision_resize_224_max_480(size):
+    """The released Splice code resizes with torchvision's Resize(224, max_size=480): same output size."""
+    from torchvision.transforms import Resize
+    from torchvision.transforms.functional import _compute_resized_output_size
+
+    assert vit_input_size(*size, 224, 480) == tuple(_compute_resized_output_size(size, [224], 480))
+    image = torch.rand(1, 3, *size)
+    assert vit_resize(image, 224, 480).shape == Resize(224, max_size=480, antialias=True)(image).shape
 
 
 def test_vit_resize_keeps_right_size_and_is_differentiable():
@@ -285,9 +298,17 @@ def test_vit_resize_keeps_right_size_and_is_differentiable():
 
 
 def test_features_on_vit_resized_odd_sizes():
-    """vit_resize's long side is rarely a multiple of the patch size (e.g. 50x64 -> 224x287): the ViT must
+    """vit_resize's long side is rarely a multiple of the patch size (e.g. 50x64 -> 224x286): the ViT must
     take it like DINO (the conv drops the remainder) instead of raising."""
     features = build_vit("random_tiny8")
     with torch.no_grad():
         out = features(vit_resize(torch.rand(1, 3, 50, 64), 224, 480))
-    assert out["keys"].shape == (1, 1 + 28 * (287 // 8), 96)
+    assert out["keys"].shape == (1, 1 + 28 * (286 // 8), 96)
+
+
+def test_not_dino_note_only_for_random_presets():
+    from splice_model.vit import not_dino_note
+
+    assert "NOT DINO" in not_dino_note("random_tiny8")
+    assert all(not_dino_note(name) is None for name, preset in VIT_PRESETS.items() if preset.url is not None)
+    assert not_dino_note("no_such_preset") is None
