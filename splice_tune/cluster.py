@@ -46,7 +46,7 @@ def tracking_problems(tracking_uri: str | None, address: str | None) -> list[str
                 f"database URI every node would keep its images and checkpoints on its own disk ({SEE_README})"]
     if scheme not in SERVER_SCHEMES:
         return []
-    problem = _server_problem(tracking_uri)
+    problem = server_problem(tracking_uri)
     return [problem] if problem else []
 
 
@@ -58,7 +58,7 @@ def _scheme(tracking_uri: str | None) -> str:
     return urlparse(tracking_uri).scheme
 
 
-def _server_problem(tracking_uri: str) -> str | None:
+def server_problem(tracking_uri: str) -> str | None:
     """None when the MLflow server at `tracking_uri` answers an API call within seconds, else why not."""
     from mlflow import MlflowClient
 

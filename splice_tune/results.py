@@ -61,9 +61,9 @@ def store_uri(tracking_uri: str | None, root: Path) -> str:
     if uri.startswith(("http://", "https://")):
         # A server that is down or not MLflow: one line within seconds, where MLflow's own client would
         # retry for minutes and then raise a paragraph about connection pools.
-        from splice_tune.cluster import _server_problem
+        from splice_tune.cluster import server_problem
 
-        problem = _server_problem(uri)
+        problem = server_problem(uri)
         if problem:
             raise BadInput(problem)
     return uri
@@ -103,7 +103,7 @@ def search_experiments(client: MlflowClient) -> list[Experiment]:
     page_token = None
     while True:
         try:
-            page = tracking._retry(client.search_experiments, page_token=page_token)
+            page = tracking.retry(client.search_experiments, page_token=page_token)
         except MlflowException as error:
             uri = client.tracking_uri
             raise BadInput(f"{uri}: cannot read the MLflow store ({' '.join(error.message.split())[:200]}); "
@@ -117,9 +117,9 @@ def search_experiments(client: MlflowClient) -> list[Experiment]:
 def search_pairs(client: MlflowClient, experiment: Experiment) -> dict[str, PairRuns]:
     """The search's pairs by name (sorted), each with its parent run and trial runs."""
     experiment_id = experiment.experiment_id
-    parents = tracking._search_all(client, experiment_id, tracking._tag_filter(
+    parents = tracking.search_all(client, experiment_id, tracking.tag_filter(
         **{tracking.TAG_KIND: tracking.KIND_PAIR}))
-    trials = tracking._search_all(client, experiment_id, tracking._tag_filter(
+    trials = tracking.search_all(client, experiment_id, tracking.tag_filter(
         **{tracking.TAG_KIND: tracking.KIND_TRIAL}))
     pairs: dict[str, PairRuns] = {}
     # Oldest parent first, as the tracker picks it, should a crash ever have left two for one pair.

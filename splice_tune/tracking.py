@@ -2,7 +2,7 @@
 
 The driver (`SearchTracker`) creates the experiment and the pair runs; every Ray trial process opens its own
 `TrialLogger` against the same tracking URI (a SQLite file on one machine, an MLflow server on a cluster).
-Many trial processes write at once, so every database call goes through `_retry`, which rides out SQLite's
+Many trial processes write at once, so every database call goes through `retry`, which rides out SQLite's
 "database is locked" instead of dropping the record, and per-step losses are buffered in memory and written
 in one batch per evaluation, which keeps the number of write transactions (what SQLite serialises) small.
 """
@@ -80,7 +80,7 @@ def _is_locked(error: BaseException) -> bool:
     return "database is locked" in text or "database table is locked" in text
 
 
-def _retry(call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+def retry(call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
     """Call `call`, retrying with jittered exponential backoff while the database reports a lock.
 
     Gives up (re-raises) after about `RETRY_SECONDS`. Only safe for calls that are atomic or idempotent:
@@ -113,16 +113,16 @@ def _quote(value: str) -> str:
     raise ValueError(f"cannot search MLflow for a value containing both kinds of quote: {value!r}")
 
 
-def _tag_filter(**tags: str) -> str:
+def tag_filter(**tags: str) -> str:
     return " and ".join(f"tags.`{key}` = {_quote(value)}" for key, value in tags.items())
 
 
-def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
+def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
     """Every active run of the experiment matching `filter_string`, across all result pages."""
     runs: list[Run] = []
     page_token = None
     while True:
-        page = _retry(client.search_runs, [experiment_id], filter_string=filter_string,
+        page = retry(client.search_runs, [experiment_id], filter_string=filter_string,
                       run_view_type=ViewType.ACTIVE_ONLY, page_token=page_token)
         runs.extend(page)
         page_token = page.token
@@ -134,11 +134,11 @@ def _log_batch(client: MlflowClient, run_id: str, metrics: Sequence[Metric] = ()
                params: Sequence[Param] = (), tags: Sequence[RunTag] = ()) -> None:
     """log_batch split to MLflow's per-call limits (1000 entities, 100 params/tags)."""
     for chunk in _chunks(list(params), MAX_PARAMS_TAGS_PER_BATCH):
-        _retry(client.log_batch, run_id, params=chunk, synchronous=True)
+        retry(client.log_batch, run_id, params=chunk, synchronous=True)
     for chunk in _chunks(list(tags), MAX_PARAMS_TAGS_PER_BATCH):
-        _retry(client.log_batch, run_id, tags=chunk, synchronous=True)
+        retry(client.log_batch, run_id, tags=chunk, synchronous=True)
     for chunk in _chunks(list(metrics), MAX_ENTITIES_PER_BATCH):
-        _retry(client.log_batch, run_id, metrics=chunk, synchronous=True)
+        retry(client.log_batch, run_id, metrics=chunk, synchronous=True)
 
 
 def _new_params(run: Run, params: dict[str, Any]) -> list[Param]:
@@ -188,7 +188,7 @@ class SearchTracker:
         self._pair_run_ids: dict[str, str] = {}
 
     def _get_or_create_experiment(self, artifact_root: Path | None) -> str:
-        experiment = _retry(self.client.get_experiment_by_name, self.search_name)
+        experiment = retry(self.client.get_experiment_by_name, self.search_name)
         if experiment is None:
             location = None
             db_folder = _sqlite_folder(self.tracking_uri)
@@ -196,7 +196,7 @@ class SearchTracker:
                 root = Path(artifact_root) if artifact_root is not None else db_folder / "mlartifacts"
                 location = root.resolve().as_uri()
             try:
-                return _retry(self.client.create_experiment, self.search_name, artifact_location=location,
+                return retry(self.client.create_experiment, self.search_name, artifact_location=location,
                               tags={TAG_SEARCH: self.search_name,
                                     # MLflow 3's UI otherwise opens an experiment on its GenAI traces view
                                     "mlflow.experimentKind": "custom_model_development"})
@@ -204,21 +204,21 @@ class SearchTracker:
                 # Another driver created it between our lookup and create: use theirs.
                 if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
                     raise
-                experiment = _retry(self.client.get_experiment_by_name, self.search_name)
+                experiment = retry(self.client.get_experiment_by_name, self.search_name)
         if experiment.lifecycle_stage == "deleted":
             raise BadInput(f"search name {self.search_name!r}: an MLflow experiment of that name was deleted "
                            f"and still blocks the name; choose another --name, or restore or permanently "
                            f"delete it (`mlflow experiments restore` / `mlflow gc`)")
         if TAG_SEARCH not in experiment.tags:
-            _retry(self.client.set_experiment_tag, experiment.experiment_id, TAG_SEARCH, self.search_name)
+            retry(self.client.set_experiment_tag, experiment.experiment_id, TAG_SEARCH, self.search_name)
         return experiment.experiment_id
 
     def tag_search(self, key: str, value: str) -> None:
         """Set a tag on the search's experiment."""
-        _retry(self.client.set_experiment_tag, self.experiment_id, key, value)
+        retry(self.client.set_experiment_tag, self.experiment_id, key, value)
 
     def _find_pair_run(self, pair_name: str) -> Run | None:
-        runs = _search_all(self.client, self.experiment_id, _tag_filter(
+        runs = search_all(self.client, self.experiment_id, tag_filter(
             **{TAG_KIND: KIND_PAIR, TAG_PAIR: pair_name}))
         # Oldest first: if a crash ever left two, every later call keeps choosing the same one.
         return min(runs, key=lambda run: run.info.start_time) if runs else None
@@ -235,10 +235,10 @@ class SearchTracker:
         """
         run = self._find_pair_run(pair_name)
         if run is None:
-            run = _retry(self.client.create_run, self.experiment_id, run_name=pair_name, tags={
+            run = retry(self.client.create_run, self.experiment_id, run_name=pair_name, tags={
                 TAG_KIND: KIND_PAIR, TAG_SEARCH: self.search_name, TAG_PAIR: pair_name})
         elif run.info.status != "RUNNING":
-            _retry(self.client.update_run, run.info.run_id, status="RUNNING")
+            retry(self.client.update_run, run.info.run_id, status="RUNNING")
         run_id = run.info.run_id
 
         params = _new_params(run, {"structure": str(structure_path), "appearance": str(appearance_path)})
@@ -260,7 +260,7 @@ class SearchTracker:
             for name, path in (("structure", structure_path), ("appearance", appearance_path)):
                 png = Path(tmp) / f"{name}.png"
                 open_image(path).save(png, format="PNG")
-                _retry(self.client.log_artifact, run_id, str(png), "inputs")
+                retry(self.client.log_artifact, run_id, str(png), "inputs")
 
     def _pair_run_id(self, pair_name: str) -> str:
         if pair_name not in self._pair_run_ids:
@@ -295,7 +295,7 @@ class SearchTracker:
             else:
                 tags.append(RunTag(f"splice_tune.best.{key.removeprefix('best_')}", str(value)))
         _log_batch(self.client, run_id, metrics=metrics, tags=tags)
-        _retry(self.client.set_terminated, run_id, status)
+        retry(self.client.set_terminated, run_id, status)
 
     def _default_summary(self, pair_name: str) -> dict:
         try:
@@ -317,7 +317,7 @@ class SearchTracker:
         """End a trial's run from the driver, for what the trial cannot record itself: the scheduler stopped
         it, or its process died. A run that already holds an error tag keeps it when `keep_error` is set
         (the trial's own traceback says more than Ray's summary)."""
-        runs = _search_all(self.client, self.experiment_id, _tag_filter(
+        runs = search_all(self.client, self.experiment_id, tag_filter(
             **{TAG_KIND: KIND_TRIAL, TAG_SEARCH: self.search_name, TAG_TRIAL: trial_id}))
         if not runs:
             return  # the trial died before it could open its run: nothing recorded, nothing to mark
@@ -328,7 +328,7 @@ class SearchTracker:
         if error and not (keep_error and TAG_ERROR in run.data.tags):
             tags.append(RunTag(TAG_ERROR, error[-MAX_ERROR_CHARS:]))
         _log_batch(self.client, run.info.run_id, tags=tags)
-        _retry(self.client.set_terminated, run.info.run_id, status)
+        retry(self.client.set_terminated, run.info.run_id, status)
 
     def mark_interrupted(self) -> int:
         """End every still-RUNNING trial run of this search as KILLED with tag interrupted=true (the driver
@@ -336,7 +336,7 @@ class SearchTracker:
         runs = [run for run in self.trial_runs() if run.info.status == "RUNNING"]
         for run in runs:
             _log_batch(self.client, run.info.run_id, tags=[RunTag(TAG_INTERRUPTED, "true")])
-            _retry(self.client.set_terminated, run.info.run_id, "KILLED")
+            retry(self.client.set_terminated, run.info.run_id, "KILLED")
         return len(runs)
 
     def trial_runs(self, pair_name: str | None = None) -> list[Run]:
@@ -344,7 +344,7 @@ class SearchTracker:
         tags = {TAG_KIND: KIND_TRIAL, TAG_SEARCH: self.search_name}
         if pair_name is not None:
             tags[TAG_PAIR] = pair_name
-        return _search_all(self.client, self.experiment_id, _tag_filter(**tags))
+        return search_all(self.client, self.experiment_id, tag_filter(**tags))
 
 
 class TrialLogger:
@@ -375,7 +375,7 @@ class TrialLogger:
 
         identity = {TAG_STUDY_TRIAL: str(study_trial)} if study_trial is not None else {TAG_TRIAL: trial_id}
         extra_tags.update(identity)
-        runs = _search_all(self.client, experiment_id, _tag_filter(
+        runs = search_all(self.client, experiment_id, tag_filter(
             **{**identity, MLFLOW_PARENT_RUN_ID: parent_run_id}))
         if runs:
             run = min(runs, key=lambda found: found.info.start_time)
@@ -383,9 +383,9 @@ class TrialLogger:
             extra_tags[TAG_TRIAL] = trial_id
             for stale in (TAG_ERROR, TAG_STOPPED_EARLY, TAG_STOP_REASON, TAG_INTERRUPTED):
                 if stale in run.data.tags:
-                    _retry(self.client.delete_tag, run.info.run_id, stale)
+                    retry(self.client.delete_tag, run.info.run_id, stale)
             if run.info.status != "RUNNING":
-                _retry(self.client.update_run, run.info.run_id, status="RUNNING")
+                retry(self.client.update_run, run.info.run_id, status="RUNNING")
             _log_batch(self.client, run.info.run_id,
                        tags=[RunTag(key, value) for key, value in {TAG_ATTEMPT: str(attempt),
                                                                    **extra_tags}.items()])
@@ -394,7 +394,7 @@ class TrialLogger:
                         TAG_PAIR: pair_name, TAG_TRIAL: trial_id, TAG_ATTEMPT: "1", **extra_tags}
             if "vit" in params:
                 run_tags[TAG_VIT] = str(params["vit"])
-            run = _retry(self.client.create_run, experiment_id, run_name=trial_id, tags=run_tags)
+            run = retry(self.client.create_run, experiment_id, run_name=trial_id, tags=run_tags)
         self.run_id: str = run.info.run_id
         _log_batch(self.client, self.run_id, params=_new_params(run, params))
 
@@ -417,7 +417,7 @@ class TrialLogger:
         # next flush (finish() after a failure) without losing or duplicating rows.
         while self._pending:
             chunk = self._pending[:MAX_ENTITIES_PER_BATCH]
-            _retry(self.client.log_batch, self.run_id, metrics=chunk, synchronous=True)
+            retry(self.client.log_batch, self.run_id, metrics=chunk, synchronous=True)
             del self._pending[:len(chunk)]
 
     def _log_image(self, image: PIL.Image.Image, step: int) -> None:
@@ -436,8 +436,8 @@ class TrialLogger:
                 if not _is_locked(error) or time.monotonic() > deadline:
                     raise
             marker = f"{IMAGE_KEY}+step+{step}+timestamp+{timestamp}+"
-            if any(marker in info.path for info in _retry(self.client.list_artifacts, self.run_id, "images")):
-                _retry(self.client.set_tag, self.run_id, MLFLOW_LOGGED_IMAGES, True, synchronous=True)
+            if any(marker in info.path for info in retry(self.client.list_artifacts, self.run_id, "images")):
+                retry(self.client.set_tag, self.run_id, MLFLOW_LOGGED_IMAGES, True, synchronous=True)
                 return
             time.sleep(random.uniform(0.05, 0.5))
 
@@ -448,7 +448,7 @@ class TrialLogger:
         with tempfile.TemporaryDirectory() as tmp:
             if checkpoint_path.name != "generator.pt":
                 checkpoint_path = Path(shutil.copy(checkpoint_path, Path(tmp) / "generator.pt"))
-            _retry(self.client.log_artifact, self.run_id, str(checkpoint_path), "checkpoint")
+            retry(self.client.log_artifact, self.run_id, str(checkpoint_path), "checkpoint")
 
     def log_final(self, image: PIL.Image.Image, checkpoint_path: Path, scores: dict[str, float]) -> None:
         """Write buffered losses and ``final_<score>`` metrics, then artifacts ``output.png`` and
@@ -461,7 +461,7 @@ class TrialLogger:
         with tempfile.TemporaryDirectory() as tmp:
             output = Path(tmp) / "output.png"
             image.save(output, format="PNG")
-            _retry(self.client.log_artifact, self.run_id, str(output))
+            retry(self.client.log_artifact, self.run_id, str(output))
         self.log_checkpoint(checkpoint_path)
 
     def finish(self, status: str) -> None:
@@ -469,7 +469,7 @@ class TrialLogger:
         if status not in TERMINAL_STATUSES:
             raise ValueError(f"status must be one of {TERMINAL_STATUSES}, not {status!r}")
         self._flush()
-        _retry(self.client.set_terminated, self.run_id, status)
+        retry(self.client.set_terminated, self.run_id, status)
 
     def fail(self, error: str) -> None:
         """Tag the error text and end the run FAILED.
@@ -479,7 +479,7 @@ class TrialLogger:
         if len(error) > MAX_ERROR_CHARS:
             marker = "[...truncated]\n"
             error = marker + error[-(MAX_ERROR_CHARS - len(marker)):]
-        _retry(self.client.set_tag, self.run_id, TAG_ERROR, error, synchronous=True)
+        retry(self.client.set_tag, self.run_id, TAG_ERROR, error, synchronous=True)
         self.finish("FAILED")
 
     def mark_stopped_early(self, reason: str = "stopped by the scheduler") -> None:
@@ -495,7 +495,7 @@ def recorded_search(tracking_uri: str, search_name: str) -> Experiment | None:
     folder = _sqlite_folder(tracking_uri)
     if folder is not None and not Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]).exists():
         return None
-    return _retry(MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name, search_name)
+    return retry(MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name, search_name)
 
 
 def find_experiment(client: MlflowClient, search_name: str | None) -> Experiment:
@@ -507,7 +507,7 @@ def find_experiment(client: MlflowClient, search_name: str | None) -> Experiment
     experiments: list[Experiment] = []
     page_token = None
     while True:
-        page = _retry(client.search_experiments, view_type=ViewType.ACTIVE_ONLY, page_token=page_token)
+        page = retry(client.search_experiments, view_type=ViewType.ACTIVE_ONLY, page_token=page_token)
         experiments.extend(experiment for experiment in page if TAG_SEARCH in experiment.tags)
         page_token = page.token
         if not page_token:
@@ -529,7 +529,7 @@ def find_experiment(client: MlflowClient, search_name: str | None) -> Experiment
 def pair_trials(client: MlflowClient, experiment_id: str, pair_name: str,
                 statuses: Sequence[str] | None = ("FINISHED",)) -> list[Run]:
     """The trial runs of one pair whose status is in `statuses` (None: every status)."""
-    runs = _search_all(client, experiment_id, _tag_filter(**{TAG_KIND: KIND_TRIAL, TAG_PAIR: pair_name}))
+    runs = search_all(client, experiment_id, tag_filter(**{TAG_KIND: KIND_TRIAL, TAG_PAIR: pair_name}))
     return [run for run in runs if statuses is None or run.info.status in statuses]
 
 

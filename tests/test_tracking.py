@@ -29,12 +29,12 @@ from splice_tune.tracking import (
     TAG_VIT,
     SearchTracker,
     TrialLogger,
-    _retry,
     best_trial,
     default_tracking_uri,
     find_experiment,
     pair_trials,
     resolve_tracking_uri,
+    retry,
 )
 
 LOSSES = ("loss/total", "loss/appearance", "loss/structure", "loss/identity")
@@ -294,7 +294,7 @@ def test_retry_rides_out_a_real_lock_and_passes_other_errors(tmp_path):
 
     release = threading.Timer(0.5, holder.execute, ("COMMIT",))
     release.start()
-    _retry(insert)
+    retry(insert)
     release.join()
     assert len(attempts) > 1
     assert holder.execute("SELECT count(*) FROM t").fetchone() == (1,)
@@ -305,7 +305,7 @@ def test_retry_rides_out_a_real_lock_and_passes_other_errors(tmp_path):
 
     attempts.clear()
     with pytest.raises(MlflowException, match="invalid parameter"):
-        _retry(bad_call)
+        retry(bad_call)
     assert len(attempts) == 1
     engine.dispose()
     holder.close()
