@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from splice_model import SpliceConfig, SpliceTrainer, WeightsError, load_features, resolve_device
+from splice_model.train import uses_amp
 from splice_model.vit import VIT_PRESETS
 
 
@@ -99,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed full-image steps and evals")
     parser.add_argument("--device", default="auto", help='"auto", "cpu", "cuda", "cuda:1", ...')
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True, help="bf16 autocast on CUDA")
+    parser.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
+                        help="bf16 autocast: auto = where the device computes bf16 natively (SpliceConfig.amp)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the ViT")
     args = parser.parse_args(argv)
     rss_at_start = max_rss_mib()
@@ -115,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     # Full-image steps and evals are timed on their own, so regular steps never include them.
     config = SpliceConfig(vit=vit_name, vit_weights=args.vit_weights, vit_size=args.vit_size,
                           vit_max_side=max(480, args.vit_size), max_side=args.size, device=str(device),
-                          amp=args.amp, compile=args.compile, steps=10**9, eval_every=10**9,
-                          full_image_every=10**9)
+                          amp={"auto": "auto", "on": True, "off": False}[args.amp], compile=args.compile,
+                          steps=10**9, eval_every=10**9, full_image_every=10**9)
     structure, appearance = synthetic_pair(args.size)
 
     try:
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"patch {preset.patch_size}"),
         ("vit weights", weights),
         ("images", f"{args.size}x{args.size} synthetic; ViT input {args.vit_size}x{args.vit_size}"),
-        ("amp / compile", f"{args.amp and device.type == 'cuda'} / {args.compile}"),
+        ("bf16 autocast / compile", f"{uses_amp(config.amp, device)} (--amp {args.amp}) / {args.compile}"),
         ("params", f"generator {count(trainer.generator):,}; ViT {count(trainer.features):,} (frozen)"),
         ("ViT build", f"{build_s:.3f} s"),
         ("setup (baselines)", f"{setup_s:.3f} s"),

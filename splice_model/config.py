@@ -44,10 +44,15 @@ class SpliceConfig:
     vit_weights: str | None = None
     vit_size: int = 224
     vit_max_side: int = 480
+    # The ViT input's resize filter: "bilinear" (antialiased, what the released code's torchvision Resize
+    # does, and what produced the published results) or "bicubic" (what the paper's text says)
+    vit_resample: str = "bilinear"
     seed: int = 0
-    # Hardware: "auto" picks CUDA when present; bf16 autocast on CUDA; optional torch.compile of the ViT
+    # Hardware: "auto" picks CUDA when present. amp: bf16 autocast; "auto" uses it where the device computes
+    # bf16 natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), True forces it, False gives exact fp32.
+    # compile: torch.compile of the ViT (meant for CUDA).
     device: str = "auto"
-    amp: bool = True
+    amp: bool | str = "auto"
     compile: bool = False
 
     def replace(self, **changes: Any) -> "SpliceConfig":
@@ -82,6 +87,10 @@ class SpliceConfig:
             problems.append(f"blur_sigma_max: must be >= 0.1 (sigma ~ U(0.1, max)), got {self.blur_sigma_max!r}")
         if self.max_side is not None and self.max_side < 16:
             problems.append(f"max_side: must be >= 16 or null, got {self.max_side!r}")
+        if self.vit_resample not in VIT_RESAMPLE:
+            problems.append(f"vit_resample: must be one of {', '.join(VIT_RESAMPLE)}, got {self.vit_resample!r}")
+        if not (isinstance(self.amp, bool) or self.amp == "auto"):
+            problems.append(f"amp: must be auto, true (bf16 autocast) or false (exact fp32), got {self.amp!r}")
         if self.vit_max_side < self.vit_size:
             problems.append(f"vit_max_side: must be >= vit_size ({self.vit_size}), got {self.vit_max_side!r}")
         from .vit import VIT_PRESETS  # here, not at the top: vit.py imports torch and timm
@@ -112,5 +121,7 @@ def _device_problem(device: object) -> str | None:
             pass
     return f"{device!r} is not a device; use auto, cpu, cuda, cuda:N (a GPU index) or mps"
 
+
+VIT_RESAMPLE = ("bilinear", "bicubic")
 
 CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SpliceConfig))

@@ -54,9 +54,9 @@ class PairScorer:
     """
 
     def __init__(self, features: ViTFeatures, structure: torch.Tensor, appearance: torch.Tensor,
-                 vit_size: int = 224, vit_max_side: int = 480):
+                 vit_size: int = 224, vit_max_side: int = 480, vit_resample: str = "bilinear"):
         self.features = features
-        self.vit_size, self.vit_max_side = vit_size, vit_max_side
+        self.vit_size, self.vit_max_side, self.vit_resample = vit_size, vit_max_side, vit_resample
         appearance_as_structure = appearance[None]
         if appearance.shape[-2:] != structure.shape[-2:]:
             appearance_as_structure = F.interpolate(appearance_as_structure, size=structure.shape[-2:],
@@ -73,7 +73,7 @@ class PairScorer:
 
     def vit(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """ViT features of full-range RGB images at any size (resized to the ViT's input size first)."""
-        return self.features(vit_resize(images, self.vit_size, self.vit_max_side))
+        return self.features(vit_resize(images, self.vit_size, self.vit_max_side, self.vit_resample))
 
     def check_baselines(self, what: str = "the pair") -> None:
         """Raise NearDuplicatePairError when a baseline is ~0 (same image twice, or near-duplicates)."""

@@ -9,7 +9,7 @@ and the ViT's weights never get gradients.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -69,6 +69,28 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware: CUDA GPUs with bf16 (Ampere and later), CPUs with
+    AVX512-BF16 or AMX. Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        # torch.cpu's feature probes are private; a torch without them simply gets fp32.
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+    return False
+
+
+def uses_amp(amp: bool | str, device: torch.device) -> bool:
+    """Whether a run with `SpliceConfig.amp` = `amp` trains under bf16 autocast on `device`."""
+    return native_bf16(device) if amp == "auto" else bool(amp)
+
+
+def autocast(amp: bool | str, device: torch.device) -> AbstractContextManager:
+    """The bf16 autocast context for `amp` on `device`, or a no-op context for exact fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if uses_amp(amp, device) else nullcontext()
+
+
 _VIT_CACHE: dict[tuple, ViTFeatures] = {}
 
 
@@ -94,16 +116,20 @@ class SpliceTrainer:
         self.appearance = as_image_tensor(appearance_image, config.max_side).to(self.device)
         self.features = features.to(self.device) if features is not None else load_features(config, self.device)
         self.vit = torch.compile(self.features) if config.compile else self.features
-        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                         if config.amp and self.device.type == "cuda" else nullcontext())
+        self.autocast = autocast(config.amp, self.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            self.generator = SpliceGenerator().to(self.device)
-        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=(0.0, 0.99))
+            # Channels-last convolutions: measured ~10 % faster per step on the CPU (fp32 and bf16 alike),
+            # and the layout cuDNN's tensor-core kernels want.
+            self.generator = SpliceGenerator().to(self.device, memory_format=torch.channels_last)
+        # Fused Adam: one kernel launch instead of one per tensor on CUDA (on the CPU the step is ~1 % of
+        # the time either way).
+        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=(0.0, 0.99),
+                                          fused=self.device.type == "cuda" or None)
         self.rng = torch.Generator().manual_seed(config.seed)
         with self.autocast:
             self.scorer = PairScorer(self.features, self.structure, self.appearance, config.vit_size,
-                                     config.vit_max_side)
+                                     config.vit_max_side, config.vit_resample)
         self.step = 0
 
     @property
@@ -111,7 +137,7 @@ class SpliceTrainer:
         return self.scorer.baselines
 
     def _vit_input(self, images: torch.Tensor) -> torch.Tensor:
-        return vit_resize(images, self.config.vit_size, self.config.vit_max_side)
+        return vit_resize(images, self.config.vit_size, self.config.vit_max_side, self.config.vit_resample)
 
     def train_step(self) -> dict[str, float]:
         """One optimisation step; returns its loss terms. Raises NonFiniteLossError on NaN/inf."""
@@ -139,12 +165,14 @@ class SpliceTrainer:
                 total = total + config.loss_scale * (terms["full_appearance"]
                                                      + config.alpha * terms["full_structure"])
         terms = {"total": total, **terms}
-        values = dict(zip((f"loss/{name}" for name in terms),
-                          torch.stack([t.detach().float() for t in terms.values()]).tolist()))
-        if not math.isfinite(values["loss/total"]):
-            raise NonFiniteLossError(self.step + 1, values)
+        readout = torch.stack([t.detach().float() for t in terms.values()])
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        # The step's one host sync, after the backward is queued so a GPU never idles waiting for it; a
+        # non-finite loss raises before the optimiser touches the weights.
+        values = dict(zip((f"loss/{name}" for name in terms), readout.tolist()))
+        if not math.isfinite(values["loss/total"]):
+            raise NonFiniteLossError(self.step + 1, values)
         self.optimizer.step()
         self.step += 1
         return values

@@ -129,17 +129,20 @@ def dino_pos_embed(pos_embed: torch.Tensor, height: int, width: int, patch_size:
     return torch.cat([pos_embed[:, :1], patch_pos], dim=1)
 
 
-def vit_resize(images: torch.Tensor, short_side: int = 224, max_side: int = 480) -> torch.Tensor:
+def vit_resize(images: torch.Tensor, short_side: int = 224, max_side: int = 480,
+               resample: str = "bilinear") -> torch.Tensor:
     """Resize (B, 3, H, W) so the short side is `short_side` and the long side at most `max_side`.
 
-    Aspect kept, bicubic with antialiasing (DESIGN.md, "ViT"); differentiable, so generator outputs can
-    pass through it.
+    Aspect kept, antialiased. `resample="bilinear"` is exactly torchvision's `Resize(short_side,
+    max_size=max_side)` on tensors, which the released Splice code uses; "bicubic" is what the paper's text
+    says. Computed in fp32 (under bf16 autocast too: the antialiased CPU kernels have no bf16 version, and
+    the ViT's input is worth full precision); differentiable, so generator outputs can pass through it.
     """
     height, width = images.shape[-2:]
     size = vit_input_size(height, width, short_side, max_side)
     if size == (height, width):
         return images
-    return F.interpolate(images, size=size, mode="bicubic", align_corners=False, antialias=True)
+    return F.interpolate(images.float(), size=size, mode=resample, align_corners=False, antialias=True)
 
 
 def vit_input_size(height: int, width: int, short_side: int = 224, max_side: int = 480) -> tuple[int, int]:

@@ -52,6 +52,11 @@ def train(
     eval_every: Optional[int] = typer.Option(None, help=f"Score every N steps {_default('eval_every')}."),
     seed: Optional[int] = typer.Option(None, help=f"Random seed {_default('seed')}."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 or auto \\[default: auto]."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", show_default=False,
+                                       help="bf16 autocast: --amp always, --no-amp exact fp32 \\[default: where "
+                                            "the device computes bf16 natively]."),
+    vit_resample: Optional[str] = typer.Option(None, help="ViT input resize filter, bilinear or bicubic "
+                                                          f"{_default('vit_resample')}."),
     render_max_side: Optional[int] = typer.Option(None, help="Cap the rendered output's long side "
                                                              "\\[default: the structure image's full size]."),
 ) -> None:
@@ -64,7 +69,7 @@ def train(
 
     given = {"steps": steps, "vit": vit, "vit_weights": str(vit_weights) if vit_weights else None, "alpha": alpha,
              "beta": beta, "lr": lr, "max_side": max_side, "vit_size": vit_size, "eval_every": eval_every,
-             "seed": seed, "device": device}
+             "seed": seed, "device": device, "amp": amp, "vit_resample": vit_resample}
     config = DEFAULTS.replace(**{k: v for k, v in given.items() if v is not None})
     if vit_size is not None:
         # train has no --vit-max-side: the long-side cap follows a larger --vit-size instead of refusing it.

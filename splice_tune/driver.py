@@ -200,7 +200,8 @@ def _check_vit_and_pairs(space: SearchSpace, pairs: list[Pair]) -> dict[str, dic
     for pair in pairs:
         structure = load_image(pair.structure, max_side=config.max_side)
         appearance = load_image(pair.appearance, max_side=config.max_side)
-        scorer = PairScorer(features, structure, appearance, config.vit_size, config.vit_max_side)
+        scorer = PairScorer(features, structure, appearance, config.vit_size, config.vit_max_side,
+                            config.vit_resample)
         try:
             scorer.check_baselines(f"{pair.where}: pair {pair.name!r}")
         except NearDuplicatePairError as error:

@@ -525,12 +525,17 @@ def _field_value(name: str, value: Any, folder: Path) -> tuple[Any, str | None]:
 
 
 def _type_error(value: Any, hint: Any) -> str | None:
-    """Why `value` does not fit a field of type `hint` (int, float, str, bool, or X | None); None if it does."""
+    """Why `value` does not fit a field of type `hint` (int, float, str, bool, or X | None); None if it does.
+
+    Fields of several kinds (`amp: bool | str`) are left to `SpliceConfig.validate`, whose message names
+    the values they take.
+    """
     args = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     nullable = type(None) in args
-    kind = next(a for a in args if a is not type(None))
-    if value is None and nullable:
+    kinds = [a for a in args if a is not type(None)]
+    if value is None and nullable or len(kinds) > 1:
         return None
+    kind = kinds[0]
     ok = {int: isinstance(value, int) and not isinstance(value, bool),
           float: isinstance(value, (int, float)) and not isinstance(value, bool),
           str: isinstance(value, str),

@@ -191,3 +191,46 @@ def test_eval_cadence_and_output_shape(structure_image, appearance_image, tiny_c
     assert not result.stopped and result.steps_done == steps
     assert [e["step"] for e in result.evaluations] == expected
     assert result.scores == evals[-1].scores
+
+
+# --- precision ----------------------------------------------------------------------------------------
+
+def _linear_input_dtypes(trainer: SpliceTrainer) -> set[torch.dtype]:
+    """The dtypes the ViT's first linear layer computes in during one training step."""
+    seen = set()
+    handle = trainer.features.model.blocks[0].attn.qkv.register_forward_hook(
+        lambda module, inputs, output: seen.add(output.dtype))
+    trainer.train_step()
+    handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native-bf16", "no-native-bf16"])
+def test_amp_auto_follows_the_device(monkeypatch, structure_image, appearance_image, tiny_config, native):
+    """amp="auto" trains in bf16 exactly where the device computes bf16 natively, in fp32 elsewhere."""
+    import splice_model.train as train_module
+
+    monkeypatch.setattr(train_module, "native_bf16", lambda device: native)
+    trainer = SpliceTrainer(structure_image, appearance_image, tiny_config.replace(amp="auto"))
+    assert _linear_input_dtypes(trainer) == {torch.bfloat16 if native else torch.float32}
+
+
+def test_amp_false_is_exact_fp32_and_true_forces_bf16(monkeypatch, structure_image, appearance_image, tiny_config):
+    import splice_model.train as train_module
+
+    monkeypatch.setattr(train_module, "native_bf16", lambda device: True)
+    exact = SpliceTrainer(structure_image, appearance_image, tiny_config.replace(amp=False))
+    assert _linear_input_dtypes(exact) == {torch.float32}
+    monkeypatch.setattr(train_module, "native_bf16", lambda device: False)
+    forced = SpliceTrainer(structure_image, appearance_image, tiny_config.replace(amp=True))
+    assert _linear_input_dtypes(forced) == {torch.bfloat16}
+    # Scores and losses leave the trainer as fp32 numbers either way.
+    scores, output = forced.evaluate()
+    assert output.dtype == torch.float32 and all(isinstance(v, float) for v in scores.values())
+
+
+@pytest.mark.parametrize("amp, problem", [("auto", None), (True, None), (False, None), ("bf16", "amp: must be"),
+                                          (1, "amp: must be")])
+def test_amp_values(tiny_config, amp, problem):
+    problems = tiny_config.replace(amp=amp).validate()
+    assert (problems == []) if problem is None else problems[0].startswith(problem)

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from splice_model.config import SpliceConfig
 from splice_model.vit import VIT_PRESETS, VitPreset, WeightsError, build_vit, vit_input_size, vit_resize
 
 # A small architecture registered as a preset for these tests only (cheap to build and to run).
@@ -287,6 +288,48 @@ def test_vit_resize_matches_torchvision_resize_224_max_480(size):
     assert vit_input_size(*size, 224, 480) == tuple(_compute_resized_output_size(size, [224], 480))
     image = torch.rand(1, 3, *size)
     assert vit_resize(image, 224, 480).shape == Resize(224, max_size=480, antialias=True)(image).shape
+
+
+@pytest.mark.parametrize("size", [(256, 256), (300, 400), (400, 300), (100, 1000), (1000, 100), (1080, 1920),
+                                  (50, 64)], ids=lambda size: f"{size[0]}x{size[1]}")
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "single"])
+def test_vit_resize_values_equal_torchvision_resize(size, batched):
+    """The default filter reproduces the released code's `Resize(224, max_size=480)` on tensors (bilinear,
+    antialiased) value for value, for square, landscape, portrait and long-side-capped inputs; gradients flow."""
+    from torchvision.transforms import Resize
+
+    generator = torch.Generator().manual_seed(sum(size))
+    image = torch.rand(2, 3, *size, generator=generator) if batched else torch.rand(3, *size, generator=generator)
+    image.requires_grad_(True)
+    expected = Resize(224, max_size=480)(image.detach())
+    ours = vit_resize(image if batched else image[None], 224, 480)
+    ours = ours if batched else ours[0]
+    assert ours.shape == expected.shape
+    assert (ours - expected).abs().max().item() <= 1e-6
+    ours.square().sum().backward()
+    assert image.grad is not None and image.grad.abs().sum() > 0
+
+
+def test_vit_resize_bicubic_is_a_setting():
+    """bicubic (the paper's text) stays available and differs from the default filter."""
+    image = torch.rand(1, 3, 300, 400, generator=torch.Generator().manual_seed(0))
+    bicubic = vit_resize(image, 224, 480, resample="bicubic")
+    expected = F.interpolate(image, size=(224, 298), mode="bicubic", antialias=True)
+    assert torch.equal(bicubic, expected)
+    assert (bicubic - vit_resize(image, 224, 480)).abs().max() > 1e-3
+
+
+def test_vit_resample_setting_reaches_the_features(tiny_config, structure_image, appearance_image):
+    """SpliceConfig.vit_resample changes what the trainer's ViT sees (targets and baselines alike)."""
+    from splice_model import SpliceTrainer
+
+    config = tiny_config.replace(amp=False)
+    bilinear = SpliceTrainer(structure_image, appearance_image, config)
+    bicubic = SpliceTrainer(structure_image, appearance_image, config.replace(vit_resample="bicubic"))
+    assert bilinear.scorer.vit_resample == "bilinear" and bicubic.scorer.vit_resample == "bicubic"
+    assert bilinear.baselines != bicubic.baselines
+    assert SpliceConfig(vit_resample="lanczos").validate() == [
+        "vit_resample: must be one of bilinear, bicubic, got 'lanczos'"]
 
 
 def test_vit_resize_keeps_right_size_and_is_differentiable():
