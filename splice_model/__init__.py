@@ -1,21 +1,40 @@
 """Splice (semantic appearance transfer, CVPR 2022) as a small PyTorch library.
 
-Read in this order: `config` (settings), `vit` (DINO features), `generator` (U-Net), `augment`,
-`losses` (objective and scores), `train` (the loop), `render` (checkpoints and full-resolution output).
+Read in this order: `config` (settings), `presets` and `vit` (DINO features), `generator` (U-Net),
+`augment`, `losses` (objective and scores), `train` (the loop), `rendering` (checkpoints and full-resolution
+output). The design, with the paper's equations, is in docs/design.md.
+
+Names are imported on first use, so `import splice_model.config` (the CLI's help, search-space checks)
+does not pay for torch and timm.
 """
 
-from .config import CONFIG_FIELDS, SpliceConfig
-from .generator import SpliceGenerator
-from .images import ImageError, load_image, to_pil
-from .losses import NearDuplicatePairError, PairScorer
-from .render import CheckpointError, load_checkpoint, render, save_checkpoint
-from .train import (EvalEvent, NonFiniteLossError, SpliceTrainer, StepEvent, TrainResult, load_features,
-                    resolve_device, train_pair)
-from .vit import VIT_PRESETS, ViTFeatures, WeightsError, build_vit
+from __future__ import annotations
 
-__all__ = [
-    "CONFIG_FIELDS", "SpliceConfig", "SpliceGenerator", "ImageError", "load_image", "to_pil",
-    "NearDuplicatePairError", "PairScorer", "CheckpointError", "load_checkpoint", "render", "save_checkpoint",
-    "EvalEvent", "NonFiniteLossError", "SpliceTrainer", "StepEvent", "TrainResult", "load_features",
-    "resolve_device", "train_pair", "VIT_PRESETS", "ViTFeatures", "WeightsError", "build_vit",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "config": ("CONFIG_FIELDS", "SpliceConfig"),
+    "presets": ("VIT_PRESETS",),
+    "generator": ("SpliceGenerator",),
+    "images": ("ImageError", "load_image", "to_pil"),
+    "losses": ("NearDuplicatePairError", "PairScorer"),
+    "rendering": ("CheckpointError", "load_checkpoint", "render", "save_checkpoint"),
+    "train": ("EvalEvent", "NonFiniteLossError", "SpliceTrainer", "StepEvent", "TrainResult", "load_features",
+              "resolve_device", "train_pair"),
+    "vit": ("ViTFeatures", "WeightsError", "build_vit"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = list(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module 'splice_model' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

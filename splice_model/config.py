@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .presets import VIT_PRESETS
+
 
 @dataclass
 class SpliceConfig:
@@ -93,8 +95,6 @@ class SpliceConfig:
             problems.append(f"amp: must be auto, true (bf16 autocast) or false (exact fp32), got {self.amp!r}")
         if self.vit_max_side < self.vit_size:
             problems.append(f"vit_max_side: must be >= vit_size ({self.vit_size}), got {self.vit_max_side!r}")
-        from .vit import VIT_PRESETS  # here, not at the top: vit.py imports torch and timm
-
         if self.vit not in VIT_PRESETS:
             problems.append(f"vit: unknown ViT preset {self.vit!r}; choose one of {', '.join(VIT_PRESETS)}")
         device_problem = _device_problem(self.device)

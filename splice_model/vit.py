@@ -12,7 +12,6 @@ import math
 import os
 import socket
 import urllib.error
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -21,38 +20,10 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from .presets import DEFAULT_VIT, VIT_PRESETS, VitPreset, not_dino_note  # noqa: F401 (re-exported)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class VitPreset:
-    """Architecture and weights source of one named ViT."""
-
-    embed_dim: int
-    depth: int
-    num_heads: int
-    patch_size: int
-    url: str | None = None  # official DINO checkpoint; None = seeded random weights
-    random_seed: int = 0
-    description: str = ""
-
-
-_DINO = "https://dl.fbaipublicfiles.com/dino"
-VIT_PRESETS: dict[str, VitPreset] = {
-    "dino_vits16": VitPreset(384, 12, 6, 16, f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
-                             description="DINO ViT-S/16 (21M params)"),
-    "dino_vits8": VitPreset(384, 12, 6, 8, f"{_DINO}/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth",
-                            description="DINO ViT-S/8 (21M params)"),
-    "dino_vitb16": VitPreset(768, 12, 12, 16, f"{_DINO}/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
-                             description="DINO ViT-B/16 (85M params)"),
-    "dino_vitb8": VitPreset(768, 12, 12, 8, f"{_DINO}/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
-                            description="DINO ViT-B/8 (85M params), the paper's choice"),
-    # Not DINO: random weights, for tests and offline demos. Results from it show the machinery, not Splice.
-    "random_tiny8": VitPreset(96, 4, 3, 8, None, random_seed=0,
-                              description="NOT DINO: 4-block ViT with seeded random weights, for tests/demos"),
-}
-DEFAULT_VIT = "dino_vitb8"
 
 
 class WeightsError(RuntimeError):
@@ -157,15 +128,6 @@ def vit_input_size(height: int, width: int, short_side: int = 224, max_side: int
         new_short, new_long = int(max_side * new_short / new_long), max_side
     new_short = max(1, new_short)
     return (new_long, new_short) if width <= height else (new_short, new_long)
-
-
-def not_dino_note(preset_name: str) -> str | None:
-    """One line to show with results of a random-weight preset (not DINO); None for DINO presets."""
-    preset = VIT_PRESETS.get(preset_name)
-    if preset is None or preset.url is not None:
-        return None
-    return (f"NOT DINO (random-weight ViT {preset_name}): these results show the machinery working, "
-            f"not Splice's quality")
 
 
 def build_vit(preset_name: str = DEFAULT_VIT, weights: str | os.PathLike | None = None) -> ViTFeatures:

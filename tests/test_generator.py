@@ -9,7 +9,7 @@ from torch import nn
 
 from splice_model import CheckpointError, SpliceConfig, SpliceGenerator, load_checkpoint, render, save_checkpoint
 from splice_model.images import to_tensor
-from splice_model.render import CHECKPOINT_FORMAT
+from splice_model.rendering import CHECKPOINT_FORMAT
 
 
 @pytest.fixture(scope="module")
