@@ -362,8 +362,9 @@ class TrialLogger:
         """Get or create the child run of a trial under `parent_run_id` and set it RUNNING.
 
         The trial is identified by `study_trial` (its number in the pair's Optuna study) when given, and its
-        run named ``PAIR-t<study_trial>``; else by Ray's `trial_id`, which also names the run. The study number is what survives a driver killed mid-search: Ray may hand the
-        resumed trial a new id, but the restored study asks the same trial number again. A restarted trial
+        run named ``PAIR-t<study_trial>``; else by Ray's `trial_id`, which also names the run. The study
+        number is what survives a driver killed mid-search: Ray may hand the resumed trial a new id, but the
+        restored study asks the same trial number again. A restarted trial
         finds its existing run, so each trial has exactly one run: its attempt counter (tag
         ``splice_tune.attempt``) goes up, stale error / stopped-early / interrupted tags from the previous
         attempt are removed, and params already logged are left alone. `tags` (e.g. the Ray node id) and
