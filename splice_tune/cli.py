@@ -5,7 +5,6 @@ Exit codes: 0 done, 1 the work itself failed, 2 bad input (one readable line per
 
 from __future__ import annotations
 
-import functools
 import shlex
 import sys
 from pathlib import Path
@@ -50,7 +49,6 @@ app = typer.Typer(
     help="Find the best Splice (semantic appearance transfer) settings for each of your image pairs.",
     no_args_is_help=True, pretty_exceptions_enable=False, cls=_Group,
 )
-command = functools.partial(app.command, cls=_Command)
 console = Console(stderr=True)
 
 
@@ -107,7 +105,7 @@ def _tracking_uri_option(help: str) -> OptionInfo:
     return typer.Option(None, envvar=TRACKING_ENV, show_envvar=True, help=help)
 
 
-@command()
+@app.command()
 def train(
     structure: Path = typer.Argument(..., help="Image whose structure (layout, shapes) the output keeps."),
     appearance: Path = typer.Argument(..., help="Image whose appearance (colours, textures) the output takes."),
@@ -234,7 +232,7 @@ def _output_problems(out: Path, checkpoint: Path, checkpoint_given: bool) -> lis
     return problems
 
 
-@command()
+@app.command()
 def search(
     pairs_csv: Path = typer.Argument(..., help="CSV with header pair,structure,appearance (paths relative to it)."),
     space: str = typer.Option("quick", "--space", "-s", metavar=_choices([*_shipped_space_names(), "FILE.yaml"]),
@@ -279,7 +277,7 @@ def search(
     _print_summary(summary)
 
 
-@command()
+@app.command()
 def best(
     pair: Optional[str] = typer.Option(None, "--pair", "-p", help="Pair whose winner to render (its name in "
                                                                   "pairs.csv)."),
@@ -304,7 +302,7 @@ def best(
                          as_json), progress_console=console)
 
 
-@command()
+@app.command()
 def report(
     pair: Optional[str] = typer.Option(None, "--pair", "-p", help="Only this pair \\[default: every pair]."),
     search: Optional[str] = typer.Option(None, help="Search name \\[default: the latest search]."),
@@ -318,7 +316,7 @@ def report(
     run_report(ReportRequest(pair, search, out_dir, root, tracking_uri))
 
 
-@command()
+@app.command()
 def ui(
     port: int = typer.Option(5000, help="Port to serve on."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind; only this machine can connect unless you "
@@ -331,7 +329,7 @@ def ui(
     sys.exit(serve_ui(root, host, port, console))
 
 
-@command()
+@app.command()
 def spaces() -> None:
     """List the shipped search spaces (for --space) with what each is for."""
     from rich.table import Table
@@ -348,7 +346,7 @@ def spaces() -> None:
                     highlight=False)
 
 
-@command("ls")
+@app.command("ls")
 def list_searches(
     root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store."),
     tracking_uri: Optional[str] = _tracking_uri_option("MLflow tracking URI \\[default: SQLite under ROOT]."),
@@ -389,6 +387,11 @@ def _as_flag(problem: str) -> str:
     """"max_side: must be ..." -> "--max-side: must be ..." (the user typed a flag, not a field)."""
     name, rest = problem.split(":", 1)
     return f"--{name.replace('_', '-')}:{rest}"
+
+
+# Every command renders its --help through _Command (flags without a type), set here once for all of them.
+for _info in app.registered_commands:
+    _info.cls = _Command
 
 
 def main() -> None:
