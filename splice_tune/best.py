@@ -9,12 +9,13 @@ works when no trial finished (the best stopped-early trial's settings are used t
 
 from __future__ import annotations
 
+import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow import MlflowClient
-from mlflow.entities import Run
+from mlflow.entities import Experiment, Run
 from PIL import Image
 from rich.console import Console
 from rich.table import Table
@@ -24,6 +25,7 @@ from splice_model import (CheckpointError, ImageError, NonFiniteLossError, Splic
 from splice_model.vit import not_dino_note
 from splice_tune import results, tracking
 from splice_tune.errors import BadInput
+from splice_tune.formatting import number
 from splice_tune.progress import train_with_progress
 from splice_tune.results import NOT_SETTINGS, SCORES
 
@@ -45,6 +47,7 @@ class BestRequest:
     retrain_steps: int | None = None
     root: Path = tracking.DEFAULT_ROOT
     tracking_uri: str | None = None
+    as_json: bool = False  # stdout: one JSON document (`json_document`); the human text goes to stderr
 
 
 @dataclass
@@ -55,14 +58,15 @@ class BestResult:
     run_id: str
     path: Path
     size: tuple[int, int]
-    scores: dict[str, float]
+    scores: dict[str, float]  # the trial's, or the retraining's with --retrain-steps
+    checkpoint: Path | None = None  # the retrained generator (--retrain-steps)
 
 
 def run_best(request: BestRequest, console: Console | None = None,
              progress_console: Console | None = None) -> list[BestResult]:
     """Find and render the winner of each requested pair; BadInput (nothing written) when the flags, the
     store, the search or the pair are wrong or the pair has no finished trial."""
-    console = console or Console()
+    console = console or Console(stderr=request.as_json)
     progress_console = progress_console or Console(stderr=True)
     _check_flags(request)
     client, uri = results.open_store(request.tracking_uri, request.root)
@@ -77,17 +81,17 @@ def run_best(request: BestRequest, console: Console | None = None,
 
     metric = f"{request.by}_score"
     chosen: list[tuple[results.PairRuns, Run]] = []
-    problems: list[str] = []
+    skipped: dict[str, str] = {}
     for pair in targets:
         run, problem = _choose(pair, metric, experiment.name, retrain=request.retrain_steps is not None)
         if run is not None:
             chosen.append((pair, run))
         else:
-            problems.append(problem)
+            skipped[pair.name] = problem
     # With --all a pair without a winner is skipped with its reason; with nothing to render it is an error.
     if not chosen:
-        raise BadInput(problems)
-    for problem in problems:
+        raise BadInput(list(skipped.values()))
+    for problem in skipped.values():
         console.print(f"[yellow]skipped:[/] {problem}", highlight=False)
 
     rendered = []
@@ -96,7 +100,44 @@ def run_best(request: BestRequest, console: Console | None = None,
         _describe(console, pair, run, metric, uri, experiment.experiment_id)
         with tempfile.TemporaryDirectory(prefix="splice-best-") as tmp:
             rendered.append(_render(client, pair, run, request, out, Path(tmp), console, progress_console))
+    if request.as_json:
+        runs = [run for _, run in chosen]
+        print(json.dumps(json_document(experiment, uri, metric, runs, rendered, skipped, request.retrain_steps),
+                         indent=2))
     return rendered
+
+
+def json_document(experiment: Experiment, uri: str, metric: str, runs: list[Run], rendered: list[BestResult],
+                  skipped: dict[str, str], retrain_steps: int | None = None) -> dict:
+    """What `best --json` prints; its keys (README, "After a search") are kept stable:
+
+        {"search": str, "experiment_id": str, "tracking_uri": str, "by": "<by>_score",
+         "winners": [{"pair": str, "run_id": str, "trial": str, "state": str, "image": absolute path,
+                      "width": int, "height": int, "scores": {score: float}, "sampled": {name: value},
+                      "settings": {every SpliceConfig field: value}, "retrained_steps": int | null,
+                      "retrained_scores": {score: float} | null, "checkpoint": absolute path | null,
+                      "mlflow_url": str}],
+         "skipped": [{"pair": str, "reason": str}]}
+    """
+    base, _ = results.ui_base(uri)
+    winners = []
+    for run, result in zip(runs, rendered):
+        settings = results.config_from_params(run.data.params).to_dict()
+        retrained = result.checkpoint is not None
+        winners.append({
+            "pair": result.pair, "run_id": result.run_id, "trial": results.trial_name(run),
+            "state": results.trial_state(run), "image": str(result.path.resolve()),
+            "width": result.size[0], "height": result.size[1],
+            "scores": {name: run.data.metrics[name] for name in SCORES if name in run.data.metrics},
+            "sampled": {name: settings[name] for name in results.sampled_names(run) if name in settings},
+            "settings": settings,
+            "retrained_steps": retrain_steps if retrained else None,
+            "retrained_scores": result.scores if retrained else None,
+            "checkpoint": str(result.checkpoint.resolve()) if retrained else None,
+            "mlflow_url": results.ui_link(base, experiment.experiment_id, result.run_id)})
+    return {"search": experiment.name, "experiment_id": experiment.experiment_id, "tracking_uri": uri,
+            "by": metric, "winners": winners,
+            "skipped": [{"pair": pair, "reason": reason} for pair, reason in skipped.items()]}
 
 
 def _check_flags(request: BestRequest) -> None:
@@ -151,19 +192,21 @@ def _describe(console: Console, pair: results.PairRuns, run: Run, metric: str, u
     fixed = sorted(name for name in run.data.params if name not in NOT_SETTINGS and name not in sampled)
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
-    table.add_column()
-    table.add_row("sampled", ", ".join(f"{name}={run.data.params.get(name)}" for name in sampled) or "-")
-    table.add_row("fixed", ", ".join(f"{name}={run.data.params[name]}" for name in fixed) or "-")
-    table.add_row("scores", ", ".join(f"{name} {run.data.metrics[name]:.4f}" for name in SCORES
+    table.add_column(overflow="fold")
+    table.add_row("sampled", ", ".join(f"{name}={number(run.data.params.get(name))}" for name in sampled) or "-")
+    table.add_row("fixed", ", ".join(f"{name}={number(run.data.params[name])}" for name in fixed) or "-")
+    table.add_row("scores", ", ".join(f"{name} {number(run.data.metrics[name])}" for name in SCORES
                                       if name in run.data.metrics))
-    link = results.ui_link(uri, experiment_id, run.info.run_id)
-    if not uri.startswith(("http://", "https://")):
-        link += "  (start the UI with `splice-tune ui`)"
-    table.add_row("MLflow", link)
     note = not_dino_note(results.trial_vit(run) or "")
     if note:
         table.add_row("ViT", f"[bold red]{note}[/]")
     console.print(table, highlight=False)
+    # Links on lines of their own: a table cell would cut or break them in a narrow terminal.
+    base, how_to_start = results.ui_base(uri)
+    console.print(f"MLflow run: {results.ui_link(base, experiment_id, run.info.run_id)}", highlight=False,
+                  soft_wrap=True)
+    console.print(f"MLflow, every trial: {results.ui_link(base, experiment_id)}"
+                  + (f"  ({how_to_start})" if how_to_start else ""), highlight=False, soft_wrap=True)
 
 
 def _render(client: MlflowClient, pair: results.PairRuns, run: Run, request: BestRequest, out: Path, tmp: Path,
@@ -189,15 +232,15 @@ def _render(client: MlflowClient, pair: results.PairRuns, run: Run, request: Bes
     image = to_pil(render(generator, structure, request.max_side))
     out.parent.mkdir(parents=True, exist_ok=True)
     image.save(out)
-    written = f"{out}"
+    written, checkpoint_out = f"{out}", None
     if request.retrain_steps is not None:
         # A retraining can take long: keep its generator like `splice-tune train` does.
         checkpoint_out = save_checkpoint(out.with_suffix(".pt"), generator, config, config.steps, scores)
         written += f" and {checkpoint_out}"
-        console.print("retrained scores: " + ", ".join(f"{name} {scores[name]:.4f}" for name in SCORES
+        console.print("retrained scores: " + ", ".join(f"{name} {number(scores[name])}" for name in SCORES
                                                       if name in scores), highlight=False)
     console.print(f"wrote {written} ({image.width}x{image.height}, {how})", highlight=False)
-    return BestResult(pair.name, run.info.run_id, out, image.size, scores)
+    return BestResult(pair.name, run.info.run_id, out, image.size, scores, checkpoint_out)
 
 
 def _retrain(run: Run, structure: Path, appearance: Path, steps: int, console: Console):

@@ -12,26 +12,97 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
+from typer.models import OptionInfo
 
 from splice_model.config import SpliceConfig
+from splice_model.vit import VIT_PRESETS
 from splice_tune.errors import BadInput
+from splice_tune.formatting import number
+from splice_tune.spaces import SPACES_DIR
+
+DEFAULTS = SpliceConfig()
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+SCORE_CHOICES = ("splice", "structure", "appearance")  # `best --by`: the <by>_score every trial logs
+TRACKING_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable: set once, every command reads that store
+
+
+def _flags_without_type(params: list) -> list:
+    # typer's help gives every option a type column, "<bool>" for flags too, which take no value.
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
+class _Group(TyperGroup):
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
+
+class _Command(TyperCommand):
+    def get_params(self, ctx):
+        return _flags_without_type(super().get_params(ctx))
+
 
 app = typer.Typer(
     help="Find the best Splice (semantic appearance transfer) settings for each of your image pairs.",
-    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    no_args_is_help=True, pretty_exceptions_enable=False, cls=_Group,
 )
 console = Console(stderr=True)
-DEFAULTS = SpliceConfig()
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("splice-tune")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"splice-tune {_version()}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print splice-tune's version and exit."),
+) -> None:
     """Find the best Splice (semantic appearance transfer) settings for each of your image pairs."""
 
 
 def _default(name: str) -> str:
     return f"\\[default: {getattr(DEFAULTS, name)}]"
+
+
+def _choices(names) -> str:
+    """The metavar of an option with fixed choices, as typer writes one: <a|b|c>."""
+    return "<" + "|".join(names) + ">"
+
+
+def _complete(names):
+    """Shell completion of `names` (the callback typer calls with what the user has typed so far)."""
+    return lambda incomplete: [name for name in names if name.startswith(incomplete)]
+
+
+def _shipped_space_names() -> list[str]:
+    return sorted(path.stem for path in SPACES_DIR.glob("*.yaml"))
+
+
+def _complete_space(incomplete: str) -> list[str]:
+    """Shipped space names, then YAML files beside what was typed."""
+    folder = Path(incomplete).parent
+    files = sorted(str(path) for pattern in ("*.yaml", "*.yml") for path in folder.glob(pattern)
+                   if str(path).startswith(incomplete)) if folder.is_dir() else []
+    return [name for name in _shipped_space_names() if name.startswith(incomplete)] + files
+
+
+def _tracking_uri_option(help: str) -> OptionInfo:
+    return typer.Option(None, envvar=TRACKING_ENV, show_envvar=True, help=help)
 
 
 @app.command()
@@ -42,7 +113,8 @@ def train(
     checkpoint: Optional[Path] = typer.Option(None, help="Where to write the generator checkpoint "
                                                           "\\[default: OUT with suffix .pt]."),
     steps: Optional[int] = typer.Option(None, help=f"Training steps {_default('steps')}."),
-    vit: Optional[str] = typer.Option(None, help=f"ViT preset {_default('vit')}."),
+    vit: Optional[str] = typer.Option(None, metavar=_choices(VIT_PRESETS), autocompletion=_complete(VIT_PRESETS),
+                                      help=f"ViT preset (random_tiny8 is NOT DINO) {_default('vit')}."),
     vit_weights: Optional[Path] = typer.Option(None, help="Local DINO checkpoint file (else torch hub's cache)."),
     alpha: Optional[float] = typer.Option(None, help=f"Weight of the structure loss {_default('alpha')}."),
     beta: Optional[float] = typer.Option(None, help=f"Weight of the identity loss {_default('beta')}."),
@@ -115,7 +187,7 @@ def train(
         console.print(f"[red]error:[/] cannot write {error.filename or out}: {error.strerror or error}{written}",
                       highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    line = f"wrote {out} and {checkpoint}; " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items())
+    line = f"wrote {out} and {checkpoint}; " + ", ".join(f"{k} {number(v)}" for k, v in scores.items())
     note = not_dino_note(config.vit)
     console.print(line + (f"; {note}" if note else ""), highlight=False, soft_wrap=True)
 
@@ -168,8 +240,10 @@ def _output_problems(out: Path, checkpoint: Path, checkpoint_given: bool) -> lis
 @app.command()
 def search(
     pairs_csv: Path = typer.Argument(..., help="CSV with header pair,structure,appearance (paths relative to it)."),
-    space: str = typer.Option("quick", "--space", "-s", help="Search space: a shipped name (quick, default, "
-                                                             "paper) or a YAML file."),
+    space: str = typer.Option("quick", "--space", "-s", metavar=_choices([*_shipped_space_names(), "FILE.yaml"]),
+                              autocompletion=_complete_space,
+                              help="Search space: a shipped one (`splice-tune spaces` describes them) or a "
+                                   "YAML file."),
     set_values: list[str] = typer.Option([], "--set", help="Override a fixed setting or budget, e.g. "
                                                            "--set steps=500 --set budget.trials_per_pair=4."),
     name: Optional[str] = typer.Option(None, help="Search name \\[default: CSV-SPACE-TIMESTAMP]."),
@@ -177,8 +251,8 @@ def search(
     root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store and Ray results."),
     storage: Optional[str] = typer.Option(None, help="Ray experiment storage: a path or URI (s3://, gs://) "
                                                      "\\[default: ROOT/ray]."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI, e.g. http://mlflow:5000 "
-                                                          "\\[default: SQLite under ROOT]."),
+    tracking_uri: Optional[str] = _tracking_uri_option("MLflow tracking URI, e.g. http://mlflow:5000 "
+                                                       "\\[default: SQLite under ROOT]."),
     address: Optional[str] = typer.Option(None, help="Ray cluster to join: HEAD:6379 of its head node, or auto "
                                                      "\\[default: start a local Ray]."),
     cpus_per_trial: float = typer.Option(1.0, help="CPUs Ray reserves for each trial."),
@@ -214,21 +288,23 @@ def best(
                                                                   "pairs.csv)."),
     all_pairs: bool = typer.Option(False, "--all", help="Render every pair's winner of the search."),
     search: Optional[str] = typer.Option(None, help="Search name \\[default: the latest search]."),
-    by: str = typer.Option("splice", help="Score that picks the winner: splice, structure or appearance "
-                                          "(lowest <by>_score among finished trials)."),
+    by: str = typer.Option("splice", metavar=_choices(SCORE_CHOICES), autocompletion=_complete(SCORE_CHOICES),
+                           help="Score that picks the winner: the lowest <by>_score among finished trials."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output image \\[default: PAIR_best.png here]."),
     out_dir: Optional[Path] = typer.Option(None, help="Folder for PAIR_best.png (with --all) \\[default: here]."),
     max_side: Optional[int] = typer.Option(None, help="Cap the output's long side \\[default: full resolution]."),
     retrain_steps: Optional[int] = typer.Option(None, help="Train the winner's settings again from scratch for "
                                                            "N steps and render that (also writes OUT.pt)."),
     root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI \\[default: SQLite under ROOT]."),
+    tracking_uri: Optional[str] = _tracking_uri_option("MLflow tracking URI \\[default: SQLite under ROOT]."),
+    as_json: bool = typer.Option(False, "--json", help="Also print the winners as one JSON document on stdout, "
+                                                       "for scripts (keys: README); the rest goes to stderr."),
 ) -> None:
     """Render a pair's winning trial at the structure image's full resolution."""
     from splice_tune.best import BestRequest, run_best
 
-    run_best(BestRequest(pair, all_pairs, search, by, out, out_dir, max_side, retrain_steps, root, tracking_uri),
-             progress_console=console)
+    run_best(BestRequest(pair, all_pairs, search, by, out, out_dir, max_side, retrain_steps, root, tracking_uri,
+                         as_json), progress_console=console)
 
 
 @app.command()
@@ -237,7 +313,7 @@ def report(
     search: Optional[str] = typer.Option(None, help="Search name \\[default: the latest search]."),
     out_dir: Optional[Path] = typer.Option(None, help="Where to write the report \\[default: ROOT/reports/SEARCH]."),
     root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI \\[default: SQLite under ROOT]."),
+    tracking_uri: Optional[str] = _tracking_uri_option("MLflow tracking URI \\[default: SQLite under ROOT]."),
 ) -> None:
     """Pareto plots, contact sheets and an HTML page of a search (also logged to MLflow under report/)."""
     from splice_tune.report import ReportRequest, run_report
@@ -258,15 +334,33 @@ def ui(
     sys.exit(serve_ui(root, host, port, console))
 
 
+@app.command()
+def spaces() -> None:
+    """List the shipped search spaces (for --space) with what each is for."""
+    from rich.table import Table
+
+    from splice_tune.spaces import shipped_spaces
+
+    table = Table(title=f"search spaces shipped in {SPACES_DIR}", title_justify="left")
+    table.add_column("--space", no_wrap=True)
+    table.add_column("description", overflow="fold")
+    for name, description in shipped_spaces().items():
+        table.add_row(name, description or "-")
+    Console().print(table)
+    Console().print("or pass your own YAML file: --space my_space.yaml (format: search_spaces/README.md)",
+                    highlight=False)
+
+
 @app.command("ls")
 def list_searches(
     root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store."),
-    tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI \\[default: SQLite under ROOT]."),
+    tracking_uri: Optional[str] = _tracking_uri_option("MLflow tracking URI \\[default: SQLite under ROOT]."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document for scripts (keys: README)."),
 ) -> None:
     """List searches with, per pair, trials by state and the best splice_score."""
     from splice_tune.listing import list_searches as show
 
-    show(root, tracking_uri)
+    show(root, tracking_uri, as_json=as_json)
 
 
 def _print_summary(summary) -> None:
@@ -279,9 +373,8 @@ def _print_summary(summary) -> None:
     for column in ("pair", summary.metric, "finished", "stopped early", "failed", "winner's params"):
         table.add_column(column, overflow="fold")
     for pair in summary.pairs:
-        score = f"{pair.score:.4f}" if pair.score is not None else "-"
-        params = " ".join(f"{k}={_short(v)}" for k, v in sorted(pair.params.items())) or "-"
-        table.add_row(pair.pair, score, str(pair.counts["finished"]), str(pair.counts["stopped early"]),
+        params = " ".join(f"{k}={number(v)}" for k, v in sorted(pair.params.items())) or "-"
+        table.add_row(pair.pair, number(pair.score), str(pair.counts["finished"]), str(pair.counts["stopped early"]),
                       str(pair.counts["failed"]), params if pair.run_id else "no finished trial")
     out.print(table)
     by = "" if summary.metric == "splice_score" else f" --by {summary.metric.removesuffix('_score')}"
@@ -295,17 +388,15 @@ def _print_summary(summary) -> None:
               f"splice-tune ui", highlight=False)
 
 
-def _short(value: str) -> str:
-    try:
-        return f"{float(value):.4g}"
-    except ValueError:
-        return value
-
-
 def _as_flag(problem: str) -> str:
     """"max_side: must be ..." -> "--max-side: must be ..." (the user typed a flag, not a field)."""
     name, rest = problem.split(":", 1)
     return f"--{name.replace('_', '-')}:{rest}"
+
+
+# Every command renders its --help through _Command (flags without a type), set here once for all of them.
+for _info in app.registered_commands:
+    _info.cls = _Command
 
 
 def main() -> None:

@@ -23,7 +23,7 @@ from rich.console import Console
 
 from splice_model import NearDuplicatePairError, PairScorer, WeightsError, build_vit
 from splice_model.images import load_image
-from splice_tune.console import LiveView
+from splice_tune.console import PROGRESS_EVERY_S, LiveView
 from splice_tune.errors import BadInput
 from splice_tune.pairs import Pair, read_pairs
 from splice_tune.search import PairScheduler, PairSearcher, evals_per_trial, lowest_values
@@ -52,15 +52,17 @@ class SearchRequest:
     max_concurrent: int | None = None
     max_failures: int = 2
     quiet: bool = False
+    progress_every: float = PROGRESS_EVERY_S  # seconds between progress lines when there is no terminal
 
 
 @dataclass
 class PairResult:
     pair: str
     run_id: str | None
-    score: float | None
-    params: dict[str, str]
+    score: float | None  # the objective's value
+    params: dict[str, str]  # the sampled ones, as MLflow keeps them
     counts: dict[str, int]
+    scores: dict[str, float] = field(default_factory=dict)  # every score the winner logged
 
 
 @dataclass
@@ -241,6 +243,8 @@ def run_search(request: SearchRequest, console: Console | None = None,
     root = request.root.resolve()
     tracker = tracking.SearchTracker(plan.tracking_uri, plan.name, artifact_root=root / "mlartifacts")
     tracker.tag_search(tracking.TAG_SPEC, search_spec(space, plan.pairs))
+    if space.description:
+        tracker.tag_search(tracking.TAG_DESCRIPTION, space.description)
     parent_runs = {
         pair.name: tracker.pair_run(pair.name, pair.structure, pair.appearance, plan.baselines[pair.name],
                                     pair.notes)
@@ -255,7 +259,8 @@ def run_search(request: SearchRequest, console: Console | None = None,
     trainable = tune.with_resources(tune.with_parameters(trainable, setup=setup),
                                     {"cpu": request.cpus_per_trial, "gpu": request.gpus_per_trial})
     pair_names = [pair.name for pair in plan.pairs]
-    view = LiveView(pair_names, space.budget.trials_per_pair, space.objective.metric, console, request.quiet)
+    view = LiveView(pair_names, space.budget.trials_per_pair, space.objective.metric, console, request.quiet,
+                    evals_per_trial(space), request.progress_every)
     _SESSIONS[plan.name] = (tracker, view, space.objective.metric)
     callback = _TrackingCallback(plan.name)
     run_config = tune.RunConfig(
@@ -304,16 +309,24 @@ def summarize(plan: _Plan, tracker: tracking.SearchTracker) -> SearchSummary:
         pairs.append(PairResult(
             pair.name, best.info.run_id if best else None, best.data.metrics.get(metric) if best else None,
             {k: v for k, v in best.data.params.items() if k in sampled} if best else {},
-            results.count_states(runs)))
+            results.count_states(runs),
+            {k: v for k, v in best.data.metrics.items() if k in results.SCORES} if best else {}))
     vit = plan.space.config_for(lowest_values(plan.space)).vit
     return SearchSummary(plan.name, tracker.experiment_id, plan.tracking_uri, metric, pairs, vit)
 
 
 def _winner_record(result: PairResult, metric: str) -> dict:
-    """What the pair's parent run keeps of its winner: the run id and the objective's value."""
+    """What the pair's parent run keeps of its winner: its run id, scores and sampled params (numbers become
+    metrics best_<name>, categorical values tags splice_tune.best.<name>; see SearchTracker.finish_pair)."""
     if result.run_id is None:
         return {}
-    return {tracking.TAG_BEST_TRIAL: result.run_id, metric: result.score}
+    params: dict[str, float | str] = {}
+    for name, value in result.params.items():
+        try:
+            params[name] = float(value)
+        except ValueError:
+            params[name] = value
+    return {tracking.TAG_BEST_TRIAL: result.run_id, **params, **result.scores, metric: result.score}
 
 
 # Ray pickles the run config (callbacks included) into the experiment and, on --resume, brings back that
@@ -349,6 +362,7 @@ class _TrackingCallback(Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         progress = self._progress(trial)
+        progress.reported[trial.trial_id] = result.get("training_iteration", 0)
         value = result.get(self.metric)
         if value is not None and math.isfinite(value):
             progress.best = min(progress.best, value)  # every score is lower-is-better

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from splice_model import EvalEvent, SpliceTrainer
+from splice_tune.formatting import number
 
 
 def train_with_progress(trainer: SpliceTrainer, console: Console, label: str = "train") -> dict[str, float]:
@@ -24,7 +25,7 @@ def train_with_progress(trainer: SpliceTrainer, console: Console, label: str = "
         score, started = "", None
         for event in trainer.events():
             if isinstance(event, EvalEvent):
-                score = f" splice {event.scores['splice_score']:.3f}"
+                score = f" splice {number(event.scores['splice_score'])}"
                 if event.final:
                     final = event.scores
                 continue
@@ -33,9 +34,9 @@ def train_with_progress(trainer: SpliceTrainer, console: Console, label: str = "
             started = started if started is not None else (now, event.step)
             rate = (event.step - started[1]) / max(now - started[0], 1e-9)
             losses = event.losses
-            info = (f"loss {losses['loss/total']:.4f} (app {losses['loss/appearance']:.4f}, "
-                    f"struct {losses['loss/structure']:.4f}, id {losses['loss/identity']:.4f}){score}"
-                    + (f" {rate:.2f} it/s" if event.step > started[1] else ""))
+            info = (f"loss {number(losses['loss/total'])} (app {number(losses['loss/appearance'])}, "
+                    f"struct {number(losses['loss/structure'])}, id {number(losses['loss/identity'])}){score}"
+                    + (f" {number(rate)} it/s" if event.step > started[1] else ""))
             progress.update(task, completed=event.step, info=info)
     if final is None:  # nothing left to train (a trainer already at its last step)
         final, _ = trainer.evaluate()

@@ -27,6 +27,7 @@ from rich.console import Console
 
 from splice_tune import results, tracking
 from splice_tune.errors import BadInput
+from splice_tune.formatting import number
 from splice_tune.results import NOT_SETTINGS, SCORES
 
 SHORT_VIT_NOTE = "random-weight ViT, NOT DINO"
@@ -174,56 +175,88 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 def _pareto_plot(rows: list[TrialRow], winner: TrialRow | None, bases: dict[str, float | None], title: str,
                  path: Path) -> Path:
+    pareto_figure(rows, winner, bases, title).savefig(path)
+    return path
+
+
+def pareto_figure(rows: list[TrialRow], winner: TrialRow | None, bases: dict[str, float | None],
+                  title: str) -> Figure:
+    """structure_score against appearance_score: every scored trial, the Pareto front of the finished ones,
+    the winner, and the `splice_score = 1` line (or, when it lies beyond the axes, a legend entry saying so)."""
     # A bare Figure (no pyplot) renders with Agg and keeps no global state between reports.
     figure = Figure(figsize=(7.5, 6.2), dpi=110, layout="constrained")
     axes = figure.add_subplot()
-
-    def scored(state: str) -> list[TrialRow]:
-        return [row for row in rows if row.state == state
-                and "structure_score" in row.scores and "appearance_score" in row.scores]
-
-    finished, stopped = scored(results.FINISHED), scored(results.STOPPED_EARLY)
-    points = [(row.scores["structure_score"], row.scores["appearance_score"]) for row in finished]
+    finished, stopped = _scored(rows, results.FINISHED), _scored(rows, results.STOPPED_EARLY)
+    points = [_point(row) for row in finished]
+    every_point = points + [_point(row) for row in stopped]
+    if every_point:
+        axes.set_xlim(0, max(x for x, _ in every_point) * 1.25 or 1)
+        axes.set_ylim(0, max(y for _, y in every_point) * 1.25 or 1)
     if stopped:
-        axes.scatter([row.scores["structure_score"] for row in stopped],
-                     [row.scores["appearance_score"] for row in stopped],
-                     marker="x", color="0.7", label="stopped early (its last eval)")
+        axes.scatter(*zip(*(_point(row) for row in stopped)), marker="x", color="0.7",
+                     label="stopped early (its last eval)")
     if points:
         axes.scatter(*zip(*points), color="0.35", label="finished trial", zorder=2)
-        front = [finished[index] for index in pareto_front(points)]
-        axes.plot([row.scores["structure_score"] for row in front], [row.scores["appearance_score"] for row in front],
-                  "-o", color="tab:red", linewidth=2, label="Pareto front (no trial better at both)", zorder=3)
-        for row in front:
-            if row is winner:
-                continue  # labelled below, with its score
-            axes.annotate(row.name, (row.scores["structure_score"], row.scores["appearance_score"]),
-                          xytext=(5, -12), textcoords="offset points", fontsize=8, color="tab:red")
+        _draw_front(axes, [finished[index] for index in pareto_front(points)], winner)
     else:
         axes.text(0.5, 0.5, "no finished trial yet", transform=axes.transAxes, ha="center", fontsize=14)
     if winner is not None:
-        x, y = winner.scores["structure_score"], winner.scores["appearance_score"]
-        axes.scatter([x], [y], marker="*", s=320, color="gold", edgecolors="black", zorder=4,
+        axes.scatter(*_point(winner), marker="*", s=320, color="gold", edgecolors="black", zorder=4,
                      label="winner (lowest splice_score)")
-        axes.annotate(f"winner {winner.name}\nsplice_score {winner.scores['splice_score']:.3f}", (x, y),
+        axes.annotate(f"winner {winner.name}\nsplice_score {number(winner.scores['splice_score'])}", _point(winner),
                       xytext=(18, 18), textcoords="offset points", fontsize=9,
                       arrowprops={"arrowstyle": "->", "color": "black"})
-    all_points = points + [(row.scores["structure_score"], row.scores["appearance_score"]) for row in stopped]
-    if all_points:
-        axes.set_xlim(0, max(x for x, _ in all_points) * 1.25 or 1)
-        axes.set_ylim(0, max(y for _, y in all_points) * 1.25 or 1)
-    structure_base, appearance_base = bases.get("structure_base"), bases.get("appearance_base")
-    if structure_base and appearance_base:
-        # splice_score = x / structure_base + y / appearance_base = 1: no better than copying an input.
-        axes.plot([0, structure_base], [appearance_base, 0], "--", color="0.6",
-                  label="splice_score = 1 (as good as copying an input)")
+    _draw_copy_line(axes, bases.get("structure_base"), bases.get("appearance_base"), bool(every_point))
     axes.set_xlabel("structure_score (lower: keeps the structure image's layout)")
     axes.set_ylabel("appearance_score (lower: takes the appearance image's look)")
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
     # Below the axes: inside, it would hide trials (typically the weak ones in the upper right).
     axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
-    figure.savefig(path)
-    return path
+    return figure
+
+
+def _scored(rows: list[TrialRow], state: str) -> list[TrialRow]:
+    return [row for row in rows if row.state == state
+            and "structure_score" in row.scores and "appearance_score" in row.scores]
+
+
+def _point(row: TrialRow) -> tuple[float, float]:
+    return row.scores["structure_score"], row.scores["appearance_score"]
+
+
+def _draw_front(axes, front: list[TrialRow], winner: TrialRow | None) -> None:
+    """The front as the edge of the region its trials dominate, a staircase out to the axes' edges: visible
+    even when one trial beats all others (a line through one point draws nothing)."""
+    (right, top), points = (axes.get_xlim()[1], axes.get_ylim()[1]), [_point(row) for row in front]
+    xs, ys = [points[0][0]], [top]
+    for index, (x, y) in enumerate(points):
+        if index:
+            xs.append(x)
+            ys.append(points[index - 1][1])
+        xs.append(x)
+        ys.append(y)
+    axes.plot([*xs, right], [*ys, points[-1][1]], "-", color="tab:red", linewidth=2,
+              label="Pareto front (no trial better at both)", zorder=3)
+    axes.scatter(*zip(*points), color="tab:red", s=36, zorder=3)
+    for row in front:
+        if row is not winner:  # the winner is labelled with its score
+            axes.annotate(row.name, _point(row), xytext=(5, -12), textcoords="offset points", fontsize=8,
+                          color="tab:red")
+
+
+def _draw_copy_line(axes, structure_base: float | None, appearance_base: float | None, fixed_axes: bool) -> None:
+    """splice_score = x / structure_base + y / appearance_base = 1: no better than copying an input."""
+    if not (structure_base and appearance_base):
+        return
+    label = "splice_score = 1 (as good as copying an input)"
+    right, top = axes.get_xlim()[1], axes.get_ylim()[1]
+    if fixed_axes and right / structure_base + top / appearance_base <= 1:
+        # The whole plot lies below the line: widening the axes to show it would crowd every trial into a
+        # corner, so the legend says where it is instead.
+        axes.plot([], [], "--", color="0.6", label=f"{label}: beyond these axes, every trial here beats it")
+    else:
+        axes.plot([0, structure_base], [appearance_base, 0], "--", color="0.6", label=label)
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -242,9 +275,8 @@ def _contact_sheet(inputs: list[tuple[Image.Image, str]], rows: list[TrialRow], 
         at_step = f" @ step {row.step}" if row.step is not None and row.state != results.FINISHED else ""
         scores = row.scores
         lines = [f"trial {row.name}", f"{row.state}{at_step}",
-                 f"splice {scores['splice_score']:.3f}" if "splice_score" in scores else "no score",
-                 f"struct {scores.get('structure_score', math.nan):.3f}  "
-                 f"app {scores.get('appearance_score', math.nan):.3f}"]
+                 f"splice {number(scores['splice_score'])}" if "splice_score" in scores else "no score",
+                 f"struct {number(scores.get('structure_score'))}  app {number(scores.get('appearance_score'))}"]
         tiles.append((row.image, lines, row is winner))
     columns = min(len(tiles), MAX_COLUMNS)
     cell = (THUMB[0] + PAD, THUMB[1] + LABEL_LINES * LINE + 2 * PAD)
@@ -265,8 +297,8 @@ def _contact_sheet(inputs: list[tuple[Image.Image, str]], rows: list[TrialRow], 
         if is_winner:
             draw.rectangle((offset[0] - 4, offset[1] - 4, offset[0] + thumbnail.width + 3,
                             offset[1] + thumbnail.height + 3), outline=WINNER_COLOUR, width=4)
-        for number, line in enumerate(lines):
-            draw.text((left, top + THUMB[1] + 6 + number * LINE), line, fill="black", font=font)
+        for line_number, line in enumerate(lines):
+            draw.text((left, top + THUMB[1] + 6 + line_number * LINE), line, fill="black", font=font)
     sheet.save(path)
     return path
 
@@ -285,12 +317,9 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _format(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
 def _html_page(search: str, experiment_id: str, uri: str, reports: list[PairReport], note: str | None) -> str:
     escape = html.escape
+    base, _ = results.ui_base(uri)
     parts = [
         "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>splice-tune report: {escape(search)}</title>",
@@ -305,7 +334,7 @@ def _html_page(search: str, experiment_id: str, uri: str, reports: list[PairRepo
     if note:
         parts.append(f'<p class="note"><b>Note:</b> {escape(note)}.</p>')
     parts.append(f'<p class="muted">MLflow {escape(uri)}, experiment <a href="'
-                 f'{escape(results.ui_link(uri, experiment_id))}">{escape(experiment_id)}</a>; '
+                 f'{escape(results.ui_link(base, experiment_id))}">{escape(experiment_id)}</a>; '
                  f"generated {dt.datetime.now():%Y-%m-%d %H:%M}. Scores: lower is better; splice_score 1.0 is "
                  f"no better than copying an input.</p>")
     parts.append("<p>Pairs: " + ", ".join(f'<a href="#{escape(r.name)}">{escape(r.name)}</a>' for r in reports)
@@ -314,7 +343,7 @@ def _html_page(search: str, experiment_id: str, uri: str, reports: list[PairRepo
         parts.append(f'<h2 id="{escape(report.name)}">{escape(report.name)}</h2>')
         if report.winner is not None:
             parts.append(f"<p>Winner: trial <b>{escape(report.winner.name)}</b>, splice_score "
-                         f"{report.winner.scores['splice_score']:.4f}. Render it: "
+                         f"{number(report.winner.scores['splice_score'])}. Render it: "
                          f"<code>splice-tune best --pair {escape(report.name)} --search {escape(search)}</code></p>")
         else:
             parts.append("<p>No finished trial yet.</p>")
@@ -327,14 +356,14 @@ def _html_page(search: str, experiment_id: str, uri: str, reports: list[PairRepo
             status = f'<td class="text" title="{escape(error[-1])}">' if error else '<td class="text">'
             cells = [f'<td class="text">{escape(row.name)}</td>', f"{status}{escape(row.state)}</td>",
                      f"<td>{'-' if row.step is None else row.step}</td>",
-                     *(f"<td>{_format(row.scores.get(name))}</td>" for name in SCORES),
-                     *(f"<td>{escape(row.run.data.params.get(name, '-'))}</td>" for name in report.varying),
-                     f'<td class="text"><a href="{escape(results.ui_link(uri, experiment_id, row.run.info.run_id))}'
+                     *(f"<td>{number(row.scores.get(name))}</td>" for name in SCORES),
+                     *(f"<td>{escape(number(row.run.data.params.get(name)))}</td>" for name in report.varying),
+                     f'<td class="text"><a href="{escape(results.ui_link(base, experiment_id, row.run.info.run_id))}'
                      f'">run</a></td>']
             css = ' class="winner"' if row is report.winner else ""
             parts.append(f"<tr{css}>" + "".join(cells) + "</tr>")
         parts.append("</table>")
-        settings = ", ".join(f"{name}={value}" for name, value in report.settings.items())
+        settings = ", ".join(f"{name}={number(value)}" for name, value in report.settings.items())
         parts.append(f'<p class="muted">Same in every trial: {escape(settings) or "-"}</p>')
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -8,8 +8,11 @@ missing one is `BadInput` naming the path.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
+import shlex
+import socket
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -22,8 +25,10 @@ from splice_model.config import SpliceConfig
 from splice_tune import tracking
 from splice_tune.errors import BadInput
 
-# What `splice-tune ui` serves by default; links printed for a local store point there.
+# What `splice-tune ui` serves by default; links printed for a local store point there unless it serves elsewhere.
 DEFAULT_UI_URL = "http://127.0.0.1:5000"
+# Written by `splice-tune ui` beside the store while it serves it: {"url": ..., "pid": ..., "host": ...}.
+UI_STATE_FILE = "ui.json"
 
 FINISHED = "finished"
 STOPPED_EARLY = "stopped early"
@@ -172,13 +177,47 @@ def sampled_names(run: Run) -> list[str]:
 
 
 def trial_name(run: Run) -> str:
-    return run.data.tags.get(tracking.TAG_TRIAL) or run.info.run_name
+    """How results name a trial: its run name (PAIR-t<study trial>; Ray's trial id for older searches)."""
+    return run.info.run_name or run.data.tags.get(tracking.TAG_TRIAL, "")
 
 
-def ui_link(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
-    """The MLflow UI page of a run (or experiment): the tracking server itself, else `splice-tune ui`'s URL."""
-    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else DEFAULT_UI_URL
-    return f"{base}/#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+def ui_base(tracking_uri: str) -> tuple[str, str | None]:
+    """(the MLflow UI's URL for this store, None or how to start it): a tracking server serves its own UI;
+    a local store's is the `splice-tune ui` serving it now, else where that command would serve it."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/"), None
+    local = _local_store_path(tracking_uri)
+    if local is None or local.name != "mlflow.db":
+        return DEFAULT_UI_URL, f"serve it with: mlflow server --backend-store-uri {tracking_uri}"
+    served = serving_ui(local.parent)
+    if served is not None:
+        return served, None
+    root = local.parent
+    flag = "" if root.resolve() == tracking.DEFAULT_ROOT.resolve() else f" --root {shlex.quote(str(root))}"
+    return DEFAULT_UI_URL, f"start the UI with: splice-tune ui{flag}"
+
+
+def serving_ui(root: Path) -> str | None:
+    """The URL of the `splice-tune ui` serving the store under `root` on this machine now, else None."""
+    try:
+        state = json.loads((Path(root) / UI_STATE_FILE).read_text(encoding="utf-8"))
+        url, pid, host = str(state["url"]), int(state["pid"]), state["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host != socket.gethostname():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # it was killed without cleaning up
+    except PermissionError:
+        pass  # alive, run by another user
+    return url
+
+
+def ui_link(base: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI page of a run, or the experiment's runs view, under the UI at `base` (see `ui_base`)."""
+    return f"{base}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
 
 
 def config_from_params(params: dict[str, str]) -> SpliceConfig:

@@ -48,6 +48,7 @@ TAG_STOP_REASON = "splice_tune.stop_reason"
 TAG_NODE = "splice_tune.node_id"
 TAG_ATTEMPT = "splice_tune.attempt"
 TAG_BEST_TRIAL = "best_trial_run_id"
+TAG_DESCRIPTION = MLFLOW_RUN_NOTE  # on an experiment, the description the MLflow UI shows
 
 KIND_PAIR = "pair"
 KIND_TRIAL = "trial"
@@ -360,9 +361,10 @@ class TrialLogger:
                  study_trial: int | None = None):
         """Get or create the child run of a trial under `parent_run_id` and set it RUNNING.
 
-        The trial is identified by `study_trial` (its number in the pair's Optuna study) when given, else by
-        Ray's `trial_id`. The study number is what survives a driver killed mid-search: Ray may hand the
-        resumed trial a new id, but the restored study asks the same trial number again. A restarted trial
+        The trial is identified by `study_trial` (its number in the pair's Optuna study) when given, and its
+        run named ``PAIR-t<study_trial>``; else by Ray's `trial_id`, which also names the run. The study
+        number is what survives a driver killed mid-search: Ray may hand the resumed trial a new id, but the
+        restored study asks the same trial number again. A restarted trial
         finds its existing run, so each trial has exactly one run: its attempt counter (tag
         ``splice_tune.attempt``) goes up, stale error / stopped-early / interrupted tags from the previous
         attempt are removed, and params already logged are left alone. `tags` (e.g. the Ray node id) and
@@ -394,7 +396,9 @@ class TrialLogger:
                         TAG_PAIR: pair_name, TAG_TRIAL: trial_id, TAG_ATTEMPT: "1", **extra_tags}
             if "vit" in params:
                 run_tags[TAG_VIT] = str(params["vit"])
-            run = retry(self.client.create_run, experiment_id, run_name=trial_id, tags=run_tags)
+            # PAIR-t<study trial>: what the UI lists, and the same name after a resume gives Ray new trial ids.
+            name = f"{pair_name}-t{study_trial}" if study_trial is not None else trial_id
+            run = retry(self.client.create_run, experiment_id, run_name=name, tags=run_tags)
         self.run_id: str = run.info.run_id
         _log_batch(self.client, self.run_id, params=_new_params(run, params))
 

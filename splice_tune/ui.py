@@ -8,6 +8,7 @@ MLflow server has no login, so anyone who can reach it can read and change every
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -57,6 +58,7 @@ def serve_ui(root: Path, host: str = "127.0.0.1", port: int = 5000, console: Con
             reason = f"exited with code {code}" if code is not None else f"did not answer in {READY_TIMEOUT_S:.0f} s"
             console.print(f"[red]error:[/] the MLflow server {reason}; its messages are above", highlight=False)
             return 1
+        _announce(root, url)
         console.print(f"MLflow UI for {root}: [bold]{url}[/]  (Ctrl-C to stop)", highlight=False)
         if host not in _LOOPBACK:
             console.print(f"[yellow]note:[/] listening on {host}: anyone who can reach this machine on port {port} "
@@ -70,7 +72,26 @@ def serve_ui(root: Path, host: str = "127.0.0.1", port: int = 5000, console: Con
         return 0
     finally:
         _stop(process)
+        _withdraw(root)
         signal.signal(signal.SIGTERM, previous)
+
+
+def _announce(root: Path, url: str) -> None:
+    """Tell `best` and `report` where this store's UI is, so their links open here (results.serving_ui)."""
+    state = {"url": url, "pid": os.getpid(), "host": socket.gethostname()}
+    try:
+        (root / results.UI_STATE_FILE).write_text(json.dumps(state), encoding="utf-8")
+    except OSError:
+        pass  # a read-only store: links then name the default port, and the UI still serves
+
+
+def _withdraw(root: Path) -> None:
+    path = root / results.UI_STATE_FILE
+    try:
+        if json.loads(path.read_text(encoding="utf-8")).get("pid") == os.getpid():
+            path.unlink()
+    except (OSError, ValueError, AttributeError):
+        pass  # never written, or another `ui` on this store has announced itself since
 
 
 def _interrupt(signum, frame) -> None:

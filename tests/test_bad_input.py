@@ -335,6 +335,9 @@ CASES = [
     flag_case("cpus-per-trial-more-than-machine", ["--cpus-per-trial", "4096"], ("--cpus-per-trial 4096",)),
     flag_case("tracking-uri-unknown-scheme", ["--tracking-uri", "nosuchscheme://x"],
               ("--tracking-uri nosuchscheme://x", "http")),
+    # MLflow's own variable stands in for --tracking-uri (every command that takes the flag reads it).
+    flag_case("tracking-uri-from-environment", [], ("--tracking-uri nosuchscheme://x", "http"),
+              patch=lambda monkeypatch, work: monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://x")),
     flag_case("set-unknown-field", ["--set", "nosuchfield=1"],
               ("--set nosuchfield=1", "'nosuchfield' is not a setting")),
     flag_case("set-misspelled-field", ["--set", "stpes=5"], ("--set stpes=5", "did you mean 'steps'?")),

@@ -9,7 +9,9 @@ write to the store (report) or change it (moved inputs, no finished trial) work 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
+import os
 import shutil
 import socket
 import sqlite3
@@ -19,6 +21,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -28,8 +31,10 @@ from mlflow.tracking._tracking_service.utils import _artifact_repos_cache as art
 from PIL import Image
 
 from splice_model import SpliceGenerator, load_image, to_pil
+from splice_tune import results
 from splice_tune.cli import main
-from splice_tune.report import pareto_front
+from splice_tune.formatting import number
+from splice_tune.report import TrialRow, pareto_figure, pareto_front
 
 SEARCH = "test-search"
 SCRIPT = Path(sys.executable).parent / "splice-tune"
@@ -37,10 +42,10 @@ SCRIPT = Path(sys.executable).parent / "splice-tune"
 
 # ------------------------------------------------------------------------------------------------ helpers
 
-def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+def run_cli(args: list[str], capsys, monkeypatch, columns: int = 250) -> tuple[int, str, str]:
     """Run `splice-tune ARGS` in-process: (exit code, stdout, stderr)."""
     monkeypatch.setattr(sys, "argv", ["splice-tune", *map(str, args)])
-    monkeypatch.setenv("COLUMNS", "250")  # rich tables wide enough that rows stay on one line
+    monkeypatch.setenv("COLUMNS", str(columns))  # by default wide enough that table rows stay on one line
     with pytest.raises(SystemExit) as exit_info:
         main()
     captured = capsys.readouterr()
@@ -143,7 +148,12 @@ def test_best_renders_the_winning_generator_at_full_resolution(by, finished_sear
     winner = lowest(finished_trials(finished_search.tracking_uri, "cows"), f"{by}_score")
     assert winner.info.run_id in out
     assert "NOT DINO (random-weight ViT random_tiny8)" in out  # the test search's ViT has random weights
-    assert f"/#/experiments/{experiment_id(finished_search.tracking_uri)}/runs/{winner.info.run_id}" in out
+    assert f"{by}_score {number(winner.data.metrics[f'{by}_score'])}" in out  # 4 significant digits
+    # No UI serves this store: the links name the port `splice-tune ui` would use, and how to start it.
+    experiment = experiment_id(finished_search.tracking_uri)
+    assert f"MLflow run: http://127.0.0.1:5000/#/experiments/{experiment}/runs/{winner.info.run_id}\n" in out
+    assert (f"MLflow, every trial: http://127.0.0.1:5000/#/experiments/{experiment}/runs  (start the UI with: "
+            f"splice-tune ui --root {store_root(finished_search)})\n") in out
     structure_path = finished_search.folder / "cows_structure.png"
     written = Image.open(tmp_path / "cows_best.png")
     assert written.size == Image.open(structure_path).size == (192, 128)
@@ -158,6 +168,44 @@ def test_best_all_writes_every_pair_into_out_dir(finished_search, tmp_path, monk
     assert code == 0, err
     assert sorted(path.name for path in (tmp_path / "winners").iterdir()) == ["cows_best.png", "fruits_best.png"]
     assert Image.open(tmp_path / "winners" / "cows_best.png").size == (96, 64)  # 192x128 capped at 96
+
+
+def test_best_json_for_scripts(finished_search, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["best", "--all", "--json", "--out-dir", "winners", "--root", store_root(finished_search)],
+                             capsys, monkeypatch)
+    assert code == 0, err
+    document = json.loads(out)  # stdout holds the JSON document only; the human description went to stderr
+    assert "winner by splice_score" in err
+    assert (document["search"], document["by"], document["skipped"]) == (SEARCH, "splice_score", [])
+    assert document["tracking_uri"] == finished_search.tracking_uri
+    for winner, result in zip(document["winners"], finished_search.summary.pairs):
+        run = MlflowClient(finished_search.tracking_uri).get_run(result.run_id)
+        assert (winner["pair"], winner["run_id"], winner["state"]) == (result.pair, result.run_id, "finished")
+        assert winner["trial"] == run.info.run_name
+        assert winner["image"] == str(tmp_path / "winners" / f"{result.pair}_best.png")
+        assert Image.open(winner["image"]).size == (winner["width"], winner["height"])
+        assert winner["scores"] == {name: run.data.metrics[name] for name in results.SCORES}
+        assert winner["sampled"] == {"alpha": float(run.data.params["alpha"]), "lr": float(run.data.params["lr"])}
+        assert winner["settings"]["vit"] == "random_tiny8" and winner["settings"]["steps"] == 30
+        assert (winner["retrained_steps"], winner["retrained_scores"], winner["checkpoint"]) == (None, None, None)
+        assert winner["mlflow_url"].endswith(f"/#/experiments/{document['experiment_id']}/runs/{result.run_id}")
+
+
+@pytest.mark.parametrize("command", ["ls", "best", "report"])
+def test_mlflow_tracking_uri_names_the_store(command, store_copy, tmp_path, monkeypatch, capsys):
+    root, uri = store_copy
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    nowhere = tmp_path / "nowhere"  # the default store of --root, which must not be used
+    args = {"ls": [], "best": ["--pair", "cows"], "report": ["--out-dir", "report"]}[command]
+    code, out, err = run_cli([command, *args, "--root", nowhere], capsys, monkeypatch)
+    assert code == 0, err
+    assert not nowhere.exists()
+    if command == "ls":
+        assert f"{SEARCH}  created" in out
+    else:
+        assert (tmp_path / {"best": "cows_best.png", "report": "report/index.html"}[command]).is_file()
 
 
 @pytest.mark.parametrize("case", ["unknown pair", "unknown search", "no store", "--out with --all"])
@@ -246,6 +294,52 @@ def test_pareto_front_keeps_only_non_dominated_points():
     assert pareto_front(points) == [0, 1, 4, 3]
 
 
+def trial_row(name: str, structure: float, appearance: float, state: str = "finished") -> TrialRow:
+    scores = {"structure_score": structure, "appearance_score": appearance, "splice_score": structure + appearance}
+    return TrialRow(SimpleNamespace(), name, state, 30, scores)
+
+
+def legend_texts(figure) -> list[str]:
+    return [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+
+
+def red_pixels(figure, folder: Path) -> int:
+    """Pixels of the front's colour (matplotlib's tab:red) in the saved plot."""
+    figure.savefig(folder / "pareto.png")
+    pixels = np.asarray(Image.open(folder / "pareto.png").convert("RGB")).astype(int)
+    return int((np.abs(pixels - [214, 39, 40]).sum(axis=-1) < 30).sum())
+
+
+def test_pareto_plot_draws_the_front_of_a_trial_that_beats_all_others(tmp_path):
+    winner = trial_row("cows-t0", 0.01, 0.1)
+    rows = [winner, trial_row("cows-t1", 0.02, 0.2), trial_row("cows-t2", 0.03, 0.15),
+            trial_row("cows-t3", 0.04, 0.3, state="stopped early")]
+    figure = pareto_figure(rows, winner, {"structure_base": 0.05, "appearance_base": 0.4}, "one dominates")
+    [front] = [line for line in figure.axes[0].get_lines() if line.get_label().startswith("Pareto front")]
+    xs, ys = front.get_data()
+    right, top = figure.axes[0].get_xlim()[1], figure.axes[0].get_ylim()[1]
+    # From the top edge down to the winner, then out to the right edge: the corner of what it dominates.
+    assert list(zip(xs, ys)) == [(0.01, top), (0.01, 0.1), (right, 0.1)]
+    assert red_pixels(figure, tmp_path) > 300  # drawn, not hidden under the winner's star
+
+
+def test_pareto_plot_keeps_the_copy_line_in_view_or_says_where_it_is(tmp_path):
+    rows = [trial_row("t0", 0.01, 0.1), trial_row("t1", 0.02, 0.05)]
+    # Bases large next to every score: the line runs beyond the axes' far corner.
+    figure = pareto_figure(rows, rows[1], {"structure_base": 0.5, "appearance_base": 0.6}, "all beat it")
+    assert "splice_score = 1 (as good as copying an input): beyond these axes, every trial here beats it" in \
+        legend_texts(figure)
+    assert not any(len(line.get_xdata()) for line in figure.axes[0].get_lines() if "splice_score = 1" in
+                   line.get_label())
+    # Bases within reach: the line is drawn, from (0, appearance_base) to (structure_base, 0).
+    figure = pareto_figure(rows, rows[1], {"structure_base": 0.02, "appearance_base": 0.1}, "in view")
+    [line] = [line for line in figure.axes[0].get_lines() if line.get_label().startswith("splice_score = 1")]
+    assert line.get_label() == "splice_score = 1 (as good as copying an input)"
+    assert list(zip(*line.get_data())) == [(0, 0.1), (0.02, 0)]
+    right, top = figure.axes[0].get_xlim()[1], figure.axes[0].get_ylim()[1]
+    assert right / 0.02 + top / 0.1 > 1  # the axes' far corner lies beyond the line: it crosses the plot
+
+
 def test_report_writes_and_logs_plots_sheets_and_page(store_copy, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     root, uri = store_copy
@@ -267,7 +361,9 @@ def test_report_writes_and_logs_plots_sheets_and_page(store_copy, tmp_path, monk
     page = (tmp_path / "report" / "index.html").read_text()
     assert page.count("data:image/png;base64,") == 4 and "NOT DINO" in page
     for run in finished_trials(uri, "cows"):
-        assert run.data.tags["splice_tune.trial_id"] in page
+        assert f'<td class="text">{run.info.run_name}</td>' in page
+        assert f"<td>{number(run.data.metrics['splice_score'])}</td>" in page  # 4 significant digits
+        assert f"<td>{number(run.data.params['alpha'])}</td>" in page
 
 
 def test_report_unknown_pair_exits_2_and_writes_nothing(finished_search, tmp_path, monkeypatch, capsys):
@@ -283,18 +379,46 @@ def test_report_unknown_pair_exits_2_and_writes_nothing(finished_search, tmp_pat
 def test_ls_shows_the_search_its_pairs_and_trial_counts(finished_search, monkeypatch, capsys):
     code, out, err = run_cli(["ls", "--root", store_root(finished_search)], capsys, monkeypatch)
     assert code == 0, err
-    header = next(line for line in out.splitlines() if "stopped early" in line)
+    lines = out.splitlines()
+    heading = next(index for index, line in enumerate(lines) if line.startswith(f"{SEARCH}  created "))
+    header = next(line for line in lines[heading:] if "stopped early" in line)
     columns = [cell.strip() for cell in header.split("┃")[1:-1]]
-    assert columns[:4] == ["search", "created", "pair", "trials"]
+    assert columns[:2] == ["pair", "trials"]
     for pair in finished_search.summary.pairs:
         row = next(line for line in out.splitlines() if f" {pair.pair} " in line)
         cells = dict(zip(columns, (cell.strip() for cell in row.split("│")[1:-1])))
         assert cells["trials"] == str(sum(pair.counts.values()))
         for state in ("finished", "stopped early", "failed"):
             assert cells[state] == str(pair.counts[state])
-        assert cells["best splice_score"] == f"{pair.score:.4f}"
-    assert SEARCH in out
+        assert cells["best splice_score"] == number(pair.score)
     assert f"search {SEARCH}: NOT DINO (random-weight ViT random_tiny8)" in out
+
+
+def test_ls_never_cuts_a_search_name_in_80_columns(store_copy, monkeypatch, capsys):
+    root, uri = store_copy
+    longest = "x" * 60 + "-a-search-name-of-the-longest-kind-allowed"[:40]  # 100 characters, as --name allows
+    MlflowClient(uri).rename_experiment(experiment_id(uri), longest)
+    code, out, err = run_cli(["ls", "--root", root], capsys, monkeypatch, columns=80)
+    assert code == 0, err
+    assert any(line.startswith(f"{longest}  created ") for line in out.splitlines()), out
+    assert all(len(line) <= 80 for line in out.splitlines() if "│" in line or "┃" in line)
+
+
+def test_ls_json_for_scripts(finished_search, monkeypatch, capsys):
+    code, out, err = run_cli(["ls", "--json", "--root", store_root(finished_search)], capsys, monkeypatch)
+    assert code == 0, err
+    listing = json.loads(out)
+    assert listing["tracking_uri"] == finished_search.tracking_uri
+    [search] = listing["searches"]
+    assert search["name"] == SEARCH and search["experiment_id"] == experiment_id(finished_search.tracking_uri)
+    assert search["description"] == "test space (random tiny ViT, 64 px, 30 steps)"
+    assert search["vit_note"].startswith("NOT DINO (random-weight ViT random_tiny8)")
+    assert datetime.datetime.fromisoformat(search["created"]).tzinfo is not None
+    for pair, result in zip(search["pairs"], finished_search.summary.pairs):
+        assert pair == {"pair": result.pair, "trials": sum(result.counts.values()),
+                        "finished": result.counts["finished"], "stopped_early": result.counts["stopped early"],
+                        "failed": result.counts["failed"], "running": 0, "interrupted": 0,
+                        "best_splice_score": result.score, "best_run_id": result.run_id}
 
 
 def test_ls_against_an_unreachable_server_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
@@ -342,7 +466,7 @@ def test_ui_refuses_a_missing_store_and_a_busy_port(finished_search, tmp_path, m
 
 
 @pytest.mark.slow
-def test_ui_serves_the_search_over_http_on_localhost(store_copy, tmp_path):
+def test_ui_serves_the_search_over_http_on_localhost(store_copy, tmp_path, monkeypatch, capsys):
     root, uri = store_copy
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -367,9 +491,28 @@ def test_ui_serves_the_search_over_http_on_localhost(store_copy, tmp_path):
             kinds = sorted(tag["value"] for run in runs for tag in run["data"]["tags"]
                            if tag["key"] == "splice_tune.kind")
             assert len(runs) == 8 and kinds == ["pair"] * 2 + ["trial"] * 6
+            # While it serves, `best` links there (its port) and has no advice to start a UI.
+            assert results.serving_ui(root) == base
+            code, out, err = run_cli(["best", "--pair", "fruits", "--root", root, "--out", tmp_path / "f.png"],
+                                     capsys, monkeypatch)
+            assert code == 0, err
+            assert f"MLflow run: {base}/#/experiments/{experiment_id(uri)}/runs/" in out
+            assert f"MLflow, every trial: {base}/#/experiments/{experiment_id(uri)}/runs\n" in out
         finally:
             process.terminate()
             code = process.wait(timeout=60)
     assert code == 0, (tmp_path / "ui.log").read_text()
     with pytest.raises((urllib.error.URLError, OSError)):  # the server went with it
         urllib.request.urlopen(f"{base}/health", timeout=2)
+    assert results.serving_ui(root) is None and not (root / results.UI_STATE_FILE).exists()
+
+
+def test_a_ui_killed_without_cleaning_up_is_not_linked_to(tmp_path):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    state = {"url": "http://127.0.0.1:5123", "pid": gone.pid, "host": socket.gethostname()}
+    (tmp_path / results.UI_STATE_FILE).write_text(json.dumps(state))
+    assert results.serving_ui(tmp_path) is None
+    (tmp_path / results.UI_STATE_FILE).write_text(json.dumps({**state, "pid": os.getpid()}))
+    assert results.serving_ui(tmp_path) == "http://127.0.0.1:5123"
+    assert results.ui_base(f"sqlite:///{tmp_path}/mlflow.db") == ("http://127.0.0.1:5123", None)

@@ -5,8 +5,13 @@ Runs `splice_tune.cli.main` in-process, as the console script does, in a fresh w
 
 from __future__ import annotations
 
+import importlib.metadata
+import io
+import os
 import re
+import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +21,7 @@ import splice_model
 import splice_model.train
 from conftest import make_appearance_image, make_structure_image
 from splice_tune.cli import _print_summary, main
+from splice_tune.formatting import number
 
 TINY = ["--vit", "random_tiny8", "--max-side", "48", "--vit-size", "48", "--device", "cpu"]
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -55,7 +61,7 @@ def test_train_writes_image_and_checkpoint_scores_from_the_final_eval(work, monk
     _, config, metadata = splice_model.load_checkpoint(work / "o.pt")
     assert config.vit == "random_tiny8" and config.steps == 4
     [final] = [line for line in err.splitlines() if line.startswith("wrote o.png and o.pt")]
-    assert metadata["step"] == 4 and f"splice_score {metadata['scores']['splice_score']:.4f}" in final
+    assert metadata["step"] == 4 and f"splice_score {number(metadata['scores']['splice_score'])}" in final
     assert "NOT DINO (random-weight ViT random_tiny8)" in final
     assert "Traceback" not in err
 
@@ -117,6 +123,7 @@ def test_summary_names_the_metric_in_the_best_hint_and_warns_about_random_vits(c
     _print_summary(_summary("structure_score", vit="random_tiny8"))
     out = _ANSI.sub("", capsys.readouterr().out)
     assert "splice-tune best --pair cows --search demo --by structure" in out
+    assert re.search(r"│ cows\s+│ 0\.5\s+│.*alpha=0\.1235 ", out), out  # 4 significant digits
     assert "NOT DINO (random-weight ViT random_tiny8)" in out
 
     _print_summary(_summary("splice_score", vit="dino_vitb8"))
@@ -125,3 +132,128 @@ def test_summary_names_the_metric_in_the_best_hint_and_warns_about_random_vits(c
 
     _print_summary(_summary("splice_score"))  # a summary without a vit field (older driver)
     assert "NOT DINO" not in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------ CLI habits
+
+SCRIPT = Path(sys.executable).with_name("splice-tune")
+
+
+def script(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    """The installed console script, as a shell or a user runs it."""
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **env})
+
+
+def test_version_prints_the_installed_version():
+    done = script(["--version"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"splice-tune {importlib.metadata.version('splice-tune')}\n"
+
+
+@pytest.mark.parametrize("words, expected", [
+    ("splice-tune se", ["search"]),
+    ("splice-tune best --by s", ["splice", "structure"]),
+    ("splice-tune search pairs.csv --space ", ["default", "paper", "quick"]),
+    ("splice-tune train s.png a.png --vit random", ["random_tiny8"]),
+])
+def test_shell_completion_completes_commands_and_choices(words, expected):
+    done = script([], _SPLICE_TUNE_COMPLETE="complete_bash", COMP_WORDS=words,
+                  COMP_CWORD=str(len(words.split(" ")) - 1))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == expected
+    shown = script(["--show-completion", "bash"])
+    assert shown.returncode == 0 and "_SPLICE_TUNE_COMPLETE=complete_bash" in shown.stdout
+
+
+def help_rows(command: list[str]) -> dict[str, str]:
+    """--help's option rows: option name -> the rest of its first line (type column and help)."""
+    done = script([*command, "--help"])
+    assert done.returncode == 0, done.stderr
+    rows = {}
+    for line in done.stdout.splitlines():
+        match = re.match(r"│ (--[a-z-]+)(?:\s+-[a-z])?\s+(.*?)\s*│$", line)
+        if match:
+            rows[match.group(1)] = match.group(2)
+    return rows
+
+
+def test_help_shows_flags_as_flags_and_lists_choices():
+    root = help_rows([])
+    assert {"--version", "--install-completion", "--show-completion", "--help"} <= set(root)
+    search = help_rows(["search"])
+    best = help_rows(["best"])
+    train = help_rows(["train"])
+    ls = help_rows(["ls"])
+    for flag in (root["--version"], search["--resume"], search["--quiet"], best["--all"], best["--json"],
+                 ls["--json"], train["--help"]):
+        assert not flag.startswith("<"), f"a flag takes no value, yet --help gives it a type: {flag}"
+    assert best["--by"].startswith("<splice|structure|appearance>")
+    assert search["--space"].startswith("<default|paper|quick|FILE.yaml>")
+    assert train["--vit"].startswith("<dino_vits16|dino_vits8|dino_vitb16|dino_vitb8|random_tiny8>")
+
+
+def test_spaces_lists_the_shipped_spaces_with_their_descriptions(capsys, monkeypatch):
+    from splice_tune.spaces import load_space
+
+    code, out, err = run_cli(["spaces"], capsys, monkeypatch)
+    assert code == 0, err
+    for name in ("quick", "default", "paper"):
+        row = next(line for line in out.splitlines() if line.startswith(f"│ {name} "))
+        assert load_space(name).description in row
+
+
+def test_tracking_uri_option_reads_mlflow_tracking_uri():
+    """Every command that takes --tracking-uri falls back on MLflow's own variable (and says so in --help);
+    the store it names is really used: tests/test_best_report.py runs ls/best/report against one."""
+    for command in ("search", "best", "report", "ls"):
+        done = script([command, "--help"], COLUMNS="300")
+        row = next(line for line in done.stdout.splitlines() if "--tracking-uri" in line)
+        assert "[env var: MLFLOW_TRACKING_URI]" in row, done.stdout
+
+
+@pytest.mark.parametrize("value, shown", [
+    (0.123456, "0.1235"), (2.5e-06, "2.5e-06"), (123456.7, "123500"), (9999.7, "10000"), (1.0, "1"),
+    (0.0, "0"), (float("inf"), "inf"), (None, "-"), (60, "60"), ("2000", "2000"), ("0.00123456", "0.001235"),
+    ("random_tiny8", "random_tiny8"), ("None", "None"), ("[0.95, 1.0]", "[0.95, 1.0]"),
+])
+def test_numbers_for_people_have_4_significant_digits(value, shown):
+    assert number(value) == shown
+
+
+def test_live_view_on_a_terminal_shows_elapsed_time_and_eta():
+    from rich.console import Console
+
+    from splice_tune.console import LiveView
+
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=200)
+    with LiveView(["cows", "fruits"], budget=2, metric="splice_score", console=terminal, evals_per_trial=4) as view:
+        assert re.search(r"elapsed 0:00:0\d, ETA -", view.timing())  # nothing done yet: no pace to go by
+        view.started -= 60  # one minute in: one trial finished and a second half way (2 of 4 evals)
+        view.pairs["cows"].finished = 1
+        view.pairs["fruits"].running.add("t1")
+        view.pairs["fruits"].reported["t1"] = 2
+        view.refresh()
+    shown = _ANSI.sub("", terminal.file.getvalue())
+    # 1.5 trials in 60 s: the other 2.5 take 100 s more.
+    assert "splice-tune search: elapsed 0:01:00, ETA 0:01:40" in shown
+    assert re.search(r"cows\s+│\s+1/2", shown)
+
+
+def test_without_a_terminal_progress_lines_replace_the_live_table():
+    from rich.console import Console
+
+    from splice_tune.console import LiveView
+
+    log = Console(file=io.StringIO(), force_terminal=False, width=80)
+    with LiveView(["cows"], budget=3, metric="splice_score", console=log, progress_every=0.05) as view:
+        view.pairs["cows"].finished, view.pairs["cows"].best = 1, 0.87654321
+        view.pairs["cows"].running.add("t1")
+        deadline = time.monotonic() + 60  # a generous bound against a hang, not a timing
+        while view.progress_line().split("] ", 1)[1] not in log.file.getvalue():
+            assert time.monotonic() < deadline, log.file.getvalue()
+            time.sleep(0.05)
+    lines = [line for line in log.file.getvalue().splitlines() if "search progress" in line]
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] search progress: elapsed \d:\d\d:\d\d, ETA \d:\d\d:\d\d \| cows 1/3 "
+                        r"done, 1 running, 0 stopped, 0 failed, best splice_score 0\.8765", lines[-1]), lines[-1]
+    assert "\x1b[" not in log.file.getvalue()  # a log gets no cursor movements

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+import re
 from collections import defaultdict
 
 import pytest
 from mlflow import MlflowClient
 
+from conftest import write_search_inputs
 from splice_model import CONFIG_FIELDS
 from splice_tune import tracking
 from splice_tune.search import PairSearcher
@@ -87,6 +90,42 @@ def test_summary_names_each_pairs_best_finished_trial(finished_search, runs):
         assert summary[pair].score == pytest.approx(best.data.metrics["splice_score"])
         assert set(summary[pair].params) == {"lr", "alpha"}
         assert summary[pair].counts["finished"] + summary[pair].counts["stopped early"] == 3
+
+
+def test_mlflow_names_trials_describes_the_search_and_keeps_each_winner_on_its_pair(finished_search, runs):
+    client, parents, children = runs
+    experiment = client.get_experiment_by_name("test-search")
+    assert experiment.tags["mlflow.note.content"] == "test space (random tiny ViT, 64 px, 30 steps)"
+    for run in children:
+        assert run.info.run_name == f"{run.data.params['pair']}-t{run.data.params['optuna_trial']}"
+    winners = {result.pair: result.run_id for result in finished_search.summary.pairs}
+    for parent in parents:
+        winner = client.get_run(winners[parent.data.tags[tracking.TAG_PAIR]])
+        assert parent.data.tags[tracking.TAG_BEST_TRIAL] == winner.info.run_id
+        for score in SCORES:
+            assert parent.data.metrics[f"best_{score}"] == pytest.approx(winner.data.metrics[score])
+        for name in ("alpha", "lr"):  # the sampled params
+            assert parent.data.metrics[f"best_{name}"] == pytest.approx(float(winner.data.params[name]))
+
+
+def test_without_a_terminal_a_search_prints_progress_lines(tmp_path, ray_session):
+    from rich.console import Console
+
+    from splice_tune.driver import SearchRequest, run_search
+
+    pairs_csv, space = write_search_inputs(tmp_path, pairs=("cows",))
+    log = Console(file=io.StringIO(), force_terminal=False, width=100)
+    request = SearchRequest(pairs_csv=pairs_csv, space=str(space), name="logged", root=tmp_path / "splice-runs",
+                            overrides=["budget.trials_per_pair=2", "scheduler.type=none"], progress_every=0.5)
+    run_search(request, console=log)
+    lines = [line for line in log.file.getvalue().splitlines() if "search progress:" in line]
+    pattern = re.compile(r"\[\d\d:\d\d:\d\d\] search progress: elapsed \d:\d\d:\d\d, ETA (-|\d:\d\d:\d\d) \| "
+                         r"cows (\d)/2 done, (\d) running, 0 stopped, 0 failed, best splice_score (-|[\d.]+)")
+    matches = [pattern.fullmatch(line) for line in lines]
+    assert lines and all(matches), log.file.getvalue()
+    assert any(match.group(2) == "1" and match.group(3) == "1" for match in matches), lines  # mid-search
+    assert any(match.group(1) != "-" and match.group(4) != "-" for match in matches), lines  # an ETA, a best
+    assert "\x1b[" not in log.file.getvalue()
 
 
 def test_searcher_keeps_pairs_apart_and_respects_the_budget(tmp_path):
