@@ -22,7 +22,7 @@ from rich.table import Table
 
 from splice_model import (CheckpointError, ImageError, NonFiniteLossError, SpliceTrainer, WeightsError,
                           load_checkpoint, load_image, render, save_checkpoint, to_pil)
-from splice_model.vit import not_dino_note
+from splice_model.presets import not_dino_note
 from splice_tune import results, tracking
 from splice_tune.errors import BadInput
 from splice_tune.formatting import number

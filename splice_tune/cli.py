@@ -16,7 +16,7 @@ from typer.core import TyperCommand, TyperGroup
 from typer.models import OptionInfo
 
 from splice_model.config import SpliceConfig
-from splice_model.vit import VIT_PRESETS
+from splice_model.presets import VIT_PRESETS
 from splice_tune.errors import BadInput
 from splice_tune.formatting import number
 from splice_tune.spaces import SPACES_DIR
@@ -136,7 +136,7 @@ def train(
     from splice_model import (ImageError, NearDuplicatePairError, NonFiniteLossError, WeightsError, load_image,
                               render, save_checkpoint, to_pil)
     from splice_model.train import SpliceTrainer
-    from splice_model.vit import not_dino_note
+    from splice_model.presets import not_dino_note
     from splice_tune.progress import train_with_progress
 
     given = {"steps": steps, "vit": vit, "vit_weights": str(vit_weights) if vit_weights else None, "alpha": alpha,
@@ -366,7 +366,7 @@ def list_searches(
 def _print_summary(summary) -> None:
     from rich.table import Table
 
-    from splice_model.vit import not_dino_note
+    from splice_model.presets import not_dino_note
 
     out = Console()
     table = Table(title=f"search {summary.name}: each pair's winner by {summary.metric}", title_justify="left")

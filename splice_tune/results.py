@@ -293,7 +293,7 @@ def trial_vit(run: Run) -> str | None:
 
 def vit_note(trials: list[Run]) -> str | None:
     """A warning to show with results computed with a random-weight ViT preset (not DINO); else None."""
-    from splice_model.vit import not_dino_note
+    from splice_model.presets import not_dino_note
 
     notes = [not_dino_note(vit) for vit in sorted({trial_vit(trial) or "" for trial in trials})]
     return "; ".join(note for note in notes if note) or None

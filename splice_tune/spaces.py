@@ -226,7 +226,7 @@ class SearchSpace:
 
     def min_image_side(self) -> int:
         """The smallest short side an input image may have: two patches of the largest-patch ViT it may use."""
-        from splice_model.vit import VIT_PRESETS
+        from splice_model.presets import VIT_PRESETS
 
         vits = self.params["vit"].choices if "vit" in self.params else [self.fixed.get("vit", SpliceConfig.vit)]
         return 2 * max(VIT_PRESETS[vit].patch_size for vit in vits)
@@ -511,7 +511,7 @@ def _field_value(name: str, value: Any, folder: Path) -> tuple[Any, str | None]:
     if _FIELD_TYPES[name] is float:
         value = float(value)
     if name == "vit":
-        from splice_model.vit import VIT_PRESETS
+        from splice_model.presets import VIT_PRESETS
 
         if value not in VIT_PRESETS:
             return None, f"unknown ViT preset '{value}'; {_suggest(value, list(VIT_PRESETS), 'presets are')}"
