@@ -1,6 +1,6 @@
 """The one place where a Splice training's settings and their defaults live.
 
-Defaults reproduce the paper (Sec. 3.3, A.3, A.4) and the authors' released code; DESIGN.md lists them.
+Defaults reproduce the paper (Sec. 3.3, A.3, A.4) and the authors' released code; docs/design.md lists them.
 Every field is a plain value so a config round-trips through JSON, MLflow params and checkpoints.
 """
 

@@ -1,4 +1,4 @@
-"""Splice's objective (paper Eq. 4-7) and the scores that compare trials (DESIGN.md, "Scores").
+"""Splice's objective (paper Eq. 4-7) and the scores that compare trials (docs/design.md, "Scores").
 
 Like the released code, every loss term is a mean squared error. Features are the dicts returned by
 `ViTFeatures`: `cls` (B, d), `keys` (B, N+1, d), `selfsim` (B, N+1, N+1).

@@ -31,7 +31,7 @@ class WeightsError(RuntimeError):
 
 
 class ViTFeatures(nn.Module):
-    """Frozen ViT that maps images to the last block's `cls`, `keys` and `selfsim` (DESIGN.md, "Features").
+    """Frozen ViT that maps images to the last block's `cls`, `keys` and `selfsim` (docs/design.md, "ViT features").
 
     Input: RGB in [0, 1], (B, 3, H, W), already at ViT input size (see `vit_resize`); ImageNet
     normalisation happens here. Output dict: `cls` (B, d), `keys` (B, N+1, d), `selfsim` (B, N+1, N+1).

@@ -1,5 +1,5 @@
 """The training loop: it learns, it is reproducible, it spends exactly the ViT passes it should, its scores
-mean what DESIGN.md says, and it stops/raises/evaluates when a caller relies on it.
+mean what docs/design.md says, and it stops/raises/evaluates when a caller relies on it.
 
 All with the random_tiny8 ViT (NOT DINO) on tiny images (see conftest.py).
 """
@@ -87,7 +87,7 @@ def test_gradients_reach_only_the_generator(trainer):
 
 
 def test_vit_forward_passes_per_phase(structure_image, appearance_image, tiny_config):
-    """The cost model of DESIGN.md: setup 2 no-grad passes; a regular step 1 no-grad (targets) + 1 with
+    """The cost model of docs/design.md ("ViT pass budget"): setup 2 no-grad passes; a regular step 1 no-grad (targets) + 1 with
     grad (outputs), both batches of 2; a full-image step one more grad pass; an eval 1 no-grad pass."""
     features = build_vit(tiny_config.vit)  # own instance: the hook must not leak into the shared cache
     calls = []
