@@ -307,6 +307,8 @@ def _parse(path: Path, shown: str) -> tuple[Any, dict[_At, int], list[str]]:
                        f"({', '.join(shipped_spaces()) or 'none found'})")
     if path.is_dir():
         raise BadInput(f"{shown}: is a directory; give a .yaml file")
+    if not path.is_file():
+        raise BadInput(f"{shown}: is not a regular file (a FIFO, socket or device); give a .yaml file")
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except OSError as error:
