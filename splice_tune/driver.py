@@ -233,9 +233,8 @@ def run_search(request: SearchRequest, console: Console | None = None,
     plan = plan_search(request)
     _start_ray(request)  # before any MLflow write: a cluster that cannot be joined or is too small is bad input
     space = plan.space
-    for pair in plan.pairs:
-        for note in pair.notes:
-            console.print(f"[yellow]note:[/] {note}")
+    for note in [*space.notes, *(note for pair in plan.pairs for note in pair.notes)]:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
 
     root = request.root.resolve()
     tracker = tracking.SearchTracker(plan.tracking_uri, plan.name, artifact_root=root / "mlartifacts")
