@@ -168,7 +168,10 @@ def search_spec(space: SearchSpace, pairs: list[Pair]) -> str:
 def _recorded_search_problems(tracking_uri: str, name: str, resume: bool, spec: str) -> list[str]:
     """What the MLflow store says against starting (or resuming) search `name`: its records must never be
     mixed with another search's."""
-    experiment = tracking.recorded_search(tracking_uri, name)
+    try:
+        experiment = tracking.recorded_search(tracking_uri, name)
+    except BadInput as error:
+        return error.problems
     if experiment is not None and experiment.lifecycle_stage == "deleted":
         return [f"--name {name!r}: an MLflow experiment of that name was deleted and still blocks the name; "
                 f"choose another --name, or restore or permanently delete it (`mlflow experiments restore` / "

@@ -58,6 +58,13 @@ def store_uri(tracking_uri: str | None, root: Path) -> str:
         where = f"--tracking-uri {uri}" if tracking_uri else f"{local}"
         raise BadInput(f"{where}: no MLflow store there; run `splice-tune search` first, or pass the --root "
                        f"(or --tracking-uri) the search used")
+    db = tracking.sqlite_file(uri)
+    if db is not None:
+        # MLflow would build its schema into any SQLite file (an empty one included) or print a page of
+        # SQLAlchemy traceback for a damaged one; looking must neither create nor touch a store.
+        problem = tracking.store_problem(db)
+        if problem is not None:
+            raise BadInput(problem)
     if uri.startswith(("http://", "https://")):
         # A server that is down or not MLflow: one line within seconds, where MLflow's own client would
         # retry for minutes and then raise a paragraph about connection pools.

@@ -9,18 +9,21 @@ in one batch per evaluation, which keeps the number of write transactions (what 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
 import shutil
+import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import PIL.Image
 import sqlalchemy.exc
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Experiment, Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
@@ -159,12 +162,83 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _sqlite_folder(tracking_uri: str) -> Path | None:
-    """Folder of a file-backed SQLite store, None for anything else (servers, other databases, :memory:)."""
+def sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a file-backed SQLite store, None for anything else (servers, other databases,
+    :memory:)."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
     path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
-    return Path(path).resolve().parent if path and path != ":memory:" else None
+    return Path(path).resolve() if path and path != ":memory:" else None
+
+
+def _sqlite_folder(tracking_uri: str) -> Path | None:
+    """Folder of a file-backed SQLite store, None for anything else."""
+    path = sqlite_file(tracking_uri)
+    return path.parent if path is not None else None
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_DAMAGED_HINT = ("restore it from a backup, or use another --root (splice-tune never repairs or replaces a "
+                 "store)")
+
+
+def _lock_path(db: Path) -> Path:
+    return db.with_name(db.name + ".lock")
+
+
+@contextlib.contextmanager
+def store_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold the store's creation lock (a file beside a local SQLite store; nothing for other stores).
+
+    MLflow creates and migrates a SQLite store's schema on first contact without any locking of its own:
+    two processes doing so at once break each other's migration. Whoever may create the store holds this.
+    """
+    db = sqlite_file(tracking_uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(_lock_path(db)):
+        yield
+
+
+def store_problem(db: Path) -> str | None:
+    """Why the existing file `db` is not a readable MLflow store (None when it is one), as one line naming
+    it. Reads only; a store being created by another process right now is waited for, not reported."""
+    problem = _damage(db)
+    if problem is not None and _lock_path(db).exists():
+        with FileLock(_lock_path(db)):  # its creator holds the lock until the schema is complete
+            problem = _damage(db)
+    if problem is None:
+        return None
+    return f"{db}: not a readable MLflow store ({problem}); {_DAMAGED_HINT}"
+
+
+def _damage(db: Path) -> str | None:
+    """What is wrong with the SQLite file `db` as an MLflow store, in a few words; None when nothing is."""
+    if not db.is_file():
+        return "not a regular file"
+    with db.open("rb") as file:
+        header = file.read(100)
+    if not header:
+        return "the file is empty (0 bytes)"
+    if not header.startswith(_SQLITE_MAGIC) or len(header) < 100:
+        return "not an SQLite database"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    # The header's page count is valid only when its "version valid for" matches the change counter.
+    if header[92:96] == header[24:28] and db.stat().st_size < pages * page_size:
+        return f"truncated: {db.stat().st_size:,} of {pages * page_size:,} bytes"
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not {"alembic_version", "experiments", "runs"} <= tables:
+                return "an SQLite database without MLflow's tables"
+            connection.execute("SELECT version_num FROM alembic_version").fetchall()
+    except sqlite3.DatabaseError as error:
+        return f"SQLite: {error}"
+    return None
 
 
 class SearchTracker:
@@ -183,8 +257,13 @@ class SearchTracker:
         """
         self.tracking_uri = tracking_uri
         self.search_name = search_name
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        self.experiment_id = self._get_or_create_experiment(artifact_root)
+        with store_lock(tracking_uri):
+            db = sqlite_file(tracking_uri)
+            # A file that is there must already be a store: MLflow would build its schema into anything.
+            if db is not None and db.exists() and (problem := _damage(db)) is not None:
+                raise BadInput(f"{db}: not a readable MLflow store ({problem}); {_DAMAGED_HINT}")
+            self.client = MlflowClient(tracking_uri=tracking_uri)  # MLflow creates the schema here
+            self.experiment_id = self._get_or_create_experiment(artifact_root)
         self._pair_run_ids: dict[str, str] = {}
 
     def _get_or_create_experiment(self, artifact_root: Path | None) -> str:
@@ -491,10 +570,15 @@ class TrialLogger:
 
 def recorded_search(tracking_uri: str, search_name: str) -> Experiment | None:
     """The experiment of search `search_name` if the store has one (deleted ones included), without ever
-    creating a store: a local SQLite file that does not exist yet means no search."""
-    folder = _sqlite_folder(tracking_uri)
-    if folder is not None and not Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]).exists():
-        return None
+    creating a store: a local SQLite file that does not exist yet means no search. Raises `BadInput` for a
+    local file that is not a readable MLflow store."""
+    db = sqlite_file(tracking_uri)
+    if db is not None:
+        if not db.exists():
+            return None
+        problem = store_problem(db)
+        if problem is not None:
+            raise BadInput(problem)
     return retry(MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name, search_name)
 
 

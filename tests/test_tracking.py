@@ -351,3 +351,24 @@ def test_concurrent_writers_lose_nothing(store):
         for key in SCORES:
             assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == eval_steps
         assert _image_steps(client, run.info.run_id) == eval_steps
+
+
+def _start_search(root: Path, name: str, ready: multiprocessing.synchronize.Barrier) -> None:
+    ready.wait()  # both drivers open the fresh store at the same moment
+    SearchTracker(default_tracking_uri(root), name, artifact_root=root / "mlartifacts")
+
+
+@pytest.mark.slow
+def test_two_searches_starting_together_on_a_fresh_root_both_get_their_experiment(tmp_path):
+    """Without a lock both processes build MLflow's schema at once and one dies in the migration."""
+    root = tmp_path / "splice-runs"  # does not exist yet
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(2, timeout=120)
+    processes = [context.Process(target=_start_search, args=(root, name, ready)) for name in ("a", "b")]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=300)
+    assert [process.exitcode for process in processes] == [0, 0]
+    client = MlflowClient(default_tracking_uri(root))
+    assert sorted(experiment.name for experiment in client.search_experiments()) == ["Default", "a", "b"]
