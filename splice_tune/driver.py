@@ -83,6 +83,7 @@ class _Plan:
     tracking_uri: str
     max_concurrent: int | None
     baselines: dict[str, dict[str, float]]  # pair -> structure_base, appearance_base
+    fingerprints: dict[str, str]  # experiment tags recording the inputs (see search_fingerprints)
 
 
 def plan_search(request: SearchRequest) -> _Plan:
@@ -147,27 +148,43 @@ def plan_search(request: SearchRequest) -> _Plan:
                 problems.append(f"--name {name!r}: a search of that name exists under {storage}; add --resume "
                                 f"to continue it, or choose another --name")
     tracking_uri = tracking.resolve_tracking_uri(request.tracking_uri, request.root.resolve())
+    fingerprints = search_fingerprints(space, pairs) if not problems else {}
     if not problems:
-        problems += _recorded_search_problems(tracking_uri, name, request.resume, search_spec(space, pairs))
+        problems += _recorded_search_problems(request, name, space, pairs, fingerprints)
     if problems:
         raise BadInput(problems)
     baselines = _check_vit_and_pairs(space, pairs)
     max_concurrent = request.max_concurrent or space.budget.max_concurrent
-    return _Plan(request, name, pairs, space, storage, tracking_uri, max_concurrent, baselines)
+    return _Plan(request, name, pairs, space, storage, tracking_uri, max_concurrent, baselines, fingerprints)
 
 
-def search_spec(space: SearchSpace, pairs: list[Pair]) -> str:
-    """Fingerprint of what a search runs (the space after --set, the pairs and their images, in order):
-    a resume must run the same, or its trials would silently differ from the first part's."""
-    text = json.dumps({"space": space.to_dict(),
-                       "pairs": [[pair.name, str(pair.structure), str(pair.appearance)] for pair in pairs]},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def search_fingerprints(space: SearchSpace, pairs: list[Pair]) -> dict[str, str]:
+    """What a search runs, as the experiment tags that record it: the space after --set, the pairs (names
+    and image paths, in order), both together (`TAG_SPEC`), and each image's content. A resume must run the
+    same, or its trials would silently differ from the first part's; separate tags say which input differs.
+    """
+    def digest(value) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    space_part = space.to_dict()
+    pairs_part = [[pair.name, str(pair.structure), str(pair.appearance)] for pair in pairs]
+    tags = {tracking.TAG_SPEC: digest({"space": space_part, "pairs": pairs_part}),
+            tracking.TAG_SPEC_SPACE: digest(space_part), tracking.TAG_SPEC_PAIRS: digest(pairs_part)}
+    for pair in pairs:
+        for role in ("structure", "appearance"):
+            tags[_image_tag(pair, role)] = hashlib.sha256(getattr(pair, role).read_bytes()).hexdigest()
+    return tags
 
 
-def _recorded_search_problems(tracking_uri: str, name: str, resume: bool, spec: str) -> list[str]:
+def _image_tag(pair: Pair, role: str) -> str:
+    return f"{tracking.TAG_INPUT_SHA256}.{pair.name}.{role}"
+
+
+def _recorded_search_problems(request: SearchRequest, name: str, space: SearchSpace, pairs: list[Pair],
+                              fingerprints: dict[str, str]) -> list[str]:
     """What the MLflow store says against starting (or resuming) search `name`: its records must never be
-    mixed with another search's."""
+    mixed with another search's, and a resume must run on the inputs the search started with."""
+    tracking_uri = tracking.resolve_tracking_uri(request.tracking_uri, request.root.resolve())
     try:
         experiment = tracking.recorded_search(tracking_uri, name)
     except BadInput as error:
@@ -176,7 +193,7 @@ def _recorded_search_problems(tracking_uri: str, name: str, resume: bool, spec: 
         return [f"--name {name!r}: an MLflow experiment of that name was deleted and still blocks the name; "
                 f"choose another --name, or restore or permanently delete it (`mlflow experiments restore` / "
                 f"`mlflow gc`)"]
-    if not resume:
+    if not request.resume:
         if experiment is not None:
             return [f"--name {name!r}: the MLflow store {tracking_uri} already holds a search of that name; "
                     f"add --resume to continue it, or choose another --name"]
@@ -184,11 +201,34 @@ def _recorded_search_problems(tracking_uri: str, name: str, resume: bool, spec: 
     if experiment is None:
         return [f"--resume: the MLflow store {tracking_uri} has no search named {name!r}; pass the --root or "
                 f"--tracking-uri the search used"]
-    recorded = experiment.tags.get(tracking.TAG_SPEC)
-    if recorded is not None and recorded != spec:
-        return [f"--resume: the pairs file or the search space (with its --set values) differs from what search "
-                f"{name!r} started with; resume with the same inputs, or start a new search with another --name"]
-    return []
+    return _changed_inputs(experiment.tags, request, name, space, pairs, fingerprints)
+
+
+def _changed_inputs(recorded: dict[str, str], request: SearchRequest, name: str, space: SearchSpace,
+                    pairs: list[Pair], fingerprints: dict[str, str]) -> list[str]:
+    """One line per input that differs from what search `name` recorded when it started. Inputs it did not
+    record (searches started before images were fingerprinted) cannot be compared and pass."""
+    def differs(key: str) -> bool:
+        return key in recorded and recorded[key] != fingerprints[key]
+
+    fix = f"resume with the inputs search {name!r} started with, or start a new search with another --name"
+    problems = []
+    if differs(tracking.TAG_SPEC_SPACE):
+        problems.append(f"--resume: the search space {_shown(space)} (with its --set values) differs from what "
+                        f"search {name!r} started with; {fix}")
+    if differs(tracking.TAG_SPEC_PAIRS):
+        problems.append(f"--resume: the pairs file {request.pairs_csv} lists other pairs or image paths than "
+                        f"search {name!r} started with; {fix}")
+    if differs(tracking.TAG_SPEC) and not problems:  # a search that recorded only the combined fingerprint
+        problems.append(f"--resume: the pairs file or the search space (with its --set values) differs from "
+                        f"what search {name!r} started with; {fix}")
+    for pair in pairs if not problems else []:
+        for role in ("structure", "appearance"):
+            if differs(_image_tag(pair, role)):
+                problems.append(f"--resume: {pair.where}: {role} image {getattr(pair, role)} has changed since "
+                                f"search {name!r} started (its content differs); put the original back, or "
+                                f"start a new search with another --name")
+    return problems
 
 
 def _check_vit_and_pairs(space: SearchSpace, pairs: list[Pair]) -> dict[str, dict[str, float]]:
@@ -241,7 +281,8 @@ def run_search(request: SearchRequest, console: Console | None = None,
 
     root = request.root.resolve()
     tracker = tracking.SearchTracker(plan.tracking_uri, plan.name, artifact_root=root / "mlartifacts")
-    tracker.tag_search(tracking.TAG_SPEC, search_spec(space, plan.pairs))
+    for key, value in plan.fingerprints.items():
+        tracker.tag_search(key, value)
     parent_runs = {
         pair.name: tracker.pair_run(pair.name, pair.structure, pair.appearance, plan.baselines[pair.name],
                                     pair.notes)
