@@ -448,11 +448,14 @@ class TrialLogger:
         finds its existing run, so each trial has exactly one run: its attempt counter (tag
         ``splice_tune.attempt``) goes up, stale error / stopped-early / interrupted tags from the previous
         attempt are removed, and params already logged are left alone. `tags` (e.g. the Ray node id) and
-        the current Ray trial id are set on every attempt.
+        the current Ray trial id are set on every attempt. A restarted attempt may resume from a checkpoint
+        older than the run's last logged eval (the trial died after logging it, before Ray kept its
+        checkpoint): steps up to that eval are replayed with the same values and not logged again.
         """
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self._pending: list[Metric] = []
         self._last_step = 0
+        self._logged_through = 0  # the last eval step an earlier attempt logged
         extra_tags = {key: str(value) for key, value in (tags or {}).items()}
 
         identity = {TAG_STUDY_TRIAL: str(study_trial)} if study_trial is not None else {TAG_TRIAL: trial_id}
@@ -471,6 +474,7 @@ class TrialLogger:
             _log_batch(self.client, run.info.run_id,
                        tags=[RunTag(key, value) for key, value in {TAG_ATTEMPT: str(attempt),
                                                                    **extra_tags}.items()])
+            self._logged_through = self._last_eval_step(run)
         else:
             run_tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, TAG_KIND: KIND_TRIAL, TAG_SEARCH: search_name,
                         TAG_PAIR: pair_name, TAG_TRIAL: trial_id, TAG_ATTEMPT: "1", **extra_tags}
@@ -480,14 +484,26 @@ class TrialLogger:
         self.run_id: str = run.info.run_id
         _log_batch(self.client, self.run_id, params=_new_params(run, params))
 
+    def _last_eval_step(self, run: Run) -> int:
+        # Scores (``*_score``) are logged at evals only, so their short history holds every eval step.
+        scores = sorted(key for key in run.data.metrics if key.endswith("_score") and not key.startswith("final_"))
+        if not scores:
+            return 0
+        return max(metric.step for metric in retry(self.client.get_metric_history, run.info.run_id, scores[0]))
+
     def log_step(self, step: int, losses: dict[str, float]) -> None:
         """Buffer one training step's losses (written at the next flush, with their own step and time)."""
+        if step <= self._logged_through:
+            return
         now = _now_ms()
         self._pending.extend(Metric(key, float(value), now, step) for key, value in losses.items())
         self._last_step = max(self._last_step, step)
 
     def log_eval(self, step: int, scores: dict[str, float], image: PIL.Image.Image) -> None:
         """Write the buffered losses and these scores in one batch, then the output image at `step`."""
+        if step <= self._logged_through:
+            self._last_step = max(self._last_step, step)
+            return
         now = _now_ms()
         self._pending.extend(Metric(key, float(value), now, step) for key, value in scores.items())
         self._last_step = max(self._last_step, step)

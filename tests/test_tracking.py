@@ -189,6 +189,30 @@ def test_trial_logger_get_or_create_keeps_one_run(store):
     assert len(store["tracker"].trial_runs()) == 2
 
 
+def test_a_restarted_trial_does_not_log_the_steps_it_replays_twice(store):
+    client = store["client"]
+    first = _logger(store)
+    assert _run_evals(first, evals=2, steps_per_eval=5) == [5, 10]
+    first.log_step(11, {key: 1.0 / 11 for key in LOSSES})  # buffered: lost when the process dies now
+
+    # The retry resumes from the checkpoint of step 5 (Ray had not kept step 10's yet) and replays 6..10
+    # with the same values before going on to 15.
+    again = _logger(store)
+    for step in range(6, 16):
+        again.log_step(step, {key: 1.0 / step + i for i, key in enumerate(LOSSES)})
+        if step % 5 == 0:
+            again.log_eval(step, {key: 0.5 / step + i for i, key in enumerate(SCORES)}, _image())
+    again.finish("FINISHED")
+
+    assert again.run_id == first.run_id
+    for key in LOSSES:
+        assert [m.step for m in sorted(client.get_metric_history(again.run_id, key), key=lambda m: m.step)] == \
+            list(range(1, 16)), key
+    for key in SCORES:
+        assert sorted(m.step for m in client.get_metric_history(again.run_id, key)) == [5, 10, 15], key
+    assert _image_steps(client, again.run_id) == [5, 10, 15]
+
+
 def test_search_tracker_and_pair_run_are_reused_on_resume(store):
     tracker = store["tracker"]
     tracker.finish_pair("cows", summary={"best_trial_run_id": "abc", "splice_score": 0.3})
