@@ -6,6 +6,7 @@ all been checked; problems surface as one `BadInput` listing them all.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -52,6 +53,7 @@ class SearchRequest:
     max_concurrent: int | None = None
     max_failures: int = 2
     quiet: bool = False
+    verbose: bool = False  # Ray's own error reports (with tracebacks) as trials fail
 
 
 @dataclass
@@ -61,6 +63,8 @@ class PairResult:
     score: float | None
     params: dict[str, str]
     counts: dict[str, int]
+    parent_run_id: str = ""
+    failure: str | None = None  # why no trial finished, when every one failed or diverged
 
 
 @dataclass
@@ -322,17 +326,35 @@ def run_search(request: SearchRequest, console: Console | None = None,
             reuse_actors=True))
     console.print(f"search [bold]{plan.name}[/]: {len(pair_names)} pairs x {space.budget.trials_per_pair} trials, "
                   f"space {space.path}, MLflow {plan.tracking_uri}")
-    with view:
+    with view, _ray_noise_filtered(request.verbose):
         grid = tuner.fit()
-    if grid.num_terminated + grid.num_errors < len(pair_names) * space.budget.trials_per_pair:
+    return _conclude(plan, tracker, grid)
+
+
+def _conclude(plan: _Plan, tracker: tracking.SearchTracker, grid) -> SearchSummary:
+    """End the pair runs after Ray returned: KILLED and `SearchInterrupted` when trials are left (Ctrl-C),
+    else FINISHED with each pair's winner, or FAILED for a pair whose every trial failed or diverged."""
+    if _ended_trials(tracker, grid) < len(plan.pairs) * plan.space.budget.trials_per_pair:
         interrupted = tracker.mark_interrupted()
-        for pair in pair_names:
-            tracker.finish_pair(pair, status="KILLED", summary={})
+        for pair in plan.pairs:
+            tracker.finish_pair(pair.name, status="KILLED", summary={})
         raise SearchInterrupted(plan.name, interrupted)
     summary = summarize(plan, tracker)
     for result in summary.pairs:
-        tracker.finish_pair(result.pair, summary=_winner_record(result, summary.metric))
+        tracker.finish_pair(result.pair, status="FAILED" if result.failure else "FINISHED",
+                            summary=_winner_record(result, summary.metric))
     return summary
+
+
+def _ended_trials(tracker: tracking.SearchTracker, grid) -> int:
+    """How many trials of the search ended (finished, stopped early, diverged or failed).
+
+    Counted from their MLflow runs, not from Ray: on Ctrl-C Ray marks the trials it stops TERMINATED, as if
+    they had finished. Only a trial that failed before it opened its run is known to Ray alone.
+    """
+    counts = results.count_states(tracker.trial_runs())
+    ended = counts[results.FINISHED] + counts[results.STOPPED_EARLY] + counts[results.FAILED]
+    return ended + max(0, grid.num_errors - counts[results.FAILED])
 
 
 def summarize(plan: _Plan, tracker: tracking.SearchTracker) -> SearchSummary:
@@ -346,7 +368,8 @@ def summarize(plan: _Plan, tracker: tracking.SearchTracker) -> SearchSummary:
         pairs.append(PairResult(
             pair.name, best.info.run_id if best else None, best.data.metrics.get(metric) if best else None,
             {k: v for k, v in best.data.params.items() if k in sampled} if best else {},
-            results.count_states(runs)))
+            results.count_states(runs), tracker.parent_run_id(pair.name),
+            None if best else results.pair_failure(runs)))
     vit = plan.space.config_for(lowest_values(plan.space)).vit
     return SearchSummary(plan.name, tracker.experiment_id, plan.tracking_uri, metric, pairs, vit)
 
@@ -419,10 +442,60 @@ class _TrackingCallback(Callback):
         progress = self._progress(trial)
         progress.running.discard(trial.trial_id)
         progress.failed += 1
-        error = trial.get_error()
-        self.tracker.mark_trial(trial.trial_id, "FAILED", error=str(error) if error else "trial failed",
-                                keep_error=True)
+        self.tracker.mark_trial(trial.trial_id, "FAILED", error=_error_text(_ray_error(trial)), keep_error=True)
         self.view.refresh()
+
+
+def _ray_error(trial) -> str:
+    """Ray's text of the trial's latest failure. Read from the driver's copy of the trial's error file:
+    `Trial.get_error()` reads the copy in the experiment's storage, which is synced only later."""
+    if trial.error_file and Path(trial.error_file).is_file():
+        text = Path(trial.error_file).read_text(errors="replace")
+    else:
+        text = str(trial.get_error() or "")
+    # The file gathers every attempt's failure, each under a "Failure # N (occurred at ...)" line.
+    return re.split(r"^Failure # \d+ \(occurred at [^)]*\)\n", text, flags=re.MULTILINE)[-1].strip()
+
+
+def _error_text(text: str) -> str:
+    """The error tag for a trial Ray reports failed. Its first line says what happened: a worker process
+    that died (killed by a signal, out of memory, crashed) is named so, not left as a generic failure."""
+    if "ActorDiedError" in text or "worker process has died" in text:
+        found = re.search(r"Worker exit type: (\S+) Worker exit detail: (.+?)(?:\. |\n|$)", text)
+        how = f" ({found.group(1)}: {found.group(2)})" if found else ""
+        return f"worker process died{how}\nRay's report:\n{text}"
+    return text or "trial failed (Ray recorded no error text; see the trial's Ray log)"
+
+
+# Ray Tune's log lines that splice-tune replaces with its own: its resume hint names Tuner.restore, where a
+# user runs `splice-tune search ... --resume`, and the summary says which trials did not complete.
+_RAY_REPLACED = {"ray.tune.tune": ("Stop signal received", "Experiment has been interrupted",
+                                   "Trials did not complete")}
+# Each failed trial's traceback, kept in MLflow (tag splice_tune.error); printed only with --verbose.
+_RAY_TRACEBACKS = {"ray.tune.execution.tune_controller": ("Trial task failed",)}
+
+
+class _DropLines(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+@contextlib.contextmanager
+def _ray_noise_filtered(verbose: bool):
+    """While Ray runs the search, drop its log lines that splice-tune replaces or keeps in MLflow."""
+    dropped = _RAY_REPLACED if verbose else {**_RAY_REPLACED, **_RAY_TRACEBACKS}
+    filters = {name: _DropLines(prefixes) for name, prefixes in dropped.items()}
+    for name, dropper in filters.items():
+        logging.getLogger(name).addFilter(dropper)
+    try:
+        yield
+    finally:
+        for name, dropper in filters.items():
+            logging.getLogger(name).removeFilter(dropper)
 
 
 def _start_ray(request: SearchRequest) -> None:

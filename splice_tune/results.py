@@ -164,6 +164,38 @@ def count_states(trials: list[Run]) -> dict[str, int]:
     return counts
 
 
+def diverged(run: Run) -> bool:
+    """True for a trial that stopped because its loss became NaN or infinite (not stopped by the scheduler)."""
+    return (trial_state(run) == STOPPED_EARLY
+            and run.data.tags.get(tracking.TAG_STOP_REASON, tracking.SCHEDULER_STOP) != tracking.SCHEDULER_STOP)
+
+
+def error_line(text: str) -> str:
+    """The line of an error text that names what went wrong: a traceback's exception line (its last line
+    that is not indented), else the first line."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith("Traceback"):
+        lines = [line for line in lines if not line[0].isspace()][-1:] or lines
+    return lines[0][:300] if lines else "no error text"
+
+
+def pair_failure(trials: list[Run]) -> str | None:
+    """Why a pair has nothing to render or retrain, when every one of its trials failed or diverged, e.g.
+    "3 trials failed (RuntimeError: ...)"; None when some trial finished, was stopped by the scheduler or
+    still runs (or there are none)."""
+    if not trials or not all(trial_state(run) == FAILED or diverged(run) for run in trials):
+        return None
+    causes: dict[tuple[str, str], int] = {}
+    for run in trials:
+        if diverged(run):
+            cause = ("diverged", error_line(run.data.tags[tracking.TAG_STOP_REASON]).split(":")[0])
+        else:
+            cause = ("failed", error_line(run.data.tags.get(tracking.TAG_ERROR, "")))
+        causes[cause] = causes.get(cause, 0) + 1
+    return ", ".join(f"{count} trial{'s' if count > 1 else ''} {how} ({why})"
+                     for (how, why), count in sorted(causes.items(), key=lambda item: -item[1]))
+
+
 def winner(trials: list[Run], metric: str = "splice_score", states: tuple[str, ...] = (FINISHED,)) -> Run | None:
     """The trial in `states` with the lowest `metric` (every score is lower-is-better); None if there is none."""
     try:

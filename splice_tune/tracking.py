@@ -55,6 +55,8 @@ TAG_NODE = "splice_tune.node_id"
 TAG_ATTEMPT = "splice_tune.attempt"
 TAG_BEST_TRIAL = "best_trial_run_id"
 
+SCHEDULER_STOP = "stopped by the scheduler"  # the stop reason of a trial ASHA stopped
+
 KIND_PAIR = "pair"
 KIND_TRIAL = "trial"
 
@@ -344,7 +346,8 @@ class SearchTracker:
                 open_image(path).save(png, format="PNG")
                 retry(self.client.log_artifact, run_id, str(png), "inputs")
 
-    def _pair_run_id(self, pair_name: str) -> str:
+    def parent_run_id(self, pair_name: str) -> str:
+        """The run id of the pair's parent run (LookupError when the search has none)."""
         if pair_name not in self._pair_run_ids:
             run = self._find_pair_run(pair_name)
             if run is None:
@@ -362,7 +365,7 @@ class SearchTracker:
         """
         if status not in TERMINAL_STATUSES:
             raise ValueError(f"status must be one of {TERMINAL_STATUSES}, not {status!r}")
-        run_id = self._pair_run_id(pair_name)
+        run_id = self.parent_run_id(pair_name)
         if summary is None:
             summary = self._default_summary(pair_name)
         metrics, tags = [], []
@@ -406,7 +409,7 @@ class SearchTracker:
         run = min(runs, key=lambda found: found.info.start_time)
         tags = []
         if stopped_early:
-            tags += [RunTag(TAG_STOPPED_EARLY, "true"), RunTag(TAG_STOP_REASON, "stopped by the scheduler")]
+            tags += [RunTag(TAG_STOPPED_EARLY, "true"), RunTag(TAG_STOP_REASON, SCHEDULER_STOP)]
         if error and not (keep_error and TAG_ERROR in run.data.tags):
             tags.append(RunTag(TAG_ERROR, error[-MAX_ERROR_CHARS:]))
         _log_batch(self.client, run.info.run_id, tags=tags)
@@ -580,7 +583,7 @@ class TrialLogger:
         retry(self.client.set_tag, self.run_id, TAG_ERROR, error, synchronous=True)
         self.finish("FAILED")
 
-    def mark_stopped_early(self, reason: str = "stopped by the scheduler") -> None:
+    def mark_stopped_early(self, reason: str = SCHEDULER_STOP) -> None:
         """Tag the run as stopped early (with why) and end it KILLED."""
         _log_batch(self.client, self.run_id, tags=[RunTag(TAG_STOPPED_EARLY, "true"),
                                                    RunTag(TAG_STOP_REASON, reason[:MAX_ERROR_CHARS])])
