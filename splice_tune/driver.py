@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+from urllib.parse import unquote, urlparse
 
 import torch
 from ray.tune import Callback
@@ -205,7 +206,19 @@ def _recorded_search_problems(request: SearchRequest, name: str, space: SearchSp
     if experiment is None:
         return [f"--resume: the MLflow store {tracking_uri} has no search named {name!r}; pass the --root or "
                 f"--tracking-uri the search used"]
+    if request.tracking_uri is None and not _inside(experiment.artifact_location, request.root):
+        # MLflow puts a new run's artifacts where the experiment says, which is no longer this root.
+        return [f"--resume: search {name!r} keeps its artifacts in {experiment.artifact_location}, outside --root "
+                f"{request.root.resolve()} (the store was moved or copied since the search started); resume it "
+                f"where it started, or start a new search with another --name"]
     return _changed_inputs(experiment.tags, request, name, space, pairs, fingerprints)
+
+
+def _inside(location: str, root: Path) -> bool:
+    """True unless `location` is a local folder (file:// URI) outside `root`."""
+    if not location.startswith("file:"):
+        return True
+    return Path(unquote(urlparse(location).path)).is_relative_to(root.resolve())
 
 
 def _changed_inputs(recorded: dict[str, str], request: SearchRequest, name: str, space: SearchSpace,

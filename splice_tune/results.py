@@ -89,9 +89,12 @@ def _local_store_path(uri: str) -> Path | None:
 
 
 def open_store(tracking_uri: str | None, root: Path) -> tuple[MlflowClient, str]:
-    """A client on an existing store, and its URI (see `store_uri`)."""
+    """A client on an existing store, and its URI (see `store_uri`). The embedded store's client finds
+    artifacts under `root` even when the store was moved or copied there (see `local_store`)."""
+    from splice_tune.local_store import StoreClient
+
     uri = store_uri(tracking_uri, root)
-    return MlflowClient(tracking_uri=uri), uri
+    return (MlflowClient(tracking_uri=uri) if tracking_uri else StoreClient(uri, root)), uri
 
 
 def find_search(client: MlflowClient, name: str | None, uri: str) -> Experiment:

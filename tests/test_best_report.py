@@ -239,6 +239,31 @@ def test_best_without_a_finished_trial_suggests_and_does_retrain(store_copy, tmp
     assert (tmp_path / "cows_best.pt").is_file()
 
 
+def test_a_moved_store_renders_and_reports_inside_its_new_root(store_copy, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    root, _ = store_copy
+    moved = tmp_path / "elsewhere" / "splice-runs"
+    moved.parent.mkdir()
+    shutil.move(root, moved)  # the runs' recorded artifact locations still name the old root
+    artifact_repos.clear()
+
+    code, _, err = run_cli(["best", "--pair", "cows", "--root", moved], capsys, monkeypatch)
+    assert code == 0, err
+    assert Image.open(tmp_path / "cows_best.png").size == (192, 128)
+    code, _, err = run_cli(["report", "--pair", "cows", "--root", moved], capsys, monkeypatch)
+    assert code == 0, err
+    assert not root.exists(), "nothing is written at the old place"
+    assert len(list(moved.glob("mlartifacts/*/artifacts/report/cows_pareto.png"))) == 1
+
+    # Moved without its artifacts: the report would have to write outside --root, so it refuses.
+    shutil.rmtree(moved / "mlartifacts")
+    artifact_repos.clear()
+    code, _, err = run_cli(["report", "--pair", "cows", "--root", moved], capsys, monkeypatch)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "outside --root" in lines[0] and "Traceback" not in err, err
+    assert not root.exists()
+
+
 # ------------------------------------------------------------------------------------------------- report
 
 def test_pareto_front_keeps_only_non_dominated_points():

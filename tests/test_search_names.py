@@ -74,3 +74,13 @@ def test_resume_needs_the_store_the_search_used(inputs):
     with pytest.raises(BadInput, match="has no search named 's1'"):
         plan_search(request(folder, root, resume=True))
     assert not (root / "mlflow.db").exists(), "looking never creates a store"
+
+
+def test_resume_refuses_a_store_moved_since_the_search_started(inputs, tmp_path):
+    folder, root, uri = inputs
+    started(folder, root, uri)
+    moved = tmp_path / "moved"
+    root.rename(moved)  # its experiment still puts new runs' artifacts under the old root
+    with pytest.raises(BadInput, match=r"^--resume: search 's1' keeps its artifacts in .*, outside --root"):
+        plan_search(request(folder, moved, resume=True))
+    assert not root.exists()
