@@ -213,6 +213,26 @@ def test_a_restarted_trial_does_not_log_the_steps_it_replays_twice(store):
     assert _image_steps(client, again.run_id) == [5, 10, 15]
 
 
+def test_a_pair_whose_trials_all_failed_or_diverged_names_the_causes_and_offers_no_retrain(store):
+    from splice_tune import results
+    from splice_tune.best import _choose
+
+    diverged = [_logger(store, f"trial_{n}") for n in range(2)]
+    for logger in diverged:
+        _run_evals(logger, evals=1, steps_per_eval=3)  # a score to "retrain" from, which would diverge again
+        logger.mark_stopped_early(reason="non-finite loss at step 4: loss/total=nan")
+    crashed = _logger(store, "trial_2")
+    crashed.fail('Traceback (most recent call last):\n  File "x.py", line 1, in <module>\nValueError: boom')
+    store["tracker"].finish_pair("cows", status="FAILED", summary={})
+    pair = results.search_pairs(store["client"], store["client"].get_experiment(store["tracker"].experiment_id))["cows"]
+
+    failure = "2 trials diverged (non-finite loss at step 4), 1 trial failed (ValueError: boom)"
+    assert results.pair_failure(pair.trials) == failure
+    for retrain in (False, True):
+        run, advice = _choose(pair, "splice_score", "search-1", retrain, "LINK")
+        assert run is None and failure in advice and "LINK" in advice and "--retrain-steps" not in advice
+
+
 def test_search_tracker_and_pair_run_are_reused_on_resume(store):
     tracker = store["tracker"]
     tracker.finish_pair("cows", summary={"best_trial_run_id": "abc", "splice_score": 0.3})
