@@ -1,6 +1,7 @@
 """The `splice-tune` command line: train one pair, search many, then look at and render the results.
 
-Exit codes: 0 done, 1 the work itself failed, 2 bad input (one readable line per problem, nothing written).
+Exit codes: 0 done, 1 the work itself failed, 2 bad input (one readable line per problem, nothing written),
+130 interrupted (Ctrl-C; the search prints how to resume it).
 """
 
 from __future__ import annotations
