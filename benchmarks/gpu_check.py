@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import gc
 import multiprocessing as mp
-import os
 import statistics
 import sys
 import time
@@ -155,7 +154,7 @@ def measure_steps(setting: Setting, mode: str, device: torch.device, steps: int,
     if device.type == "cuda":
         result["allocated"] = torch.cuda.max_memory_allocated(device) / 2**30
         result["reserved"] = torch.cuda.max_memory_reserved(device) / 2**30
-    del trainer
+    trainer = None  # noqa: F841 (the closures above hold it: release the trial before the next one's peak)
     free(device)
     return result
 

@@ -7,7 +7,7 @@ Every field is a plain value so a config round-trips through JSON, MLflow params
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .presets import VIT_PRESETS

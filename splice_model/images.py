@@ -45,6 +45,9 @@ def open_image(path: str | os.PathLike, min_side: int = 1, notes: list[str] | No
         raise ImageError(f"{path}: no such file; check the path")
     if path.is_dir():
         raise ImageError(f"{path}: is a directory, not an image file; name a .png/.jpg file")
+    if not path.is_file():
+        # Opening a FIFO would block until something writes to it; a device or socket is no image either.
+        raise ImageError(f"{path}: is not a regular file (a FIFO, socket or device); name a .png/.jpg file")
     # Our cap is the one that applies: PIL's own guard (a warning above MAX_IMAGE_PIXELS, an error above
     # twice that, 89.5 MP by default) is moved up to our cap for this call, and its warning is ignored
     # because the check below refuses the same images with their size in the message. Only above twice the

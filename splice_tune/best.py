@@ -83,7 +83,8 @@ def run_best(request: BestRequest, console: Console | None = None,
     chosen: list[tuple[results.PairRuns, Run]] = []
     skipped: dict[str, str] = {}
     for pair in targets:
-        run, problem = _choose(pair, metric, experiment.name, retrain=request.retrain_steps is not None)
+        link = results.ui_link(uri, experiment.experiment_id, pair.parent.info.run_id)
+        run, problem = _choose(pair, metric, experiment.name, request.retrain_steps is not None, link)
         if run is not None:
             chosen.append((pair, run))
         else:
@@ -163,20 +164,28 @@ def _check_flags(request: BestRequest) -> None:
         raise BadInput(problems)
 
 
-def _choose(pair: results.PairRuns, metric: str, search: str, retrain: bool) -> tuple[Run | None, str]:
-    """(winning run, "") or (None, why there is none)."""
+def _choose(pair: results.PairRuns, metric: str, search: str, retrain: bool, link: str) -> tuple[Run | None, str]:
+    """(winning run, "") or (None, why there is none and what to do: advice that leads somewhere)."""
     run = results.winner(pair.trials, metric)
     if run is not None:
         return run, ""
+    # Retraining a diverged trial's settings would diverge again.
+    retrainable = [trial for trial in pair.trials if not results.diverged(trial)]
+    candidate = results.winner(retrainable, metric, states=(results.STOPPED_EARLY,))
+    if retrain and candidate is not None:
+        return candidate, ""
     counts = ", ".join(f"{count} {state}" for state, count in results.count_states(pair.trials).items() if count)
-    counts = counts or "no trials yet"
-    if not retrain:
-        return None, (f"pair {pair.name}: no finished trial with a {metric} in search {search!r} ({counts}); "
-                      f"retrain the best stopped-early trial's settings with --retrain-steps N")
-    run = results.winner(pair.trials, metric, states=(results.STOPPED_EARLY,))
-    if run is not None:
-        return run, ""
-    return None, f"pair {pair.name}: no trial of search {search!r} has a {metric} yet ({counts}); nothing to retrain"
+    why = f"pair {pair.name}: no finished trial with a {metric} in search {search!r} ({counts or 'no trials yet'})"
+    if pair.parent.info.status == "RUNNING" or any(results.trial_state(t) == results.RUNNING for t in pair.trials):
+        return None, (f"{why}; the search is still running: try again once a trial of this pair has finished "
+                      f"(follow it in MLflow: {link}; if its driver died, continue it with --resume)")
+    failure = results.pair_failure(pair.trials)
+    if failure is not None:
+        return None, f"{why}: {failure}; nothing to render or retrain; each trial's full error is in MLflow: {link}"
+    if candidate is not None:
+        return None, f"{why}; retrain the best stopped-early trial's settings with --retrain-steps N"
+    return None, (f"{why}; no trial reached an eval, so there is nothing to render or retrain; continue the "
+                  f"search with `splice-tune search ... --name {search} --resume`")
 
 
 def _out_path(request: BestRequest, pair: str) -> Path:

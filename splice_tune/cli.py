@@ -1,6 +1,7 @@
 """The `splice-tune` command line: train one pair, search many, then look at and render the results.
 
-Exit codes: 0 done, 1 the work itself failed, 2 bad input (one readable line per problem, nothing written).
+Exit codes: 0 done, 1 the work itself failed, 2 bad input (one readable line per problem, nothing written),
+130 interrupted (Ctrl-C; the search prints how to resume it).
 """
 
 from __future__ import annotations
@@ -261,6 +262,8 @@ def search(
                                                             "budget.max_concurrent, else what resources allow]."),
     max_failures: int = typer.Option(2, help="Retries of a trial that crashes before it counts as failed."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table; print only the summary."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print each failed trial's traceback as it "
+                                                                "happens (they are always in MLflow)."),
 ) -> None:
     """Search each pair's best alpha, beta, lr and augmentation strengths (Ray Tune + Optuna, logged to MLflow)."""
     from splice_tune.driver import SearchInterrupted, SearchRequest, run_search
@@ -268,7 +271,8 @@ def search(
     request = SearchRequest(pairs_csv=pairs_csv, space=space, overrides=list(set_values), name=name, resume=resume,
                             root=root, storage=storage, tracking_uri=tracking_uri, address=address,
                             cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                            max_concurrent=max_concurrent, max_failures=max_failures, quiet=quiet)
+                            max_concurrent=max_concurrent, max_failures=max_failures, quiet=quiet,
+                            verbose=verbose)
     try:
         summary = run_search(request, console)
     except SearchInterrupted as stop:
@@ -280,6 +284,8 @@ def search(
                       highlight=False, soft_wrap=True)
         raise typer.Exit(130)
     _print_summary(summary)
+    if _print_failures(summary):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -386,6 +392,18 @@ def _print_summary(summary) -> None:
         out.print(f"[bold red]{note}[/]", highlight=False)
     out.print(f"MLflow: {summary.tracking_uri} (experiment {summary.experiment_id}); compare trials with: "
               f"splice-tune ui", highlight=False)
+
+
+def _print_failures(summary) -> bool:
+    """One line per pair whose every trial failed or diverged, naming the cause; True when there was one."""
+    from splice_tune.results import ui_link
+
+    failed = [pair for pair in summary.pairs if pair.failure]
+    for pair in failed:
+        link = ui_link(summary.tracking_uri, summary.experiment_id, pair.parent_run_id)
+        console.print(f"[red]error:[/] pair {pair.pair}: no trial finished: {pair.failure}; each trial's full "
+                      f"error is in MLflow: {link}", highlight=False, soft_wrap=True)
+    return bool(failed)
 
 
 def _as_flag(problem: str) -> str:

@@ -6,6 +6,7 @@ all been checked; problems surface as one `BadInput` listing them all.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -16,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+from urllib.parse import unquote, urlparse
 
 import torch
 from ray.tune import Callback
@@ -53,6 +55,7 @@ class SearchRequest:
     max_failures: int = 2
     quiet: bool = False
     progress_every: float = PROGRESS_EVERY_S  # seconds between progress lines when there is no terminal
+    verbose: bool = False  # Ray's own error reports (with tracebacks) as trials fail
 
 
 @dataclass
@@ -63,6 +66,8 @@ class PairResult:
     params: dict[str, str]  # the sampled ones, as MLflow keeps them
     counts: dict[str, int]
     scores: dict[str, float] = field(default_factory=dict)  # every score the winner logged
+    parent_run_id: str = ""
+    failure: str | None = None  # why no trial finished, when every one failed or diverged
 
 
 @dataclass
@@ -85,6 +90,7 @@ class _Plan:
     tracking_uri: str
     max_concurrent: int | None
     baselines: dict[str, dict[str, float]]  # pair -> structure_base, appearance_base
+    fingerprints: dict[str, str]  # experiment tags recording the inputs (see search_fingerprints)
 
 
 def plan_search(request: SearchRequest) -> _Plan:
@@ -149,33 +155,52 @@ def plan_search(request: SearchRequest) -> _Plan:
                 problems.append(f"--name {name!r}: a search of that name exists under {storage}; add --resume "
                                 f"to continue it, or choose another --name")
     tracking_uri = tracking.resolve_tracking_uri(request.tracking_uri, request.root.resolve())
+    fingerprints = search_fingerprints(space, pairs) if not problems else {}
     if not problems:
-        problems += _recorded_search_problems(tracking_uri, name, request.resume, search_spec(space, pairs))
+        problems += _recorded_search_problems(request, name, space, pairs, fingerprints)
     if problems:
         raise BadInput(problems)
     baselines = _check_vit_and_pairs(space, pairs)
     max_concurrent = request.max_concurrent or space.budget.max_concurrent
-    return _Plan(request, name, pairs, space, storage, tracking_uri, max_concurrent, baselines)
+    return _Plan(request, name, pairs, space, storage, tracking_uri, max_concurrent, baselines, fingerprints)
 
 
-def search_spec(space: SearchSpace, pairs: list[Pair]) -> str:
-    """Fingerprint of what a search runs (the space after --set, the pairs and their images, in order):
-    a resume must run the same, or its trials would silently differ from the first part's."""
-    text = json.dumps({"space": space.to_dict(),
-                       "pairs": [[pair.name, str(pair.structure), str(pair.appearance)] for pair in pairs]},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+def search_fingerprints(space: SearchSpace, pairs: list[Pair]) -> dict[str, str]:
+    """What a search runs, as the experiment tags that record it: the space after --set, the pairs (names
+    and image paths, in order), both together (`TAG_SPEC`), and each image's content. A resume must run the
+    same, or its trials would silently differ from the first part's; separate tags say which input differs.
+    """
+    def digest(value) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    space_part = space.to_dict()
+    pairs_part = [[pair.name, str(pair.structure), str(pair.appearance)] for pair in pairs]
+    tags = {tracking.TAG_SPEC: digest({"space": space_part, "pairs": pairs_part}),
+            tracking.TAG_SPEC_SPACE: digest(space_part), tracking.TAG_SPEC_PAIRS: digest(pairs_part)}
+    for pair in pairs:
+        for role in ("structure", "appearance"):
+            tags[_image_tag(pair, role)] = hashlib.sha256(getattr(pair, role).read_bytes()).hexdigest()
+    return tags
 
 
-def _recorded_search_problems(tracking_uri: str, name: str, resume: bool, spec: str) -> list[str]:
+def _image_tag(pair: Pair, role: str) -> str:
+    return f"{tracking.TAG_INPUT_SHA256}.{pair.name}.{role}"
+
+
+def _recorded_search_problems(request: SearchRequest, name: str, space: SearchSpace, pairs: list[Pair],
+                              fingerprints: dict[str, str]) -> list[str]:
     """What the MLflow store says against starting (or resuming) search `name`: its records must never be
-    mixed with another search's."""
-    experiment = tracking.recorded_search(tracking_uri, name)
+    mixed with another search's, and a resume must run on the inputs the search started with."""
+    tracking_uri = tracking.resolve_tracking_uri(request.tracking_uri, request.root.resolve())
+    try:
+        experiment = tracking.recorded_search(tracking_uri, name)
+    except BadInput as error:
+        return error.problems
     if experiment is not None and experiment.lifecycle_stage == "deleted":
         return [f"--name {name!r}: an MLflow experiment of that name was deleted and still blocks the name; "
                 f"choose another --name, or restore or permanently delete it (`mlflow experiments restore` / "
                 f"`mlflow gc`)"]
-    if not resume:
+    if not request.resume:
         if experiment is not None:
             return [f"--name {name!r}: the MLflow store {tracking_uri} already holds a search of that name; "
                     f"add --resume to continue it, or choose another --name"]
@@ -183,11 +208,46 @@ def _recorded_search_problems(tracking_uri: str, name: str, resume: bool, spec: 
     if experiment is None:
         return [f"--resume: the MLflow store {tracking_uri} has no search named {name!r}; pass the --root or "
                 f"--tracking-uri the search used"]
-    recorded = experiment.tags.get(tracking.TAG_SPEC)
-    if recorded is not None and recorded != spec:
-        return [f"--resume: the pairs file or the search space (with its --set values) differs from what search "
-                f"{name!r} started with; resume with the same inputs, or start a new search with another --name"]
-    return []
+    if request.tracking_uri is None and not _inside(experiment.artifact_location, request.root):
+        # MLflow puts a new run's artifacts where the experiment says, which is no longer this root.
+        return [f"--resume: search {name!r} keeps its artifacts in {experiment.artifact_location}, outside --root "
+                f"{request.root.resolve()} (the store was moved or copied since the search started); resume it "
+                f"where it started, or start a new search with another --name"]
+    return _changed_inputs(experiment.tags, request, name, space, pairs, fingerprints)
+
+
+def _inside(location: str, root: Path) -> bool:
+    """True unless `location` is a local folder (file:// URI) outside `root`."""
+    if not location.startswith("file:"):
+        return True
+    return Path(unquote(urlparse(location).path)).is_relative_to(root.resolve())
+
+
+def _changed_inputs(recorded: dict[str, str], request: SearchRequest, name: str, space: SearchSpace,
+                    pairs: list[Pair], fingerprints: dict[str, str]) -> list[str]:
+    """One line per input that differs from what search `name` recorded when it started. Inputs it did not
+    record (searches started before images were fingerprinted) cannot be compared and pass."""
+    def differs(key: str) -> bool:
+        return key in recorded and recorded[key] != fingerprints[key]
+
+    fix = f"resume with the inputs search {name!r} started with, or start a new search with another --name"
+    problems = []
+    if differs(tracking.TAG_SPEC_SPACE):
+        problems.append(f"--resume: the search space {_shown(space)} (with its --set values) differs from what "
+                        f"search {name!r} started with; {fix}")
+    if differs(tracking.TAG_SPEC_PAIRS):
+        problems.append(f"--resume: the pairs file {request.pairs_csv} lists other pairs or image paths than "
+                        f"search {name!r} started with; {fix}")
+    if differs(tracking.TAG_SPEC) and not problems:  # a search that recorded only the combined fingerprint
+        problems.append(f"--resume: the pairs file or the search space (with its --set values) differs from "
+                        f"what search {name!r} started with; {fix}")
+    for pair in pairs if not problems else []:
+        for role in ("structure", "appearance"):
+            if differs(_image_tag(pair, role)):
+                problems.append(f"--resume: {pair.where}: {role} image {getattr(pair, role)} has changed since "
+                                f"search {name!r} started (its content differs); put the original back, or "
+                                f"start a new search with another --name")
+    return problems
 
 
 def _check_vit_and_pairs(space: SearchSpace, pairs: list[Pair]) -> dict[str, dict[str, float]]:
@@ -236,13 +296,13 @@ def run_search(request: SearchRequest, console: Console | None = None,
     plan = plan_search(request)
     _start_ray(request)  # before any MLflow write: a cluster that cannot be joined or is too small is bad input
     space = plan.space
-    for pair in plan.pairs:
-        for note in pair.notes:
-            console.print(f"[yellow]note:[/] {note}")
+    for note in [*space.notes, *(note for pair in plan.pairs for note in pair.notes)]:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
 
     root = request.root.resolve()
     tracker = tracking.SearchTracker(plan.tracking_uri, plan.name, artifact_root=root / "mlartifacts")
-    tracker.tag_search(tracking.TAG_SPEC, search_spec(space, plan.pairs))
+    for key, value in plan.fingerprints.items():
+        tracker.tag_search(key, value)
     if space.description:
         tracker.tag_search(tracking.TAG_DESCRIPTION, space.description)
     parent_runs = {
@@ -285,17 +345,35 @@ def run_search(request: SearchRequest, console: Console | None = None,
             reuse_actors=True))
     console.print(f"search [bold]{plan.name}[/]: {len(pair_names)} pairs x {space.budget.trials_per_pair} trials, "
                   f"space {space.path}, MLflow {plan.tracking_uri}")
-    with view:
+    with view, _ray_noise_filtered(request.verbose):
         grid = tuner.fit()
-    if grid.num_terminated + grid.num_errors < len(pair_names) * space.budget.trials_per_pair:
+    return _conclude(plan, tracker, grid)
+
+
+def _conclude(plan: _Plan, tracker: tracking.SearchTracker, grid) -> SearchSummary:
+    """End the pair runs after Ray returned: KILLED and `SearchInterrupted` when trials are left (Ctrl-C),
+    else FINISHED with each pair's winner, or FAILED for a pair whose every trial failed or diverged."""
+    if _ended_trials(tracker, grid) < len(plan.pairs) * plan.space.budget.trials_per_pair:
         interrupted = tracker.mark_interrupted()
-        for pair in pair_names:
-            tracker.finish_pair(pair, status="KILLED", summary={})
+        for pair in plan.pairs:
+            tracker.finish_pair(pair.name, status="KILLED", summary={})
         raise SearchInterrupted(plan.name, interrupted)
     summary = summarize(plan, tracker)
     for result in summary.pairs:
-        tracker.finish_pair(result.pair, summary=_winner_record(result, summary.metric))
+        tracker.finish_pair(result.pair, status="FAILED" if result.failure else "FINISHED",
+                            summary=_winner_record(result, summary.metric))
     return summary
+
+
+def _ended_trials(tracker: tracking.SearchTracker, grid) -> int:
+    """How many trials of the search ended (finished, stopped early, diverged or failed).
+
+    Counted from their MLflow runs, not from Ray: on Ctrl-C Ray marks the trials it stops TERMINATED, as if
+    they had finished. Only a trial that failed before it opened its run is known to Ray alone.
+    """
+    counts = results.count_states(tracker.trial_runs())
+    ended = counts[results.FINISHED] + counts[results.STOPPED_EARLY] + counts[results.FAILED]
+    return ended + max(0, grid.num_errors - counts[results.FAILED])
 
 
 def summarize(plan: _Plan, tracker: tracking.SearchTracker) -> SearchSummary:
@@ -310,7 +388,8 @@ def summarize(plan: _Plan, tracker: tracking.SearchTracker) -> SearchSummary:
             pair.name, best.info.run_id if best else None, best.data.metrics.get(metric) if best else None,
             {k: v for k, v in best.data.params.items() if k in sampled} if best else {},
             results.count_states(runs),
-            {k: v for k, v in best.data.metrics.items() if k in results.SCORES} if best else {}))
+            scores={k: v for k, v in best.data.metrics.items() if k in results.SCORES} if best else {},
+            parent_run_id=tracker.parent_run_id(pair.name), failure=None if best else results.pair_failure(runs)))
     vit = plan.space.config_for(lowest_values(plan.space)).vit
     return SearchSummary(plan.name, tracker.experiment_id, plan.tracking_uri, metric, pairs, vit)
 
@@ -391,10 +470,60 @@ class _TrackingCallback(Callback):
         progress = self._progress(trial)
         progress.running.discard(trial.trial_id)
         progress.failed += 1
-        error = trial.get_error()
-        self.tracker.mark_trial(trial.trial_id, "FAILED", error=str(error) if error else "trial failed",
-                                keep_error=True)
+        self.tracker.mark_trial(trial.trial_id, "FAILED", error=_error_text(_ray_error(trial)), keep_error=True)
         self.view.refresh()
+
+
+def _ray_error(trial) -> str:
+    """Ray's text of the trial's latest failure. Read from the driver's copy of the trial's error file:
+    `Trial.get_error()` reads the copy in the experiment's storage, which is synced only later."""
+    if trial.error_file and Path(trial.error_file).is_file():
+        text = Path(trial.error_file).read_text(errors="replace")
+    else:
+        text = str(trial.get_error() or "")
+    # The file gathers every attempt's failure, each under a "Failure # N (occurred at ...)" line.
+    return re.split(r"^Failure # \d+ \(occurred at [^)]*\)\n", text, flags=re.MULTILINE)[-1].strip()
+
+
+def _error_text(text: str) -> str:
+    """The error tag for a trial Ray reports failed. Its first line says what happened: a worker process
+    that died (killed by a signal, out of memory, crashed) is named so, not left as a generic failure."""
+    if "ActorDiedError" in text or "worker process has died" in text:
+        found = re.search(r"Worker exit type: (\S+) Worker exit detail: (.+?)(?:\. |\n|$)", text)
+        how = f" ({found.group(1)}: {found.group(2)})" if found else ""
+        return f"worker process died{how}\nRay's report:\n{text}"
+    return text or "trial failed (Ray recorded no error text; see the trial's Ray log)"
+
+
+# Ray Tune's log lines that splice-tune replaces with its own: its resume hint names Tuner.restore, where a
+# user runs `splice-tune search ... --resume`, and the summary says which trials did not complete.
+_RAY_REPLACED = {"ray.tune.tune": ("Stop signal received", "Experiment has been interrupted",
+                                   "Trials did not complete")}
+# Each failed trial's traceback, kept in MLflow (tag splice_tune.error); printed only with --verbose.
+_RAY_TRACEBACKS = {"ray.tune.execution.tune_controller": ("Trial task failed",)}
+
+
+class _DropLines(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+@contextlib.contextmanager
+def _ray_noise_filtered(verbose: bool):
+    """While Ray runs the search, drop its log lines that splice-tune replaces or keeps in MLflow."""
+    dropped = _RAY_REPLACED if verbose else {**_RAY_REPLACED, **_RAY_TRACEBACKS}
+    filters = {name: _DropLines(prefixes) for name, prefixes in dropped.items()}
+    for name, dropper in filters.items():
+        logging.getLogger(name).addFilter(dropper)
+    try:
+        yield
+    finally:
+        for name, dropper in filters.items():
+            logging.getLogger(name).removeFilter(dropper)
 
 
 def _start_ray(request: SearchRequest) -> None:

@@ -138,6 +138,9 @@ def _read_text(path: Path, where: str) -> str:
         raise BadInput(f"{where}: no such file; check the path to the pairs CSV")
     if path.is_dir():
         raise BadInput(f"{where}: is a directory; give the pairs CSV file inside it")
+    if not path.is_file():
+        # Reading a FIFO would block until something writes to it.
+        raise BadInput(f"{where}: is not a regular file (a FIFO, socket or device); give the pairs CSV file")
     try:
         data = path.read_bytes()
     except OSError as error:

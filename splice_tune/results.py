@@ -63,6 +63,13 @@ def store_uri(tracking_uri: str | None, root: Path) -> str:
         where = f"--tracking-uri {uri}" if tracking_uri else f"{local}"
         raise BadInput(f"{where}: no MLflow store there; run `splice-tune search` first, or pass the --root "
                        f"(or --tracking-uri) the search used")
+    db = tracking.sqlite_file(uri)
+    if db is not None:
+        # MLflow would build its schema into any SQLite file (an empty one included) or print a page of
+        # SQLAlchemy traceback for a damaged one; looking must neither create nor touch a store.
+        problem = tracking.store_problem(db)
+        if problem is not None:
+            raise BadInput(problem)
     if uri.startswith(("http://", "https://")):
         # A server that is down or not MLflow: one line within seconds, where MLflow's own client would
         # retry for minutes and then raise a paragraph about connection pools.
@@ -87,9 +94,12 @@ def _local_store_path(uri: str) -> Path | None:
 
 
 def open_store(tracking_uri: str | None, root: Path) -> tuple[MlflowClient, str]:
-    """A client on an existing store, and its URI (see `store_uri`)."""
+    """A client on an existing store, and its URI (see `store_uri`). The embedded store's client finds
+    artifacts under `root` even when the store was moved or copied there (see `local_store`)."""
+    from splice_tune.local_store import StoreClient
+
     uri = store_uri(tracking_uri, root)
-    return MlflowClient(tracking_uri=uri), uri
+    return (MlflowClient(tracking_uri=uri) if tracking_uri else StoreClient(uri, root)), uri
 
 
 def find_search(client: MlflowClient, name: str | None, uri: str) -> Experiment:
@@ -160,6 +170,38 @@ def count_states(trials: list[Run]) -> dict[str, int]:
     for trial in trials:
         counts[trial_state(trial)] += 1
     return counts
+
+
+def diverged(run: Run) -> bool:
+    """True for a trial that stopped because its loss became NaN or infinite (not stopped by the scheduler)."""
+    return (trial_state(run) == STOPPED_EARLY
+            and run.data.tags.get(tracking.TAG_STOP_REASON, tracking.SCHEDULER_STOP) != tracking.SCHEDULER_STOP)
+
+
+def error_line(text: str) -> str:
+    """The line of an error text that names what went wrong: a traceback's exception line (its last line
+    that is not indented), else the first line."""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    if lines and lines[0].startswith("Traceback"):
+        lines = [line for line in lines if not line[0].isspace()][-1:] or lines
+    return lines[0][:300] if lines else "no error text"
+
+
+def pair_failure(trials: list[Run]) -> str | None:
+    """Why a pair has nothing to render or retrain, when every one of its trials failed or diverged, e.g.
+    "3 trials failed (RuntimeError: ...)"; None when some trial finished, was stopped by the scheduler or
+    still runs (or there are none)."""
+    if not trials or not all(trial_state(run) == FAILED or diverged(run) for run in trials):
+        return None
+    causes: dict[tuple[str, str], int] = {}
+    for run in trials:
+        if diverged(run):
+            cause = ("diverged", error_line(run.data.tags[tracking.TAG_STOP_REASON]).split(":")[0])
+        else:
+            cause = ("failed", error_line(run.data.tags.get(tracking.TAG_ERROR, "")))
+        causes[cause] = causes.get(cause, 0) + 1
+    return ", ".join(f"{count} trial{'s' if count > 1 else ''} {how} ({why})"
+                     for (how, why), count in sorted(causes.items(), key=lambda item: -item[1]))
 
 
 def winner(trials: list[Run], metric: str = "splice_score", states: tuple[str, ...] = (FINISHED,)) -> Run | None:

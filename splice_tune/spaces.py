@@ -33,7 +33,7 @@ Numbers like `5e-4` are read as numbers (YAML 1.2 rules), not as the text YAML 1
 `load_space` validates everything before a search starts and raises one `BadInput` listing every problem,
 each as `file:line: field: what is wrong; what to do`. `--set key=value` overrides (a SpliceConfig field,
 or `section.key` such as `budget.trials_per_pair`) are validated the same way; setting a sampled parameter
-pins it: it leaves `params` and becomes fixed.
+pins it: it leaves `params` and becomes fixed, and the space's `notes` say so.
 """
 
 from __future__ import annotations
@@ -186,6 +186,8 @@ class SearchSpace:
     scheduler: Scheduler = Scheduler()
     sampler: Sampler = Sampler()
     objective: Objective = Objective()
+    # Remarks for the user (a --set that pinned a sampled parameter); not part of what the search runs.
+    notes: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
     def distributions(self) -> dict[str, BaseDistribution]:
         """Optuna distributions of the sampled parameters, by SpliceConfig field name."""
@@ -211,9 +213,9 @@ class SearchSpace:
         """
         raw = self.to_dict()
         overrides = [(key, value, f"{key}={value}") for key, value in values.items()]
-        problems, located = _apply_overrides(raw, overrides)
         shown = str(self.path) if self.path else "search space"
-        return _build(raw, _Where(shown, {}, located), self.path, problems)
+        problems, located, notes = _apply_overrides(raw, overrides, shown)
+        return _build(raw, _Where(shown, {}, located), self.path, problems, notes)
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML form of this space (for logging it with a search, or writing it back out)."""
@@ -242,8 +244,8 @@ def load_space(name_or_path: str | os.PathLike, overrides: list[str] | tuple[str
     path, shown = _locate(str(name_or_path))
     raw, lines, problems = _parse(path, shown)
     parsed, bad_overrides = _parse_overrides(overrides)
-    unknown_keys, located = _apply_overrides(raw, parsed)
-    return _build(raw, _Where(shown, lines, located), path, problems + bad_overrides + unknown_keys)
+    unknown_keys, located, notes = _apply_overrides(raw, parsed, shown)
+    return _build(raw, _Where(shown, lines, located), path, problems + bad_overrides + unknown_keys, notes)
 
 
 def shipped_spaces() -> dict[str, str]:
@@ -307,6 +309,8 @@ def _parse(path: Path, shown: str) -> tuple[Any, dict[_At, int], list[str]]:
                        f"({', '.join(shipped_spaces()) or 'none found'})")
     if path.is_dir():
         raise BadInput(f"{shown}: is a directory; give a .yaml file")
+    if not path.is_file():
+        raise BadInput(f"{shown}: is not a regular file (a FIFO, socket or device); give a .yaml file")
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except OSError as error:
@@ -400,9 +404,11 @@ def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> tuple[list[tuple
     return parsed, problems
 
 
-def _apply_overrides(raw: dict, overrides: list[tuple[str, Any, str]]) -> tuple[list[str], dict[_At, str]]:
-    """Write overrides into the raw document (pinning sampled parameters); problems for unknown keys."""
-    problems, located = [], {}
+def _apply_overrides(raw: dict, overrides: list[tuple[str, Any, str]],
+                     shown: str) -> tuple[list[str], dict[_At, str], list[str]]:
+    """Write overrides into the raw document (pinning sampled parameters): problems for unknown keys, where
+    each override went, and a note for every sampled parameter an override pinned."""
+    problems, located, notes = [], {}, []
     known = list(CONFIG_FIELDS) + [f"{s}.{k}" for s in _SECTION_TYPES for k in _section_keys(s)]
     for key, value, text in overrides:
         target = _override_target(key)
@@ -415,18 +421,22 @@ def _apply_overrides(raw: dict, overrides: list[tuple[str, Any, str]]) -> tuple[
         if not isinstance(raw[section], dict):
             continue  # the section itself is malformed; validation reports it
         raw[section][name] = value
-        if section == "fixed" and isinstance(raw.get("params"), dict):
-            raw["params"].pop(name, None)
+        if section == "fixed" and isinstance(raw.get("params"), dict) and name in raw["params"]:
+            # Easy to do by accident (a quick experiment with one value): say that the search stops tuning it.
+            raw["params"].pop(name)
+            given = text.partition("=")[2].strip()
+            notes.append(f"--set {text}: {name} is sampled by {shown}; it is now fixed at {given} for every "
+                         f"trial and no longer searched")
         located[target] = text
-    return problems, located
+    return problems, located, notes
 
 
 # ---------------------------------------------------------------------------------------------- validating
 
 
-def _build(raw: dict, where: _Where, path: Path | None, problems: list[str]) -> SearchSpace:
-    """Validate the raw document and build the `SearchSpace`, or raise `BadInput` with every problem
-    (those in `problems`, found while reading, included)."""
+def _build(raw: dict, where: _Where, path: Path | None, problems: list[str], notes: list[str]) -> SearchSpace:
+    """Validate the raw document and build the `SearchSpace` (with `notes` for the user), or raise `BadInput`
+    with every problem (those in `problems`, found while reading, included)."""
     problems = list(problems)
 
     def problem(at: _At, what: str) -> None:
@@ -472,7 +482,7 @@ def _build(raw: dict, where: _Where, path: Path | None, problems: list[str]) -> 
                                                f"so every trial would be the same run; set it to 1 or add params")
     if problems:
         raise BadInput(problems)
-    return SearchSpace(path, description.strip(), fixed, params, **sections)
+    return SearchSpace(path, description.strip(), fixed, params, **sections, notes=tuple(notes))
 
 
 def _mapping(raw: dict, section: str, problem: Callable) -> dict:

@@ -9,18 +9,21 @@ in one batch per evaluation, which keeps the number of write transactions (what 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
 import shutil
+import sqlite3
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import PIL.Image
 import sqlalchemy.exc
+from filelock import FileLock
 from mlflow import MlflowClient
 from mlflow.entities import Experiment, Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
@@ -41,6 +44,9 @@ TAG_TRIAL = "splice_tune.trial_id"
 TAG_STUDY_TRIAL = "splice_tune.study_trial"  # the trial's number in its pair's Optuna study
 TAG_INTERRUPTED = "splice_tune.interrupted"
 TAG_SPEC = "splice_tune.spec"  # fingerprint of the pairs and search space a search was started with
+TAG_SPEC_SPACE = "splice_tune.spec.space"  # ... of the search space alone
+TAG_SPEC_PAIRS = "splice_tune.spec.pairs"  # ... of the pairs alone (names and image paths)
+TAG_INPUT_SHA256 = "splice_tune.input_sha256"  # + ".PAIR.ROLE": the SHA-256 of an input image's file
 TAG_VIT = "splice_tune.vit"
 TAG_STOPPED_EARLY = "splice_tune.stopped_early"
 TAG_ERROR = "splice_tune.error"
@@ -49,6 +55,8 @@ TAG_NODE = "splice_tune.node_id"
 TAG_ATTEMPT = "splice_tune.attempt"
 TAG_BEST_TRIAL = "best_trial_run_id"
 TAG_DESCRIPTION = MLFLOW_RUN_NOTE  # on an experiment, the description the MLflow UI shows
+
+SCHEDULER_STOP = "stopped by the scheduler"  # the stop reason of a trial ASHA stopped
 
 KIND_PAIR = "pair"
 KIND_TRIAL = "trial"
@@ -160,12 +168,83 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _sqlite_folder(tracking_uri: str) -> Path | None:
-    """Folder of a file-backed SQLite store, None for anything else (servers, other databases, :memory:)."""
+def sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a file-backed SQLite store, None for anything else (servers, other databases,
+    :memory:)."""
     if not tracking_uri.startswith("sqlite:///"):
         return None
     path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
-    return Path(path).resolve().parent if path and path != ":memory:" else None
+    return Path(path).resolve() if path and path != ":memory:" else None
+
+
+def _sqlite_folder(tracking_uri: str) -> Path | None:
+    """Folder of a file-backed SQLite store, None for anything else."""
+    path = sqlite_file(tracking_uri)
+    return path.parent if path is not None else None
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_DAMAGED_HINT = ("restore it from a backup, or use another --root (splice-tune never repairs or replaces a "
+                 "store)")
+
+
+def _lock_path(db: Path) -> Path:
+    return db.with_name(db.name + ".lock")
+
+
+@contextlib.contextmanager
+def store_lock(tracking_uri: str) -> Iterator[None]:
+    """Hold the store's creation lock (a file beside a local SQLite store; nothing for other stores).
+
+    MLflow creates and migrates a SQLite store's schema on first contact without any locking of its own:
+    two processes doing so at once break each other's migration. Whoever may create the store holds this.
+    """
+    db = sqlite_file(tracking_uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(_lock_path(db)):
+        yield
+
+
+def store_problem(db: Path) -> str | None:
+    """Why the existing file `db` is not a readable MLflow store (None when it is one), as one line naming
+    it. Reads only; a store being created by another process right now is waited for, not reported."""
+    problem = _damage(db)
+    if problem is not None and _lock_path(db).exists():
+        with FileLock(_lock_path(db)):  # its creator holds the lock until the schema is complete
+            problem = _damage(db)
+    if problem is None:
+        return None
+    return f"{db}: not a readable MLflow store ({problem}); {_DAMAGED_HINT}"
+
+
+def _damage(db: Path) -> str | None:
+    """What is wrong with the SQLite file `db` as an MLflow store, in a few words; None when nothing is."""
+    if not db.is_file():
+        return "not a regular file"
+    with db.open("rb") as file:
+        header = file.read(100)
+    if not header:
+        return "the file is empty (0 bytes)"
+    if not header.startswith(_SQLITE_MAGIC) or len(header) < 100:
+        return "not an SQLite database"
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    # The header's page count is valid only when its "version valid for" matches the change counter.
+    if header[92:96] == header[24:28] and db.stat().st_size < pages * page_size:
+        return f"truncated: {db.stat().st_size:,} of {pages * page_size:,} bytes"
+    try:
+        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if not {"alembic_version", "experiments", "runs"} <= tables:
+                return "an SQLite database without MLflow's tables"
+            connection.execute("SELECT version_num FROM alembic_version").fetchall()
+    except sqlite3.DatabaseError as error:
+        return f"SQLite: {error}"
+    return None
 
 
 class SearchTracker:
@@ -184,8 +263,13 @@ class SearchTracker:
         """
         self.tracking_uri = tracking_uri
         self.search_name = search_name
-        self.client = MlflowClient(tracking_uri=tracking_uri)
-        self.experiment_id = self._get_or_create_experiment(artifact_root)
+        with store_lock(tracking_uri):
+            db = sqlite_file(tracking_uri)
+            # A file that is there must already be a store: MLflow would build its schema into anything.
+            if db is not None and db.exists() and (problem := _damage(db)) is not None:
+                raise BadInput(f"{db}: not a readable MLflow store ({problem}); {_DAMAGED_HINT}")
+            self.client = MlflowClient(tracking_uri=tracking_uri)  # MLflow creates the schema here
+            self.experiment_id = self._get_or_create_experiment(artifact_root)
         self._pair_run_ids: dict[str, str] = {}
 
     def _get_or_create_experiment(self, artifact_root: Path | None) -> str:
@@ -263,7 +347,8 @@ class SearchTracker:
                 open_image(path).save(png, format="PNG")
                 retry(self.client.log_artifact, run_id, str(png), "inputs")
 
-    def _pair_run_id(self, pair_name: str) -> str:
+    def parent_run_id(self, pair_name: str) -> str:
+        """The run id of the pair's parent run (LookupError when the search has none)."""
         if pair_name not in self._pair_run_ids:
             run = self._find_pair_run(pair_name)
             if run is None:
@@ -281,7 +366,7 @@ class SearchTracker:
         """
         if status not in TERMINAL_STATUSES:
             raise ValueError(f"status must be one of {TERMINAL_STATUSES}, not {status!r}")
-        run_id = self._pair_run_id(pair_name)
+        run_id = self.parent_run_id(pair_name)
         if summary is None:
             summary = self._default_summary(pair_name)
         metrics, tags = [], []
@@ -325,7 +410,7 @@ class SearchTracker:
         run = min(runs, key=lambda found: found.info.start_time)
         tags = []
         if stopped_early:
-            tags += [RunTag(TAG_STOPPED_EARLY, "true"), RunTag(TAG_STOP_REASON, "stopped by the scheduler")]
+            tags += [RunTag(TAG_STOPPED_EARLY, "true"), RunTag(TAG_STOP_REASON, SCHEDULER_STOP)]
         if error and not (keep_error and TAG_ERROR in run.data.tags):
             tags.append(RunTag(TAG_ERROR, error[-MAX_ERROR_CHARS:]))
         _log_batch(self.client, run.info.run_id, tags=tags)
@@ -368,11 +453,14 @@ class TrialLogger:
         finds its existing run, so each trial has exactly one run: its attempt counter (tag
         ``splice_tune.attempt``) goes up, stale error / stopped-early / interrupted tags from the previous
         attempt are removed, and params already logged are left alone. `tags` (e.g. the Ray node id) and
-        the current Ray trial id are set on every attempt.
+        the current Ray trial id are set on every attempt. A restarted attempt may resume from a checkpoint
+        older than the run's last logged eval (the trial died after logging it, before Ray kept its
+        checkpoint): steps up to that eval are replayed with the same values and not logged again.
         """
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self._pending: list[Metric] = []
         self._last_step = 0
+        self._logged_through = 0  # the last eval step an earlier attempt logged
         extra_tags = {key: str(value) for key, value in (tags or {}).items()}
 
         identity = {TAG_STUDY_TRIAL: str(study_trial)} if study_trial is not None else {TAG_TRIAL: trial_id}
@@ -391,6 +479,7 @@ class TrialLogger:
             _log_batch(self.client, run.info.run_id,
                        tags=[RunTag(key, value) for key, value in {TAG_ATTEMPT: str(attempt),
                                                                    **extra_tags}.items()])
+            self._logged_through = self._last_eval_step(run)
         else:
             run_tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, TAG_KIND: KIND_TRIAL, TAG_SEARCH: search_name,
                         TAG_PAIR: pair_name, TAG_TRIAL: trial_id, TAG_ATTEMPT: "1", **extra_tags}
@@ -402,14 +491,26 @@ class TrialLogger:
         self.run_id: str = run.info.run_id
         _log_batch(self.client, self.run_id, params=_new_params(run, params))
 
+    def _last_eval_step(self, run: Run) -> int:
+        # Scores (``*_score``) are logged at evals only, so their short history holds every eval step.
+        scores = sorted(key for key in run.data.metrics if key.endswith("_score") and not key.startswith("final_"))
+        if not scores:
+            return 0
+        return max(metric.step for metric in retry(self.client.get_metric_history, run.info.run_id, scores[0]))
+
     def log_step(self, step: int, losses: dict[str, float]) -> None:
         """Buffer one training step's losses (written at the next flush, with their own step and time)."""
+        if step <= self._logged_through:
+            return
         now = _now_ms()
         self._pending.extend(Metric(key, float(value), now, step) for key, value in losses.items())
         self._last_step = max(self._last_step, step)
 
     def log_eval(self, step: int, scores: dict[str, float], image: PIL.Image.Image) -> None:
         """Write the buffered losses and these scores in one batch, then the output image at `step`."""
+        if step <= self._logged_through:
+            self._last_step = max(self._last_step, step)
+            return
         now = _now_ms()
         self._pending.extend(Metric(key, float(value), now, step) for key, value in scores.items())
         self._last_step = max(self._last_step, step)
@@ -486,7 +587,7 @@ class TrialLogger:
         retry(self.client.set_tag, self.run_id, TAG_ERROR, error, synchronous=True)
         self.finish("FAILED")
 
-    def mark_stopped_early(self, reason: str = "stopped by the scheduler") -> None:
+    def mark_stopped_early(self, reason: str = SCHEDULER_STOP) -> None:
         """Tag the run as stopped early (with why) and end it KILLED."""
         _log_batch(self.client, self.run_id, tags=[RunTag(TAG_STOPPED_EARLY, "true"),
                                                    RunTag(TAG_STOP_REASON, reason[:MAX_ERROR_CHARS])])
@@ -495,10 +596,15 @@ class TrialLogger:
 
 def recorded_search(tracking_uri: str, search_name: str) -> Experiment | None:
     """The experiment of search `search_name` if the store has one (deleted ones included), without ever
-    creating a store: a local SQLite file that does not exist yet means no search."""
-    folder = _sqlite_folder(tracking_uri)
-    if folder is not None and not Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]).exists():
-        return None
+    creating a store: a local SQLite file that does not exist yet means no search. Raises `BadInput` for a
+    local file that is not a readable MLflow store."""
+    db = sqlite_file(tracking_uri)
+    if db is not None:
+        if not db.exists():
+            return None
+        problem = store_problem(db)
+        if problem is not None:
+            raise BadInput(problem)
     return retry(MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name, search_name)
 
 

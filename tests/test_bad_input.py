@@ -129,6 +129,11 @@ def png_claiming(name: str, width: int, height: int) -> Callable[[Path], None]:
     return build
 
 
+def fifo(name: str) -> Callable[[Path], None]:
+    """A named pipe with no writer: opening it to read would block forever."""
+    return lambda work: os.mkfifo(work / name)
+
+
 def space_with(old: str, new: str) -> Callable[[Path], None]:
     assert old in SPACE, old
     return text("space.yaml", SPACE.replace(old, new, 1))
@@ -569,6 +574,12 @@ SCRIPT = Path(sys.executable).with_name("splice-tune")
                  [space_with("steps: 10", "steps: ten")],
                  [(f"space.yaml:{LINE_STEPS}: fixed.steps", "whole number"), ("--cpus-per-trial", "> 0")],
                  id="search-bad-space-and-flag"),
+    # Real processes, so that opening a pipe (which blocks forever) fails the test by its timeout.
+    pytest.param(["search", "pipe.csv", "--space", "space.yaml"], [fifo("pipe.csv")],
+                 [("pipe.csv: is not a regular file", "give the pairs CSV file")], id="search-csv-is-fifo"),
+    pytest.param(["search", "pairs.csv", "--space", "space.yaml"],
+                 [fifo("pipe.png"), text("pairs.csv", HEADER + "cows,s.png,pipe.png\n")],
+                 [("pairs.csv:2: appearance 'pipe.png'", "is not a regular file")], id="search-image-is-fifo"),
     pytest.param(["train", "s.png", "cut.png", "--vit", "random_tiny8"], [truncated("cut.png")],
                  [("cut.png", "corrupt or truncated image")], id="train-corrupt-image"),
 ])

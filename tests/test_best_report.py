@@ -287,6 +287,31 @@ def test_best_without_a_finished_trial_suggests_and_does_retrain(store_copy, tmp
     assert (tmp_path / "cows_best.pt").is_file()
 
 
+def test_a_moved_store_renders_and_reports_inside_its_new_root(store_copy, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    root, _ = store_copy
+    moved = tmp_path / "elsewhere" / "splice-runs"
+    moved.parent.mkdir()
+    shutil.move(root, moved)  # the runs' recorded artifact locations still name the old root
+    artifact_repos.clear()
+
+    code, _, err = run_cli(["best", "--pair", "cows", "--root", moved], capsys, monkeypatch)
+    assert code == 0, err
+    assert Image.open(tmp_path / "cows_best.png").size == (192, 128)
+    code, _, err = run_cli(["report", "--pair", "cows", "--root", moved], capsys, monkeypatch)
+    assert code == 0, err
+    assert not root.exists(), "nothing is written at the old place"
+    assert len(list(moved.glob("mlartifacts/*/artifacts/report/cows_pareto.png"))) == 1
+
+    # Moved without its artifacts: the report would have to write outside --root, so it refuses.
+    shutil.rmtree(moved / "mlartifacts")
+    artifact_repos.clear()
+    code, _, err = run_cli(["report", "--pair", "cows", "--root", moved], capsys, monkeypatch)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "outside --root" in lines[0] and "Traceback" not in err, err
+    assert not root.exists()
+
+
 # ------------------------------------------------------------------------------------------------- report
 
 def test_pareto_front_keeps_only_non_dominated_points():
@@ -450,6 +475,44 @@ def test_an_unreadable_store_is_bad_input_not_a_traceback():
         results.search_experiments(Broken())
     [line] = raised.value.problems
     assert line.startswith("http://mlflow.example:5000: cannot read the MLflow store") and "502" in line
+
+
+def damage(db: Path, how: str) -> None:
+    data = db.read_bytes()
+    if how == "truncated":
+        db.write_bytes(data[: len(data) // 2])
+    elif how == "random-bytes":
+        db.write_bytes(np.random.default_rng(0).bytes(len(data)))
+    else:
+        db.write_bytes(b"")
+
+
+@pytest.mark.parametrize("how", ["truncated", "random-bytes", "empty"])
+def test_a_damaged_store_is_one_line_exit_2_and_stays_untouched(how, finished_search, tmp_path, monkeypatch, capsys):
+    import splice_tune.driver
+    from conftest import write_search_inputs
+
+    monkeypatch.chdir(tmp_path)
+    write_search_inputs(tmp_path)
+    root = tmp_path / "splice-runs"
+    root.mkdir()
+    db = root / "mlflow.db"
+    shutil.copy(store_root(finished_search) / "mlflow.db", db)
+    damage(db, how)
+    before = (db.read_bytes(), db.stat().st_mtime_ns)
+
+    def no_search(request):
+        raise AssertionError("the search got past its checks and would now start Ray")
+
+    monkeypatch.setattr(splice_tune.driver, "_start_ray", no_search)
+    for args in (["ls"], ["best", "--pair", "cows"], ["report"], ["search", "pairs.csv", "--space", "space.yaml"]):
+        code, out, err = run_cli([*args, "--root", root], capsys, monkeypatch)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and "Traceback" not in out + err, f"{args}: exit {code}\n{err}"
+        assert len(lines) == 1 and lines[0].startswith(f"error: {db.resolve()}: not a readable MLflow store ("), err
+        assert "restore it from a backup" in lines[0]
+        assert (db.read_bytes(), db.stat().st_mtime_ns) == before, f"{args} changed the store"
+        assert [path.name for path in root.iterdir()] == ["mlflow.db"], f"{args} wrote into the root"
 
 
 # ----------------------------------------------------------------------------------------------------- ui

@@ -7,6 +7,8 @@ subprocesses and interrupts it with Ctrl-C (SIGINT) and with SIGKILL of the driv
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import os
 import signal
@@ -163,6 +165,122 @@ def test_interrupted_search_resumes_to_exactly_its_budget(tmp_path):
     assert sorted(per_trial) == [(pair, str(n)) for pair in ("cows", "fruits") for n in range(3)]
     assert set(per_trial.values()) == {1}, "exactly one MLflow run per trial, no duplicates"
     assert all(run.info.status == "FINISHED" for run in runs), [(r.info.run_name, r.info.status) for r in runs]
-    for run in runs:  # every finished trial has its full record: 3 evals of every score
+    for run in runs:  # every finished trial has its full record, each eval once: 3 evals of every score
         history = MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "splice_score")
-        assert sorted({m.step for m in history}) == [10, 20, 30]
+        assert sorted(m.step for m in history) == [10, 20, 30]
+
+
+def _wait_running(tracking_uri: str, search: str, count: int, process: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"search ended early:\n{process.stdout.read()}"
+        if sum(run.info.status == "RUNNING" for run in child_runs(tracking_uri, search)) >= count:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"fewer than {count} running trials after {timeout} s")
+
+
+def test_ctrl_c_while_every_trial_runs_exits_130_and_resumes(tmp_path, monkeypatch, capsys):
+    """Ctrl-C when the whole budget has started: Ray then marks both running trials TERMINATED, as if done."""
+    from splice_tune.cli import main
+
+    write_search_inputs(tmp_path, pairs=("cows",))
+    write_space(tmp_path, steps=150, trials=2, concurrent=2)
+    root = tmp_path / "splice-runs"
+    tracking_uri = tracking.default_tracking_uri(root.resolve())
+    args = ["search", "pairs.csv", "--space", "space.yaml", "--name", "all-running", "--quiet"]
+
+    first = _start(args, tmp_path)
+    try:
+        _wait_running(tracking_uri, "all-running", 2, first)
+        # Meanwhile `best` says the search still runs, not to retrain what does not exist yet.
+        monkeypatch.setattr(sys, "argv", ["splice-tune", "best", "--pair", "cows", "--root", str(root)])
+        monkeypatch.chdir(tmp_path)
+        with pytest.raises(SystemExit) as best_exit:
+            main()
+        best_err = capsys.readouterr().err
+        first.send_signal(signal.SIGINT)
+        output, _ = first.communicate(timeout=120)
+    finally:
+        _kill_group(first)
+    assert best_exit.value.code == 2 and "still running" in best_err and "--retrain-steps" not in best_err, best_err
+    assert first.returncode == 130, output
+    assert "--resume" in output and "Tuner.restore" not in output and "Traceback" not in output, output
+    runs = child_runs(tracking_uri, "all-running")
+    assert len(runs) == 2 and all(run.info.status == "KILLED" for run in runs), [r.info.status for r in runs]
+    assert all(run.data.tags.get(tracking.TAG_INTERRUPTED) == "true" for run in runs)
+    client = MlflowClient(tracking_uri)
+    [parent] = client.search_runs([client.get_experiment_by_name("all-running").experiment_id],
+                                  filter_string="tags.`splice_tune.kind` = 'pair'")
+    assert parent.info.status == "KILLED"
+
+    again = subprocess.run([sys.executable, "-m", "splice_tune.cli", *args, "--resume"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    runs = child_runs(tracking_uri, "all-running")
+    assert sorted(run.data.tags[tracking.TAG_STUDY_TRIAL] for run in runs) == ["0", "1"]
+    assert all(run.info.status == "FINISHED" for run in runs)
+    for run in runs:  # continued from the last eval: every eval once
+        history = client.get_metric_history(run.info.run_id, "splice_score")
+        assert sorted(m.step for m in history) == list(range(10, 151, 10))
+
+
+def lr_pinned_trial(trial: dict, setup) -> None:
+    """Study trial 0 trains with a sane lr and has its worker process SIGKILLed at step 3; the others train
+    with the space's lr as given (--set lr=1e300 makes Adam's first step raise)."""
+    if trial["optuna_trial"] != 0:
+        return run_trial(trial, setup)
+
+    def fault(event) -> None:
+        if event.step == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    sane = dataclasses.replace(setup, space=setup.space.with_overrides({"lr": 1e-3}))
+    run_trial(trial, sane, on_event=fault)
+
+
+def test_a_search_where_every_trial_fails_says_why_in_a_few_lines_and_exits_1(tmp_path, ray_session, monkeypatch,
+                                                                              capfd):
+    import splice_tune.driver
+    from splice_tune.cli import main
+
+    write_search_inputs(tmp_path, pairs=("cows",))
+    space = write_space(tmp_path, steps=20, trials=3, concurrent=2)
+    space.write_text(space.read_text().replace("params: {", "params: {lr: {type: float, low: 1.0e-4, high: 1.0e-2}, "))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(splice_tune.driver, "run_search",
+                        functools.partial(splice_tune.driver.run_search, trainable=lr_pinned_trial))
+    monkeypatch.setenv("COLUMNS", "200")
+
+    def cli(*args: str) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["splice-tune", *args])
+        with pytest.raises(SystemExit) as exit_info:
+            main()
+        out, err = capfd.readouterr()
+        return exit_info.value.code, out + err
+
+    code, output = cli("search", "pairs.csv", "--space", "space.yaml", "--name", "all-fail", "--quiet",
+                       "--set", "lr=1e300", "--max-failures", "0")
+    assert code == 1, output
+    for noise in ("Traceback", "ActorDiedError", "Trials did not complete"):
+        assert noise not in output, output
+    assert len(output.splitlines()) < 30, output
+    assert "--set lr=1e300: lr is sampled by space.yaml; it is now fixed at 1e300" in output
+    [failure] = [line for line in output.splitlines() if line.startswith("error: pair cows")]
+    assert ("no trial finished: 2 trials failed (RuntimeError: value cannot be converted to type float without "
+            "overflow), 1 trial failed (worker process died" in failure), failure
+    assert "/#/experiments/" in failure
+
+    tracking_uri = tracking.default_tracking_uri(tmp_path / "splice-runs")
+    runs = {run.data.tags[tracking.TAG_STUDY_TRIAL]: run for run in child_runs(tracking_uri, "all-fail")}
+    assert all(run.info.status == "FAILED" for run in runs.values())
+    assert runs["0"].data.tags[tracking.TAG_ERROR].startswith("worker process died (")
+    assert "Traceback" in runs["1"].data.tags[tracking.TAG_ERROR], "the full traceback stays in MLflow"
+    client = MlflowClient(tracking_uri)
+    [parent] = client.search_runs([client.get_experiment_by_name("all-fail").experiment_id],
+                                  filter_string="tags.`splice_tune.kind` = 'pair'")
+    assert parent.info.status == "FAILED"
+
+    code, output = cli("best", "--pair", "cows", "--search", "all-fail")
+    assert code == 2 and "--retrain-steps" not in output, output
+    assert "2 trials failed (RuntimeError: value cannot be converted" in output and "/#/experiments/" in output

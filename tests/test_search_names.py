@@ -6,7 +6,7 @@ import pytest
 
 from conftest import write_search_inputs
 from splice_tune import tracking
-from splice_tune.driver import SearchRequest, plan_search, search_spec
+from splice_tune.driver import SearchRequest, plan_search, search_fingerprints
 from splice_tune.errors import BadInput
 
 
@@ -29,15 +29,43 @@ def test_a_name_mlflow_already_holds_is_refused_even_without_ray_state(inputs):
         plan_search(request(folder, root))
 
 
-def test_resume_refuses_changed_inputs(inputs):
-    folder, root, uri = inputs
+def started(folder, root, uri) -> None:
+    """What `search` records before its first trial, and the Ray folder an interrupted search leaves."""
     plan = plan_search(request(folder, root))
     tracker = tracking.SearchTracker(uri, "s1")
-    tracker.tag_search(tracking.TAG_SPEC, search_spec(plan.space, plan.pairs))
-    (root / "ray" / "s1").mkdir(parents=True)  # what Ray leaves for an interrupted search
+    for key, value in search_fingerprints(plan.space, plan.pairs).items():
+        tracker.tag_search(key, value)
+    (root / "ray" / "s1").mkdir(parents=True)
+
+
+def test_resume_refuses_changed_inputs_and_says_which(inputs):
+    folder, root, uri = inputs
+    started(folder, root, uri)
     assert plan_search(request(folder, root, resume=True)).name == "s1", "same inputs resume"
-    with pytest.raises(BadInput, match="differs from what search 's1' started with"):
+    with pytest.raises(BadInput) as refused:
         plan_search(request(folder, root, resume=True, overrides=["steps=40"]))
+    assert refused.value.problems == [
+        f"--resume: the search space {folder / 'space.yaml'} (with its --set values) differs from what search "
+        f"'s1' started with; resume with the inputs search 's1' started with, or start a new search with "
+        f"another --name"]
+
+    (folder / "pairs.csv").write_text("pair,structure,appearance\ncows,cows_structure.png,cows_appearance.png\n")
+    with pytest.raises(BadInput, match=r"^--resume: the pairs file .*pairs.csv lists other pairs or image paths"):
+        plan_search(request(folder, root, resume=True))
+
+
+def test_resume_refuses_an_image_whose_content_changed(inputs):
+    from PIL import Image
+
+    folder, root, uri = inputs
+    started(folder, root, uri)
+    image = folder / "fruits_appearance.png"
+    Image.open(image).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(image)  # same path, same CSV
+    with pytest.raises(BadInput) as refused:
+        plan_search(request(folder, root, resume=True))
+    assert refused.value.problems == [
+        f"--resume: {folder / 'pairs.csv'}:3: appearance image {image.resolve()} has changed since search 's1' "
+        f"started (its content differs); put the original back, or start a new search with another --name"]
 
 
 def test_resume_needs_the_store_the_search_used(inputs):
@@ -46,3 +74,13 @@ def test_resume_needs_the_store_the_search_used(inputs):
     with pytest.raises(BadInput, match="has no search named 's1'"):
         plan_search(request(folder, root, resume=True))
     assert not (root / "mlflow.db").exists(), "looking never creates a store"
+
+
+def test_resume_refuses_a_store_moved_since_the_search_started(inputs, tmp_path):
+    folder, root, uri = inputs
+    started(folder, root, uri)
+    moved = tmp_path / "moved"
+    root.rename(moved)  # its experiment still puts new runs' artifacts under the old root
+    with pytest.raises(BadInput, match=r"^--resume: search 's1' keeps its artifacts in .*, outside --root"):
+        plan_search(request(folder, moved, resume=True))
+    assert not root.exists()

@@ -178,6 +178,14 @@ def test_overrides(tmp_path: Path) -> None:
     assert "alpha" not in space.params and space.fixed["alpha"] == 0.2  # setting a sampled parameter pins it
 
 
+def test_pinning_a_sampled_parameter_says_so(tmp_path: Path) -> None:
+    path = write_space(tmp_path, SMALL)
+    space = load_space(path, ["alpha=1e6", "steps=50"])
+    assert space.notes == (f"--set alpha=1e6: alpha is sampled by {path}; it is now fixed at 1e6 for "
+                           f"every trial and no longer searched",)
+    assert load_space(path, ["steps=50"]).notes == ()  # a fixed setting changes silently, as asked
+
+
 def test_with_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "vit.pth").write_bytes(b"x")

@@ -189,6 +189,50 @@ def test_trial_logger_get_or_create_keeps_one_run(store):
     assert len(store["tracker"].trial_runs()) == 2
 
 
+def test_a_restarted_trial_does_not_log_the_steps_it_replays_twice(store):
+    client = store["client"]
+    first = _logger(store)
+    assert _run_evals(first, evals=2, steps_per_eval=5) == [5, 10]
+    first.log_step(11, {key: 1.0 / 11 for key in LOSSES})  # buffered: lost when the process dies now
+
+    # The retry resumes from the checkpoint of step 5 (Ray had not kept step 10's yet) and replays 6..10
+    # with the same values before going on to 15.
+    again = _logger(store)
+    for step in range(6, 16):
+        again.log_step(step, {key: 1.0 / step + i for i, key in enumerate(LOSSES)})
+        if step % 5 == 0:
+            again.log_eval(step, {key: 0.5 / step + i for i, key in enumerate(SCORES)}, _image())
+    again.finish("FINISHED")
+
+    assert again.run_id == first.run_id
+    for key in LOSSES:
+        assert [m.step for m in sorted(client.get_metric_history(again.run_id, key), key=lambda m: m.step)] == \
+            list(range(1, 16)), key
+    for key in SCORES:
+        assert sorted(m.step for m in client.get_metric_history(again.run_id, key)) == [5, 10, 15], key
+    assert _image_steps(client, again.run_id) == [5, 10, 15]
+
+
+def test_a_pair_whose_trials_all_failed_or_diverged_names_the_causes_and_offers_no_retrain(store):
+    from splice_tune import results
+    from splice_tune.best import _choose
+
+    diverged = [_logger(store, f"trial_{n}") for n in range(2)]
+    for logger in diverged:
+        _run_evals(logger, evals=1, steps_per_eval=3)  # a score to "retrain" from, which would diverge again
+        logger.mark_stopped_early(reason="non-finite loss at step 4: loss/total=nan")
+    crashed = _logger(store, "trial_2")
+    crashed.fail('Traceback (most recent call last):\n  File "x.py", line 1, in <module>\nValueError: boom')
+    store["tracker"].finish_pair("cows", status="FAILED", summary={})
+    pair = results.search_pairs(store["client"], store["client"].get_experiment(store["tracker"].experiment_id))["cows"]
+
+    failure = "2 trials diverged (non-finite loss at step 4), 1 trial failed (ValueError: boom)"
+    assert results.pair_failure(pair.trials) == failure
+    for retrain in (False, True):
+        run, advice = _choose(pair, "splice_score", "search-1", retrain, "LINK")
+        assert run is None and failure in advice and "LINK" in advice and "--retrain-steps" not in advice
+
+
 def test_search_tracker_and_pair_run_are_reused_on_resume(store):
     tracker = store["tracker"]
     tracker.finish_pair("cows", summary={"best_trial_run_id": "abc", "splice_score": 0.3})
@@ -351,3 +395,24 @@ def test_concurrent_writers_lose_nothing(store):
         for key in SCORES:
             assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == eval_steps
         assert _image_steps(client, run.info.run_id) == eval_steps
+
+
+def _start_search(root: Path, name: str, ready: multiprocessing.synchronize.Barrier) -> None:
+    ready.wait()  # both drivers open the fresh store at the same moment
+    SearchTracker(default_tracking_uri(root), name, artifact_root=root / "mlartifacts")
+
+
+@pytest.mark.slow
+def test_two_searches_starting_together_on_a_fresh_root_both_get_their_experiment(tmp_path):
+    """Without a lock both processes build MLflow's schema at once and one dies in the migration."""
+    root = tmp_path / "splice-runs"  # does not exist yet
+    context = multiprocessing.get_context("spawn")
+    ready = context.Barrier(2, timeout=120)
+    processes = [context.Process(target=_start_search, args=(root, name, ready)) for name in ("a", "b")]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=300)
+    assert [process.exitcode for process in processes] == [0, 0]
+    client = MlflowClient(default_tracking_uri(root))
+    assert sorted(experiment.name for experiment in client.search_experiments()) == ["Default", "a", "b"]
