@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the device machi
 
 import torch  # noqa: E402
 
-from splice_model import SpliceConfig, SpliceTrainer  # noqa: E402
+from splice_model import PairScorer, SpliceConfig, SpliceTrainer  # noqa: E402
 from splice_model.train import resolve_device, uses_amp  # noqa: E402
 from splice_model.vit import VIT_PRESETS, build_vit  # noqa: E402
 
@@ -209,26 +209,44 @@ def summary_section(table: Table, timings: dict, setting: Setting) -> None:
 
 
 def drift_section(table: Table, setting: Setting, device: torch.device, steps: int, deadline: float) -> None:
-    """The same seed trained `steps` steps in fp32 and in bf16: how far the final scores move."""
+    """How far bf16 moves the final scores: the same seed trained `steps` steps in fp32 and in bf16, the bf16
+    generator re-scored in fp32 (what the precision of the scoring alone moves), and, for scale, fp32 with
+    another seed."""
     if time.monotonic() > deadline:
         table.add("drift", setting.label, "skipped (time budget)")
         return
     structure, appearance = synthetic_pair(setting.size)
     features = build_vit(random_weights(setting.vit))
     scores = {}
-    for mode in ("fp32", "bf16"):
-        config = config_for(setting, mode, device, steps=steps, eval_every=steps, seed=0)
+    for run, mode, seed in (("fp32", "fp32", 0), ("bf16", "bf16", 0), ("fp32 seed 1", "fp32", 1)):
+        config = config_for(setting, mode, device, steps=steps, eval_every=steps, seed=seed)
         trainer = SpliceTrainer(structure, appearance, config, features=features)
         for event in trainer.events():
             if getattr(event, "final", False):
-                scores[mode] = event.scores
+                scores[run] = event.scores
+        if mode == "bf16":
+            scores["bf16 scored in fp32"] = fp32_scores(trainer)
         del trainer
         free(device)
-    relative = {name: abs(scores["bf16"][name] - value) / max(abs(value), 1e-12)
-                for name, value in scores["fp32"].items()}
-    table.add("drift", f"{setting.label}, {steps} steps, seed 0: fp32 -> bf16",
-              ", ".join(f"{name} {scores['fp32'][name]:.4g} -> {scores['bf16'][name]:.4g} "
-                        f"({relative[name]:.1%})" for name in scores["fp32"]))
+
+    def compare(label: str, before: str, after: str) -> None:
+        table.add("drift", f"{setting.label}, {steps} steps: {label}", ", ".join(
+            f"{name} {scores[before][name]:.4g} -> {scores[after][name]:.4g} "
+            f"({abs(scores[after][name] - value) / max(abs(value), 1e-12):.1%})"
+            for name, value in scores[before].items()))
+
+    compare("fp32 -> bf16, seed 0", "fp32", "bf16")
+    compare("bf16 run, its own scores -> rescored in fp32", "bf16", "bf16 scored in fp32")
+    compare("for scale, fp32 seed 0 -> seed 1", "fp32", "fp32 seed 1")
+
+
+def fp32_scores(trainer: SpliceTrainer) -> dict[str, float]:
+    """The trainer's current generator scored entirely in fp32 (targets and baselines included)."""
+    config = trainer.config
+    scorer = PairScorer(trainer.features, trainer.structure, trainer.appearance, config.vit_size,
+                        config.vit_max_side, config.vit_resample)
+    with torch.no_grad():
+        return scorer.score(trainer.generator(trainer.structure[None]).float())
 
 
 def _trial_process(setting: Setting, device: str, seconds: float, barrier, results) -> None:
