@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -24,6 +24,7 @@ from splice_tune.spaces import SPACES_DIR
 
 DEFAULTS = SpliceConfig()
 SCORE_CHOICES = ("splice", "structure", "appearance")  # `best --by`: the <by>_score every trial logs
+DEFAULT_ROOT = Path("splice-runs")  # tracking.DEFAULT_ROOT, not imported here: tracking loads MLflow
 TRACKING_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable: set once, every command reads that store
 
 
@@ -101,6 +102,10 @@ def _complete_space(incomplete: str) -> list[str]:
     return [name for name in _shipped_space_names() if name.startswith(incomplete)] + files
 
 
+# Every command's --root: one definition, so the store folder is described and defaulted the same everywhere.
+Root = Annotated[Path, typer.Option(help="Folder of the local MLflow store (search also keeps Ray's results there).")]
+
+
 def _tracking_uri_option(help: str) -> OptionInfo:
     return typer.Option(None, envvar=TRACKING_ENV, show_envvar=True, help=help)
 
@@ -152,7 +157,7 @@ def search(
                                                            "--set steps=500 --set budget.trials_per_pair=4."),
     name: Optional[str] = typer.Option(None, help="Search name \\[default: CSV-SPACE-TIMESTAMP]."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted search (--name, or the latest)."),
-    root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store and Ray results."),
+    root: Root = DEFAULT_ROOT,
     storage: Optional[str] = typer.Option(None, help="Ray experiment storage: a path or URI (s3://, gs://) "
                                                      "\\[default: ROOT/ray]."),
     tracking_uri: Optional[str] = _tracking_uri_option("MLflow tracking URI, e.g. http://mlflow:5000 "
@@ -203,7 +208,7 @@ def best(
     max_side: Optional[int] = typer.Option(None, help="Cap the output's long side \\[default: full resolution]."),
     retrain_steps: Optional[int] = typer.Option(None, help="Train the winner's settings again from scratch for "
                                                            "N steps and render that (also writes OUT.pt)."),
-    root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store."),
+    root: Root = DEFAULT_ROOT,
     tracking_uri: Optional[str] = _tracking_uri_option("MLflow tracking URI \\[default: SQLite under ROOT]."),
     as_json: bool = typer.Option(False, "--json", help="Also print the winners as one JSON document on stdout, "
                                                        "for scripts (keys: README); the rest goes to stderr."),
@@ -220,7 +225,7 @@ def report(
     pair: Optional[str] = typer.Option(None, "--pair", "-p", help="Only this pair \\[default: every pair]."),
     search: Optional[str] = typer.Option(None, help="Search name \\[default: the latest search]."),
     out_dir: Optional[Path] = typer.Option(None, help="Where to write the report \\[default: ROOT/reports/SEARCH]."),
-    root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store."),
+    root: Root = DEFAULT_ROOT,
     tracking_uri: Optional[str] = _tracking_uri_option("MLflow tracking URI \\[default: SQLite under ROOT]."),
 ) -> None:
     """Pareto plots, contact sheets and an HTML page of a search (also logged to MLflow under report/)."""
@@ -234,7 +239,7 @@ def ui(
     port: int = typer.Option(5000, help="Port to serve on."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind; only this machine can connect unless you "
                                                "give another (e.g. 0.0.0.0)."),
-    root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store."),
+    root: Root = DEFAULT_ROOT,
 ) -> None:
     """Serve the MLflow UI for the local store until Ctrl-C."""
     from splice_tune.ui import serve_ui
@@ -261,7 +266,7 @@ def spaces() -> None:
 
 @app.command("ls")
 def list_searches(
-    root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store."),
+    root: Root = DEFAULT_ROOT,
     tracking_uri: Optional[str] = _tracking_uri_option("MLflow tracking URI \\[default: SQLite under ROOT]."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document for scripts (keys: README)."),
 ) -> None:
