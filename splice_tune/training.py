@@ -118,7 +118,8 @@ def _as_flag(problem: str) -> str:
     return f"--{name.replace('_', '-')}:{rest}"
 
 
-def _write(trainer: SpliceTrainer, structure, request: TrainRequest, checkpoint: Path, scores: dict[str, float]):
+def _write(trainer: SpliceTrainer, structure, request: TrainRequest, checkpoint: Path,
+           scores: dict[str, float]) -> None:
     """The rendered image, then the checkpoint; Failure (saying whether the image was written) when either fails."""
     out = request.out
     # Through the package at call time, so a replaced `splice_model.save_checkpoint` (a simulated full disk in
