@@ -16,7 +16,6 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.entities import Experiment, Run
-from PIL import Image
 from rich.console import Console
 from rich.table import Table
 
@@ -24,8 +23,9 @@ from splice_model import (CheckpointError, ImageError, NonFiniteLossError, Splic
                           load_checkpoint, load_image, render, save_checkpoint, to_pil)
 from splice_model.presets import not_dino_note
 from splice_tune import results, tracking
-from splice_tune.errors import BadInput
+from splice_tune.errors import BadInput, Failure
 from splice_tune.formatting import number
+from splice_tune.outputs import MIN_SIDE, at_least, image_problems
 from splice_tune.progress import train_with_progress
 from splice_tune.results import NOT_SETTINGS, SCORES
 
@@ -150,16 +150,11 @@ def _check_flags(request: BestRequest) -> None:
     if request.out is not None:
         if request.all_pairs:
             problems.append("--out: with --all every pair gets its own file; use --out-dir FOLDER instead")
-        if request.out.suffix.lower() not in Image.registered_extensions():
-            problems.append(f"--out {request.out}: not an image file name; end it in .png (or .jpg, .webp)")
-        if not request.out.parent.is_dir():
-            problems.append(f"--out {request.out}: folder {request.out.parent} does not exist; create it first")
+        problems += image_problems(request.out)
     if request.out_dir is not None and request.out_dir.exists() and not request.out_dir.is_dir():
         problems.append(f"--out-dir {request.out_dir}: is a file, not a folder; name a folder")
-    if request.max_side is not None and request.max_side < 16:
-        problems.append(f"--max-side: must be >= 16, got {request.max_side}")
-    if request.retrain_steps is not None and request.retrain_steps < 1:
-        problems.append(f"--retrain-steps: must be >= 1, got {request.retrain_steps}")
+    problems += at_least("--max-side", request.max_side, MIN_SIDE)
+    problems += at_least("--retrain-steps", request.retrain_steps, 1)
     if problems:
         raise BadInput(problems)
 
@@ -266,7 +261,6 @@ def _retrain(run: Run, structure: Path, appearance: Path, steps: int, console: C
     try:
         scores = train_with_progress(trainer, console, label="retrain")
     except NonFiniteLossError as error:
-        console.print(f"[red]error:[/] retraining run {run.info.run_id}'s settings diverged ({error}); "
-                      f"try another --retrain-steps or another trial", highlight=False)
-        raise SystemExit(1) from None
+        raise Failure(f"retraining run {run.info.run_id}'s settings diverged ({error}); try another "
+                      f"--retrain-steps or another trial") from None
     return trainer.generator, trainer.config, scores

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -18,13 +18,13 @@ from typer.models import OptionInfo
 
 from splice_model.config import SpliceConfig
 from splice_model.presets import VIT_PRESETS
-from splice_tune.errors import BadInput
+from splice_tune.errors import CommandError, Failure
 from splice_tune.formatting import number
 from splice_tune.spaces import SPACES_DIR
 
 DEFAULTS = SpliceConfig()
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 SCORE_CHOICES = ("splice", "structure", "appearance")  # `best --by`: the <by>_score every trial logs
+DEFAULT_ROOT = Path("splice-runs")  # tracking.DEFAULT_ROOT, not imported here: tracking loads MLflow
 TRACKING_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable: set once, every command reads that store
 
 
@@ -102,6 +102,10 @@ def _complete_space(incomplete: str) -> list[str]:
     return [name for name in _shipped_space_names() if name.startswith(incomplete)] + files
 
 
+# Every command's --root: one definition, so the store folder is described and defaulted the same everywhere.
+Root = Annotated[Path, typer.Option(help="Folder of the local MLflow store (search also keeps Ray's results there).")]
+
+
 def _tracking_uri_option(help: str) -> OptionInfo:
     return typer.Option(None, envvar=TRACKING_ENV, show_envvar=True, help=help)
 
@@ -134,108 +138,12 @@ def train(
                                                              "\\[default: the structure image's full size]."),
 ) -> None:
     """Train Splice on one image pair and render the result at full resolution."""
-    from splice_model import (ImageError, NearDuplicatePairError, NonFiniteLossError, WeightsError, load_image,
-                              render, save_checkpoint, to_pil)
-    from splice_model.train import SpliceTrainer
-    from splice_model.presets import not_dino_note
-    from splice_tune.progress import train_with_progress
+    from splice_tune.training import TrainRequest, run_train
 
-    given = {"steps": steps, "vit": vit, "vit_weights": str(vit_weights) if vit_weights else None, "alpha": alpha,
-             "beta": beta, "lr": lr, "max_side": max_side, "vit_size": vit_size, "eval_every": eval_every,
-             "seed": seed, "device": device, "amp": amp, "vit_resample": vit_resample}
-    config = DEFAULTS.replace(**{k: v for k, v in given.items() if v is not None})
-    if vit_size is not None:
-        # train has no --vit-max-side: the long-side cap follows a larger --vit-size instead of refusing it.
-        config = config.replace(vit_max_side=max(config.vit_max_side, vit_size))
-    problems = [_as_flag(problem) for problem in config.validate()]
-    if not any(problem.startswith("--device") for problem in problems):
-        problems += _device_problems(config.device)
-    checkpoint_given = checkpoint is not None
-    checkpoint = checkpoint or out.with_suffix(".pt")
-    problems += _output_problems(out, checkpoint, checkpoint_given)
-    if render_max_side is not None and render_max_side < 16:
-        problems.append(f"--render-max-side: must be >= 16, got {render_max_side}")
-    if vit_weights is not None and not vit_weights.is_file():
-        problems.append(f"--vit-weights {vit_weights}: no such ViT weights file; pass the path of a DINO .pth checkpoint")
-    full_structure = None
-    for image in (structure, appearance):
-        try:
-            loaded = load_image(image, min_side=16)
-        except ImageError as error:
-            problems.append(str(error))
-            continue
-        if image is structure:
-            full_structure = loaded
-    if problems:
-        raise BadInput(problems)
-    try:
-        trainer = SpliceTrainer(structure, appearance, config)
-        trainer.scorer.check_baselines(f"{structure} + {appearance}")
-    except (WeightsError, NearDuplicatePairError) as error:
-        raise BadInput([str(error)]) from None
-    try:
-        scores = train_with_progress(trainer, console)
-    except NonFiniteLossError as error:
-        console.print(f"[red]error:[/] training diverged at step {error.step} (non-finite loss); lower --lr "
-                      f"(it was {config.lr:g}). Nothing written.", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    # The image first: a checkpoint that fails to write must not cost the rendered output.
-    try:
-        to_pil(render(trainer.generator, full_structure, max_side=render_max_side)).save(out)
-        save_checkpoint(checkpoint, trainer.generator, config, trainer.step, scores)
-    except OSError as error:
-        written = f"; {out} was written" if out.is_file() else ""
-        console.print(f"[red]error:[/] cannot write {error.filename or out}: {error.strerror or error}{written}",
-                      highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    line = f"wrote {out} and {checkpoint}; " + ", ".join(f"{k} {number(v)}" for k, v in scores.items())
-    note = not_dino_note(config.vit)
-    console.print(line + (f"; {note}" if note else ""), highlight=False, soft_wrap=True)
-
-
-def _device_problems(device: str) -> list[str]:
-    """Why `--device` (already a valid device string) cannot run training on this machine; [] when it can."""
-    import torch
-
-    if device == "auto":
-        return []
-    parsed = torch.device(device)
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            return [f"--device {device}: this machine has no CUDA GPU PyTorch can use; use --device cpu or auto"]
-        count = torch.cuda.device_count()
-        if parsed.index is not None and parsed.index >= count:
-            return [f"--device {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"]
-    elif parsed.type == "mps":
-        if not torch.backends.mps.is_available():
-            return [f"--device {device}: Apple's MPS is not available on this machine; use --device cpu or auto"]
-    elif parsed.type != "cpu":
-        return [f"--device {device}: training runs on cpu, cuda or mps; use one of them (or auto)"]
-    return []
-
-
-def _output_problems(out: Path, checkpoint: Path, checkpoint_given: bool) -> list[str]:
-    """Why the image `out` or the `checkpoint` could not be written once training is done; [] when fine."""
-    problems = []
-    if out.is_dir():
-        problems.append(f"--out {out}: is a directory; name an image file such as {out / 'out.png'}")
-    else:
-        if out.suffix.lower() not in IMAGE_SUFFIXES:
-            problems.append(f"--out {out}: use an image file name ending in {', '.join(sorted(IMAGE_SUFFIXES))}")
-        if not out.parent.is_dir():
-            problems.append(f"--out {out}: folder {out.parent} does not exist; create it first")
-    if checkpoint_given:
-        if checkpoint.is_dir():
-            problems.append(f"--checkpoint {checkpoint}: is a directory; name a file such as "
-                            f"{checkpoint / 'generator.pt'}")
-        elif not checkpoint.parent.is_dir():
-            problems.append(f"--checkpoint {checkpoint}: folder {checkpoint.parent} does not exist; create it first")
-        elif checkpoint.resolve() == out.resolve():
-            problems.append(f"--checkpoint {checkpoint}: is the same file as --out; name another file")
-    elif checkpoint.is_dir():  # the default, OUT with suffix .pt, in a folder already checked above
-        problems.append(f"--out {out}: the checkpoint's default path {checkpoint} is a directory; pass "
-                        f"--checkpoint FILE")
-    return problems
+    settings = {"steps": steps, "vit": vit, "vit_weights": str(vit_weights) if vit_weights else None,
+                "alpha": alpha, "beta": beta, "lr": lr, "max_side": max_side, "vit_size": vit_size,
+                "eval_every": eval_every, "seed": seed, "device": device, "amp": amp, "vit_resample": vit_resample}
+    run_train(TrainRequest(structure, appearance, out, checkpoint, settings, render_max_side), console)
 
 
 @app.command()
@@ -249,7 +157,7 @@ def search(
                                                            "--set steps=500 --set budget.trials_per_pair=4."),
     name: Optional[str] = typer.Option(None, help="Search name \\[default: CSV-SPACE-TIMESTAMP]."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted search (--name, or the latest)."),
-    root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store and Ray results."),
+    root: Root = DEFAULT_ROOT,
     storage: Optional[str] = typer.Option(None, help="Ray experiment storage: a path or URI (s3://, gs://) "
                                                      "\\[default: ROOT/ray]."),
     tracking_uri: Optional[str] = _tracking_uri_option("MLflow tracking URI, e.g. http://mlflow:5000 "
@@ -284,8 +192,7 @@ def search(
                       highlight=False, soft_wrap=True)
         raise typer.Exit(130)
     _print_summary(summary)
-    if _print_failures(summary):
-        raise typer.Exit(1)
+    _raise_failures(summary)
 
 
 @app.command()
@@ -301,7 +208,7 @@ def best(
     max_side: Optional[int] = typer.Option(None, help="Cap the output's long side \\[default: full resolution]."),
     retrain_steps: Optional[int] = typer.Option(None, help="Train the winner's settings again from scratch for "
                                                            "N steps and render that (also writes OUT.pt)."),
-    root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store."),
+    root: Root = DEFAULT_ROOT,
     tracking_uri: Optional[str] = _tracking_uri_option("MLflow tracking URI \\[default: SQLite under ROOT]."),
     as_json: bool = typer.Option(False, "--json", help="Also print the winners as one JSON document on stdout, "
                                                        "for scripts (keys: README); the rest goes to stderr."),
@@ -318,7 +225,7 @@ def report(
     pair: Optional[str] = typer.Option(None, "--pair", "-p", help="Only this pair \\[default: every pair]."),
     search: Optional[str] = typer.Option(None, help="Search name \\[default: the latest search]."),
     out_dir: Optional[Path] = typer.Option(None, help="Where to write the report \\[default: ROOT/reports/SEARCH]."),
-    root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store."),
+    root: Root = DEFAULT_ROOT,
     tracking_uri: Optional[str] = _tracking_uri_option("MLflow tracking URI \\[default: SQLite under ROOT]."),
 ) -> None:
     """Pareto plots, contact sheets and an HTML page of a search (also logged to MLflow under report/)."""
@@ -332,7 +239,7 @@ def ui(
     port: int = typer.Option(5000, help="Port to serve on."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind; only this machine can connect unless you "
                                                "give another (e.g. 0.0.0.0)."),
-    root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store."),
+    root: Root = DEFAULT_ROOT,
 ) -> None:
     """Serve the MLflow UI for the local store until Ctrl-C."""
     from splice_tune.ui import serve_ui
@@ -359,7 +266,7 @@ def spaces() -> None:
 
 @app.command("ls")
 def list_searches(
-    root: Path = typer.Option(Path("splice-runs"), help="Folder of the local MLflow store."),
+    root: Root = DEFAULT_ROOT,
     tracking_uri: Optional[str] = _tracking_uri_option("MLflow tracking URI \\[default: SQLite under ROOT]."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON document for scripts (keys: README)."),
 ) -> None:
@@ -394,22 +301,15 @@ def _print_summary(summary) -> None:
               f"splice-tune ui", highlight=False)
 
 
-def _print_failures(summary) -> bool:
-    """One line per pair whose every trial failed or diverged, naming the cause; True when there was one."""
+def _raise_failures(summary) -> None:
+    """Failure with one line per pair whose every trial failed or diverged, naming the cause; None if none."""
     from splice_tune.results import ui_link
 
     failed = [pair for pair in summary.pairs if pair.failure]
-    for pair in failed:
-        link = ui_link(summary.tracking_uri, summary.experiment_id, pair.parent_run_id)
-        console.print(f"[red]error:[/] pair {pair.pair}: no trial finished: {pair.failure}; each trial's full "
-                      f"error is in MLflow: {link}", highlight=False, soft_wrap=True)
-    return bool(failed)
-
-
-def _as_flag(problem: str) -> str:
-    """"max_side: must be ..." -> "--max-side: must be ..." (the user typed a flag, not a field)."""
-    name, rest = problem.split(":", 1)
-    return f"--{name.replace('_', '-')}:{rest}"
+    if failed:
+        raise Failure([f"pair {pair.pair}: no trial finished: {pair.failure}; each trial's full error is in "
+                       f"MLflow: {ui_link(summary.tracking_uri, summary.experiment_id, pair.parent_run_id)}"
+                       for pair in failed])
 
 
 # Every command renders its --help through _Command (flags without a type), set here once for all of them.
@@ -418,13 +318,13 @@ for _info in app.registered_commands:
 
 
 def main() -> None:
-    """Console-script entry point: turns BadInput into readable lines and exit code 2."""
+    """Console-script entry point: turns BadInput and Failure into `error:` lines and exit codes 2 and 1."""
     try:
         app()
-    except BadInput as error:
+    except CommandError as error:
         for problem in error.problems:
             console.print(f"[red]error:[/] {problem}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        sys.exit(error.exit_code)
     # No KeyboardInterrupt handler here: typer's own main turns Ctrl-C into Exit(130) (typer/core.py `_main`).
 
 

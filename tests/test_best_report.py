@@ -287,6 +287,23 @@ def test_best_without_a_finished_trial_suggests_and_does_retrain(store_copy, tmp
     assert (tmp_path / "cows_best.pt").is_file()
 
 
+def test_best_retraining_that_diverges_is_one_error_line_exit_1(finished_search, tmp_path, monkeypatch, capsys):
+    import splice_tune.best
+    from splice_model import NonFiniteLossError
+
+    def diverge(*args, **kwargs):
+        raise NonFiniteLossError(1, {"loss/total": float("nan")})
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(splice_tune.best, "train_with_progress", diverge)
+    code, out, err = run_cli(["best", "--pair", "cows", "--root", store_root(finished_search), "--retrain-steps", 2],
+                             capsys, monkeypatch)
+    assert code == 1 and "Traceback" not in out + err, err
+    [line] = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "settings diverged (non-finite loss at step 1" in line and "try another --retrain-steps" in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_moved_store_renders_and_reports_inside_its_new_root(store_copy, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     root, _ = store_copy
