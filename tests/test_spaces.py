@@ -9,7 +9,7 @@ import pytest
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-import splice_tune.spaces
+import splice_tune.spaces.shipped
 from splice_model.config import SpliceConfig
 from splice_tune.errors import BadInput
 from splice_tune.spaces import Budget, Sampler, SearchSpace, load_space, shipped_spaces
@@ -330,7 +330,7 @@ def test_unknown_shipped_name() -> None:
 
 
 def test_install_without_shipped_spaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(splice_tune.spaces, "SPACES_DIR", tmp_path / "missing")
+    monkeypatch.setattr(splice_tune.spaces.shipped, "SPACES_DIR", tmp_path / "missing")
     assert "pass the path of a .yaml file" in problems_of("quick")[0]
 
 
