@@ -155,6 +155,15 @@ def test_sampler_seed_per_pair() -> None:
     assert Sampler(seed=None).seed_for("cows") is None
 
 
+def test_values_a_setting_can_take(tmp_path: Path) -> None:
+    space = load_space(write_space(tmp_path, SMALL))
+    assert space.values("alpha") == (0.02, 0.5) and space.values("max_side") == (64, 128)  # a range: its bounds
+    assert space.values("vit_size") == (64, 96)  # categorical: its choices
+    assert space.values("steps") == (60,) and space.values("lr") == (SpliceConfig.lr,)  # fixed, default
+    assert space.lowest_config() == space.config_for({"alpha": 0.02, "blur_p": 0.0, "max_side": 64, "vit_size": 64,
+                                                      "beta": 0})
+
+
 def test_min_image_side_follows_the_largest_patch(tmp_path: Path) -> None:
     text = "params:\n  vit: {type: categorical, choices: [dino_vitb8, dino_vitb16]}\n"
     assert load_space(write_space(tmp_path, text)).min_image_side() == 32

@@ -126,6 +126,14 @@ class SearchSpace:
         """Optuna distributions of the sampled parameters, by SpliceConfig field name."""
         return {name: spec.distribution() for name, spec in self.params.items()}
 
+    def values(self, name: str) -> tuple:
+        """The values the SpliceConfig field `name` can take in this space: a sampled parameter's choices, or
+        its (low, high) bounds; else the one value it is fixed at, or SpliceConfig's default."""
+        spec = self.params.get(name)
+        if spec is None:
+            return (getattr(SpliceConfig(**self.fixed), name),)
+        return spec.choices if spec.type == "categorical" else (spec.low, spec.high)
+
     def config_for(self, sampled: dict[str, Any]) -> SpliceConfig:
         """The training settings of one trial: SpliceConfig defaults, then `fixed`, then the sampled values.
 
@@ -138,6 +146,10 @@ class SearchSpace:
             # Optuna returns ints for int ranges and categorical ints; float settings want floats.
             values[name] = float(value) if FIELD_TYPES[name] is float else value
         return SpliceConfig(**values)
+
+    def lowest_config(self) -> SpliceConfig:
+        """The settings of a valid trial: every sampled parameter at its low bound or first choice."""
+        return self.config_for({name: self.values(name)[0] for name in self.params})
 
     def with_overrides(self, values: dict[str, Any]) -> SearchSpace:
         """A copy with `--set`-style changes: keys are SpliceConfig fields or `section.key`; validated again.
@@ -167,5 +179,4 @@ class SearchSpace:
         """The smallest short side an input image may have: two patches of the largest-patch ViT it may use."""
         from splice_model.presets import VIT_PRESETS
 
-        vits = self.params["vit"].choices if "vit" in self.params else [self.fixed.get("vit", SpliceConfig.vit)]
-        return 2 * max(VIT_PRESETS[vit].patch_size for vit in vits)
+        return 2 * max(VIT_PRESETS[vit].patch_size for vit in self.values("vit"))
