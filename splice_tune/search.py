@@ -144,14 +144,10 @@ class PairScheduler(FIFOScheduler):
 
 def evals_per_trial(space: SearchSpace) -> int:
     """The most reports a trial can make (ASHA's horizon): one per eval_every steps, rounding up for the last."""
-    def extremes(name: str) -> list:
-        spec = space.params.get(name)
-        if spec is None:
-            return [getattr(space.config_for(lowest_values(space)), name)]
-        return list(spec.choices) if spec.type == "categorical" else [spec.low, spec.high]
-    return math.ceil(max(extremes("steps")) / min(extremes("eval_every")))
+    return math.ceil(max(space.values("steps")) / min(space.values("eval_every")))
 
 
 def lowest_values(space: SearchSpace) -> dict:
     """A valid sample of the space: every parameter at its low end (or first choice)."""
-    return {name: spec.choices[0] if spec.type == "categorical" else spec.low for name, spec in space.params.items()}
+    # Only driver.py still calls this; it goes when the driver uses SearchSpace.lowest_config (issue 11).
+    return {name: space.values(name)[0] for name in space.params}

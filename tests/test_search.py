@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from conftest import write_search_inputs
 from splice_model import CONFIG_FIELDS
 from splice_tune import tracking
-from splice_tune.search import PairSearcher
+from splice_tune.search import PairSearcher, evals_per_trial
 from splice_tune.spaces import load_space
 
 pytestmark = pytest.mark.slow
@@ -158,3 +158,11 @@ def test_searcher_keeps_pairs_apart_and_respects_the_budget(tmp_path):
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert restored.suggest("trial_7") == PairSearcher.FINISHED
     assert dataclasses.asdict(space.budget) == {"trials_per_pair": 3, "max_concurrent": None}
+
+
+def test_evals_per_trial_takes_the_longest_run_and_the_most_frequent_evals(tmp_path):
+    (tmp_path / "space.yaml").write_text(
+        "fixed: {steps: 250}\nparams: {eval_every: {type: categorical, choices: [100, 40]}}\n")
+    assert evals_per_trial(load_space(tmp_path / "space.yaml")) == 7  # ceil(250 / 40)
+    (tmp_path / "sampled.yaml").write_text("params: {steps: {type: int, low: 100, high: 300}}\n")
+    assert evals_per_trial(load_space(tmp_path / "sampled.yaml")) == 3  # ceil(300 / 100): eval_every keeps its default

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-import splice_tune.spaces
+import splice_tune.spaces.shipped
 from splice_model.config import SpliceConfig
 from splice_tune.errors import BadInput
 from splice_tune.spaces import Budget, Sampler, SearchSpace, load_space, shipped_spaces
@@ -153,6 +153,15 @@ def test_sampler_seed_per_pair() -> None:
     assert sampler.seed_for("cows") == Sampler(seed=0).seed_for("cows") != sampler.seed_for("horses")
     assert sampler.seed_for("cows") != Sampler(seed=1).seed_for("cows")
     assert Sampler(seed=None).seed_for("cows") is None
+
+
+def test_values_a_setting_can_take(tmp_path: Path) -> None:
+    space = load_space(write_space(tmp_path, SMALL))
+    assert space.values("alpha") == (0.02, 0.5) and space.values("max_side") == (64, 128)  # a range: its bounds
+    assert space.values("vit_size") == (64, 96)  # categorical: its choices
+    assert space.values("steps") == (60,) and space.values("lr") == (SpliceConfig.lr,)  # fixed, default
+    assert space.lowest_config() == space.config_for({"alpha": 0.02, "blur_p": 0.0, "max_side": 64, "vit_size": 64,
+                                                      "beta": 0})
 
 
 def test_min_image_side_follows_the_largest_patch(tmp_path: Path) -> None:
@@ -330,7 +339,7 @@ def test_unknown_shipped_name() -> None:
 
 
 def test_install_without_shipped_spaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(splice_tune.spaces, "SPACES_DIR", tmp_path / "missing")
+    monkeypatch.setattr(splice_tune.spaces.shipped, "SPACES_DIR", tmp_path / "missing")
     assert "pass the path of a .yaml file" in problems_of("quick")[0]
 
 
