@@ -17,7 +17,6 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
-from urllib.parse import unquote, urlparse
 
 import torch
 from ray.tune import Callback
@@ -31,7 +30,7 @@ from splice_tune.pairs import Pair, read_pairs
 from splice_tune.search import PairScheduler, PairSearcher, evals_per_trial, lowest_values
 from splice_tune.spaces import SearchSpace, load_space
 from splice_tune.trainable import TrialSetup, run_trial
-from splice_tune import results, tracking
+from splice_tune import results, store, tracking
 
 SEARCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -45,7 +44,7 @@ class SearchRequest:
     overrides: list[str] = field(default_factory=list)
     name: str | None = None
     resume: bool = False
-    root: Path = tracking.DEFAULT_ROOT
+    root: Path = store.DEFAULT_ROOT
     storage: str | None = None
     tracking_uri: str | None = None
     address: str | None = None
@@ -154,7 +153,7 @@ def plan_search(request: SearchRequest) -> _Plan:
             if not request.resume and exists:
                 problems.append(f"--name {name!r}: a search of that name exists under {storage}; add --resume "
                                 f"to continue it, or choose another --name")
-    tracking_uri = tracking.resolve_tracking_uri(request.tracking_uri, request.root.resolve())
+    tracking_uri = store.resolve_tracking_uri(request.tracking_uri, request.root.resolve())
     fingerprints = search_fingerprints(space, pairs) if not problems else {}
     if not problems:
         problems += _recorded_search_problems(request, name, space, pairs, fingerprints)
@@ -191,15 +190,13 @@ def _recorded_search_problems(request: SearchRequest, name: str, space: SearchSp
                               fingerprints: dict[str, str]) -> list[str]:
     """What the MLflow store says against starting (or resuming) search `name`: its records must never be
     mixed with another search's, and a resume must run on the inputs the search started with."""
-    tracking_uri = tracking.resolve_tracking_uri(request.tracking_uri, request.root.resolve())
+    tracking_uri = store.resolve_tracking_uri(request.tracking_uri, request.root.resolve())
     try:
-        experiment = tracking.recorded_search(tracking_uri, name)
+        experiment = results.recorded_search(tracking_uri, name)
     except BadInput as error:
         return error.problems
     if experiment is not None and experiment.lifecycle_stage == "deleted":
-        return [f"--name {name!r}: an MLflow experiment of that name was deleted and still blocks the name; "
-                f"choose another --name, or restore or permanently delete it (`mlflow experiments restore` / "
-                f"`mlflow gc`)"]
+        return [tracking.deleted_search(name)]
     if not request.resume:
         if experiment is not None:
             return [f"--name {name!r}: the MLflow store {tracking_uri} already holds a search of that name; "
@@ -208,19 +205,12 @@ def _recorded_search_problems(request: SearchRequest, name: str, space: SearchSp
     if experiment is None:
         return [f"--resume: the MLflow store {tracking_uri} has no search named {name!r}; pass the --root or "
                 f"--tracking-uri the search used"]
-    if request.tracking_uri is None and not _inside(experiment.artifact_location, request.root):
+    if request.tracking_uri is None and not store.lies_under(experiment.artifact_location, request.root):
         # MLflow puts a new run's artifacts where the experiment says, which is no longer this root.
         return [f"--resume: search {name!r} keeps its artifacts in {experiment.artifact_location}, outside --root "
                 f"{request.root.resolve()} (the store was moved or copied since the search started); resume it "
                 f"where it started, or start a new search with another --name"]
     return _changed_inputs(experiment.tags, request, name, space, pairs, fingerprints)
-
-
-def _inside(location: str, root: Path) -> bool:
-    """True unless `location` is a local folder (file:// URI) outside `root`."""
-    if not location.startswith("file:"):
-        return True
-    return Path(unquote(urlparse(location).path)).is_relative_to(root.resolve())
 
 
 def _changed_inputs(recorded: dict[str, str], request: SearchRequest, name: str, space: SearchSpace,
@@ -299,8 +289,7 @@ def run_search(request: SearchRequest, console: Console | None = None,
     for note in [*space.notes, *(note for pair in plan.pairs for note in pair.notes)]:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
 
-    root = request.root.resolve()
-    tracker = tracking.SearchTracker(plan.tracking_uri, plan.name, artifact_root=root / "mlartifacts")
+    tracker = tracking.SearchTracker(plan.tracking_uri, plan.name, artifact_root=store.artifact_root(request.root))
     for key, value in plan.fingerprints.items():
         tracker.tag_search(key, value)
     if space.description:
