@@ -6,8 +6,9 @@ import pytest
 
 from conftest import write_search_inputs
 from splice_tune import store, tracking
-from splice_tune.driver import SearchRequest, plan_search, search_fingerprints
+from splice_tune.driver import SearchRequest, plan_search
 from splice_tune.errors import BadInput
+from splice_tune.search_plan import search_fingerprints
 
 
 @pytest.fixture
