@@ -2,7 +2,7 @@
 
 Nothing starts (no Ray, no MLflow run, no file) until the pairs file, the search space and the flags have
 all been checked; problems surface as one `BadInput` listing them all. This module puts the stages in order:
-the checks are in `search_plan`, the driver's side of the running search in `ray_session`, and how the
+the checks are in `search_plan`, the driver's side of the running search in `tune_callback`, and how the
 search ended in `search_summary`.
 """
 
@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 
 from splice_model.images import load_image
-from splice_tune import ray_session, search_plan, store, tracking
+from splice_tune import search_plan, store, tracking, tune_callback
 from splice_tune.console import LiveView
 from splice_tune.errors import BadInput
 from splice_tune.pairs import Pair, read_pairs
@@ -100,11 +100,11 @@ def run_search(request: SearchRequest, console: Console | None = None,
                                     {"cpu": request.cpus_per_trial, "gpu": request.gpus_per_trial})
     view = LiveView([pair.name for pair in plan.pairs], space.budget.trials_per_pair, space.objective.metric,
                     console, request.quiet, evals_per_trial(space), request.progress_every)
-    with ray_session.search_session(plan.name, tracker, view) as callback:
+    with tune_callback.session(plan.name, tracker, view) as callback:
         tuner = _tuner(plan, trainable, callback, tracker, view)
         console.print(f"search [bold]{plan.name}[/]: {len(plan.pairs)} pairs x {space.budget.trials_per_pair} "
                       f"trials, space {space.path}, MLflow {plan.tracking_uri}")
-        with view, ray_session.ray_noise_filtered(request.verbose):
+        with view, tune_callback.ray_noise_filtered(request.verbose):
             grid = tuner.fit()
     return _conclude(plan, tracker, grid)
 

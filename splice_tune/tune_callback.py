@@ -1,4 +1,4 @@
-"""The driver's side of a running search: Ray Tune's callback and the log lines Ray prints meanwhile.
+"""The driver's side of a running search: Ray Tune's callback, its session, and the log lines Ray prints meanwhile.
 
 The callback keeps the live table current and records in MLflow what a trial cannot record itself: that the
 scheduler stopped it, or that its process died (docs/design.md, Ray layout: Driver callback).
@@ -34,7 +34,7 @@ _SESSIONS: dict[str, SearchSession] = {}
 
 
 @contextlib.contextmanager
-def search_session(name: str, tracker: tracking.SearchTracker, view: LiveView) -> Iterator[Callback]:
+def session(name: str, tracker: tracking.SearchTracker, view: LiveView) -> Iterator[Callback]:
     """While the block runs, search `name` has a session and the yielded callback reaches it. The session is
     removed on the way out, also on an error or Ctrl-C."""
     _SESSIONS[name] = SearchSession(tracker, view)
