@@ -22,7 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mlflow import MlflowClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from splice_tune.tracking import SearchTracker, TrialLogger, default_tracking_uri  # noqa: E402
+from splice_tune.store import default_tracking_uri  # noqa: E402
+from splice_tune.tracking import SearchTracker  # noqa: E402
+from splice_tune.trial_logger import TrialLogger  # noqa: E402
 
 LOSSES = ("loss/total", "loss/appearance", "loss/structure", "loss/identity")
 SCORES = ("structure_score", "appearance_score", "splice_score")

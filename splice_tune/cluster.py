@@ -16,6 +16,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
+from splice_tune import store
 from splice_tune.errors import BadInput
 
 # Tracking URIs whose runs *and* artifacts every node reaches through one server.
@@ -33,7 +34,7 @@ def tracking_problems(tracking_uri: str | None, address: str | None) -> list[str
     With a cluster `address` it must be an MLflow server; a server must answer (checked with a real API
     call, so a wrong port, a proxy that is not MLflow or refused credentials all show here).
     """
-    scheme = _scheme(tracking_uri)
+    scheme = store.scheme(tracking_uri)
     if scheme.split("+")[0] not in (*SERVER_SCHEMES, *DATABASE_SCHEMES):
         return [f"--tracking-uri {tracking_uri}: unsupported scheme {scheme!r}; use http(s)://HOST:PORT of an "
                 f"MLflow server or sqlite:///PATH (or a database URI such as postgresql://...)"]
@@ -48,14 +49,6 @@ def tracking_problems(tracking_uri: str | None, address: str | None) -> list[str
         return []
     problem = server_problem(tracking_uri)
     return [problem] if problem else []
-
-
-def _scheme(tracking_uri: str | None) -> str:
-    if not tracking_uri:
-        return "sqlite"  # the embedded default store
-    if tracking_uri == "databricks":
-        return "databricks"  # MLflow's bare name for the configured Databricks workspace
-    return urlparse(tracking_uri).scheme
 
 
 def server_problem(tracking_uri: str) -> str | None:

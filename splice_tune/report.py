@@ -25,7 +25,7 @@ from mlflow.entities import Run
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from rich.console import Console
 
-from splice_tune import results, tracking
+from splice_tune import results, store, tracking
 from splice_tune.errors import BadInput
 from splice_tune.formatting import number
 from splice_tune.results import NOT_SETTINGS, SCORES
@@ -48,7 +48,7 @@ class ReportRequest:
     pair: str | None = None
     search: str | None = None
     out_dir: Path | None = None
-    root: Path = tracking.DEFAULT_ROOT
+    root: Path = store.DEFAULT_ROOT
     tracking_uri: str | None = None
 
 
@@ -104,12 +104,12 @@ def run_report(request: ReportRequest, console: Console | None = None) -> Report
         with tempfile.TemporaryDirectory(prefix="splice-report-") as tmp:
             report = _pair_report(client, experiment.name, pair, out_dir, Path(tmp), note is not None)
         for path in (report.pareto, report.sheet):
-            tracking.retry(client.log_artifact, report.parent_run_id, str(path), "report")
+            store.retry(client.log_artifact, report.parent_run_id, str(path), "report")
         reports.append(report)
 
     page = out_dir / ("index.html" if request.pair is None else f"{request.pair}.html")
     page.write_text(_html_page(experiment.name, experiment.experiment_id, uri, reports, note), encoding="utf-8")
-    tracking.retry(client.log_artifact, reports[0].parent_run_id, str(page), "report")
+    store.retry(client.log_artifact, reports[0].parent_run_id, str(page), "report")
     console.print(f"wrote {out_dir}: {', '.join(f'{r.name}_pareto.png, {r.name}_sheet.png' for r in reports)}, "
                   f"{page.name}", highlight=False)
     console.print(f"logged to MLflow under report/ of each pair's parent run ({page.name} on pair "
@@ -145,7 +145,7 @@ def _trial_row(client: MlflowClient, run: Run, tmp: Path) -> TrialRow:
         if found is not None:
             image, step = _try_image(client, run, found[0], tmp), found[1]
     if step is None and "splice_score" in scores:
-        history = tracking.retry(client.get_metric_history, run.info.run_id, "splice_score")
+        history = store.retry(client.get_metric_history, run.info.run_id, "splice_score")
         step = max(metric.step for metric in history) if history else None
     return TrialRow(run, results.trial_name(run), state, step, scores, image)
 

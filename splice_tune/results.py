@@ -1,14 +1,16 @@
-"""Reading a search back from MLflow: the store, the search, its pairs, their trials and the winners.
+"""MLflow reads: the store, the searches, their pairs, their trials and the winners.
 
-Shared by `splice-tune best`, `report`, `ls` and `ui`. Opening a store never creates one: MLflow would
-happily create an empty ``mlflow.db`` on first contact, so local stores are checked on disk first and a
-missing one is `BadInput` naming the path.
+Shared by `splice-tune best`, `report`, `ls` and `ui`, and by `search` for what a store already holds. Opening
+a store never creates one: MLflow would happily create an empty ``mlflow.db`` on first contact, so local
+stores are checked on disk first and a missing one is `BadInput` naming the path. Writing is `tracking`'s
+job; where the store is and whether it is sound, `store`'s.
 """
 
 from __future__ import annotations
 
 import difflib
 import json
+import math
 import os
 import re
 import shlex
@@ -22,7 +24,7 @@ from mlflow.entities import Experiment, Run
 from mlflow.exceptions import MlflowException
 
 from splice_model.config import SpliceConfig
-from splice_tune import tracking
+from splice_tune import store, tracking
 from splice_tune.errors import BadInput
 
 # What `splice-tune ui` serves by default; links printed for a local store point there unless it serves elsewhere.
@@ -57,19 +59,13 @@ class PairRuns:
 
 def store_uri(tracking_uri: str | None, root: Path) -> str:
     """The tracking URI to read (`--tracking-uri`, else ROOT/mlflow.db); BadInput if a local store is missing."""
-    uri = tracking.resolve_tracking_uri(tracking_uri, root)
-    local = _local_store_path(uri)
+    uri = store.resolve_tracking_uri(tracking_uri, root)
+    local = store.local_path(uri)
     if local is not None and not local.exists():
         where = f"--tracking-uri {uri}" if tracking_uri else f"{local}"
         raise BadInput(f"{where}: no MLflow store there; run `splice-tune search` first, or pass the --root "
                        f"(or --tracking-uri) the search used")
-    db = tracking.sqlite_file(uri)
-    if db is not None:
-        # MLflow would build its schema into any SQLite file (an empty one included) or print a page of
-        # SQLAlchemy traceback for a damaged one; looking must neither create nor touch a store.
-        problem = tracking.store_problem(db)
-        if problem is not None:
-            raise BadInput(problem)
+    store.refuse_damaged(uri)  # looking must neither create nor touch a store
     if uri.startswith(("http://", "https://")):
         # A server that is down or not MLflow: one line within seconds, where MLflow's own client would
         # retry for minutes and then raise a paragraph about connection pools.
@@ -81,46 +77,38 @@ def store_uri(tracking_uri: str | None, root: Path) -> str:
     return uri
 
 
-def _local_store_path(uri: str) -> Path | None:
-    """The file or folder a local store lives in (SQLite file, file store); None for servers and databases."""
-    if uri.startswith("sqlite:///"):
-        path = uri.removeprefix("sqlite:///").split("?", 1)[0]
-        return Path(path) if path and path != ":memory:" else None
-    if uri.startswith("file:"):
-        return Path(uri.removeprefix("file://").removeprefix("file:"))
-    if "://" not in uri:
-        return Path(uri)
-    return None
-
-
 def open_store(tracking_uri: str | None, root: Path) -> tuple[MlflowClient, str]:
     """A client on an existing store, and its URI (see `store_uri`). The embedded store's client finds
-    artifacts under `root` even when the store was moved or copied there (see `local_store`)."""
-    from splice_tune.local_store import StoreClient
-
+    artifacts under `root` even when the store was moved or copied there (see `store.StoreClient`)."""
     uri = store_uri(tracking_uri, root)
-    return (MlflowClient(tracking_uri=uri) if tracking_uri else StoreClient(uri, root)), uri
+    return (MlflowClient(tracking_uri=uri) if tracking_uri else store.StoreClient(uri, root)), uri
 
 
 def find_search(client: MlflowClient, name: str | None, uri: str) -> Experiment:
     """The experiment of search `name` (the newest search when None); BadInput listing known searches."""
-    try:
-        return tracking.find_experiment(client, name)
-    except LookupError as error:
-        raise BadInput(str(error)) from None
-    except MlflowException as error:
-        raise BadInput(f"{uri}: cannot read the MLflow store ({error.message}); check --tracking-uri") from None
+    experiments = search_experiments(client, uri)
+    if name is None:
+        if experiments:
+            return experiments[0]
+        raise BadInput("no splice-tune search in this tracking store yet; run `splice-tune search` first (or pass "
+                       "the --tracking-uri the search used)")
+    for experiment in experiments:
+        if experiment.name == name:
+            return experiment
+    known = ", ".join(experiment.name for experiment in experiments) or "none"
+    raise BadInput(f"no search named {name!r} in this tracking store; known searches (newest first): {known}")
 
 
-def search_experiments(client: MlflowClient) -> list[Experiment]:
-    """Every active experiment that is a splice-tune search, newest first."""
+def search_experiments(client: MlflowClient, uri: str | None = None) -> list[Experiment]:
+    """Every active experiment that is a splice-tune search, newest first; BadInput naming `uri` (default: the
+    client's) when the store cannot be read."""
     experiments: list[Experiment] = []
     page_token = None
     while True:
         try:
-            page = tracking.retry(client.search_experiments, page_token=page_token)
+            page = store.retry(client.search_experiments, page_token=page_token)
         except MlflowException as error:
-            uri = client.tracking_uri
+            uri = uri or client.tracking_uri
             raise BadInput(f"{uri}: cannot read the MLflow store ({' '.join(error.message.split())[:200]}); "
                            f"check --tracking-uri") from None
         experiments.extend(experiment for experiment in page if tracking.TAG_SEARCH in experiment.tags)
@@ -129,13 +117,22 @@ def search_experiments(client: MlflowClient) -> list[Experiment]:
             return sorted(experiments, key=lambda experiment: experiment.creation_time or 0, reverse=True)
 
 
+def recorded_search(tracking_uri: str, search_name: str) -> Experiment | None:
+    """The experiment of search `search_name` if the store has one (deleted ones included), without ever
+    creating a store: a local SQLite file that does not exist yet means no search. Raises `BadInput` for a
+    local file that is not a readable MLflow store."""
+    db = store.sqlite_file(tracking_uri)
+    if db is not None and not db.exists():
+        return None
+    store.refuse_damaged(tracking_uri)
+    return store.retry(MlflowClient(tracking_uri=tracking_uri).get_experiment_by_name, search_name)
+
+
 def search_pairs(client: MlflowClient, experiment: Experiment) -> dict[str, PairRuns]:
     """The search's pairs by name (sorted), each with its parent run and trial runs."""
     experiment_id = experiment.experiment_id
-    parents = tracking.search_all(client, experiment_id, tracking.tag_filter(
-        **{tracking.TAG_KIND: tracking.KIND_PAIR}))
-    trials = tracking.search_all(client, experiment_id, tracking.tag_filter(
-        **{tracking.TAG_KIND: tracking.KIND_TRIAL}))
+    parents = store.search_all(client, experiment_id, store.tag_filter(**{tracking.TAG_KIND: tracking.KIND_PAIR}))
+    trials = store.search_all(client, experiment_id, store.tag_filter(**{tracking.TAG_KIND: tracking.KIND_TRIAL}))
     pairs: dict[str, PairRuns] = {}
     # Oldest parent first, as the tracker picks it, should a crash ever have left two for one pair.
     for parent in sorted(parents, key=lambda run: run.info.start_time):
@@ -205,11 +202,11 @@ def pair_failure(trials: list[Run]) -> str | None:
 
 
 def winner(trials: list[Run], metric: str = "splice_score", states: tuple[str, ...] = (FINISHED,)) -> Run | None:
-    """The trial in `states` with the lowest `metric` (every score is lower-is-better); None if there is none."""
-    try:
-        return tracking.best_trial([trial for trial in trials if trial_state(trial) in states], by=metric)
-    except LookupError:
-        return None
+    """The trial in `states` with the lowest latest value of `metric` (every score is lower-is-better); trials
+    without it (or with NaN) do not count. None if there is none."""
+    scored = [trial for trial in trials if trial_state(trial) in states
+              and not math.isnan(trial.data.metrics.get(metric, math.nan))]
+    return min(scored, key=lambda trial: trial.data.metrics[metric], default=None)
 
 
 def sampled_names(run: Run) -> list[str]:
@@ -228,14 +225,14 @@ def ui_base(tracking_uri: str) -> tuple[str, str | None]:
     a local store's is the `splice-tune ui` serving it now, else where that command would serve it."""
     if tracking_uri.startswith(("http://", "https://")):
         return tracking_uri.rstrip("/"), None
-    local = _local_store_path(tracking_uri)
+    local = store.local_path(tracking_uri)
     if local is None or local.name != "mlflow.db":
         return DEFAULT_UI_URL, f"serve it with: mlflow server --backend-store-uri {tracking_uri}"
     served = serving_ui(local.parent)
     if served is not None:
         return served, None
     root = local.parent
-    flag = "" if root.resolve() == tracking.DEFAULT_ROOT.resolve() else f" --root {shlex.quote(str(root))}"
+    flag = "" if root.resolve() == store.DEFAULT_ROOT.resolve() else f" --root {shlex.quote(str(root))}"
     return DEFAULT_UI_URL, f"start the UI with: splice-tune ui{flag}"
 
 

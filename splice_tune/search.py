@@ -145,9 +145,3 @@ class PairScheduler(FIFOScheduler):
 def evals_per_trial(space: SearchSpace) -> int:
     """The most reports a trial can make (ASHA's horizon): one per eval_every steps, rounding up for the last."""
     return math.ceil(max(space.values("steps")) / min(space.values("eval_every")))
-
-
-def lowest_values(space: SearchSpace) -> dict:
-    """A valid sample of the space: every parameter at its low end (or first choice)."""
-    # Only driver.py still calls this; it goes when the driver uses SearchSpace.lowest_config (issue 11).
-    return {name: space.values(name)[0] for name in space.params}

@@ -21,7 +21,8 @@ from ray import tune
 from splice_model import (EvalEvent, NonFiniteLossError, SpliceConfig, SpliceTrainer, StepEvent, save_checkpoint,
                           to_pil)
 from splice_tune.spaces import SearchSpace
-from splice_tune.tracking import TAG_NODE, TrialLogger
+from splice_tune.tracking import TAG_NODE
+from splice_tune.trial_logger import TrialLogger
 
 TRAINER_STATE = "trainer.pt"
 GENERATOR_FILE = "generator.pt"

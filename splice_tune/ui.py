@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from splice_tune import results
+from splice_tune import results, store
 from splice_tune.errors import BadInput
 
 READY_TIMEOUT_S = 120.0  # a first start migrates the store's schema and imports a lot: tens of seconds
@@ -35,7 +35,7 @@ def server_command(root: Path, host: str, port: int) -> list[str]:
             "--backend-store-uri", results.store_uri(None, root),
             # Where experiments created from the UI (or by a search pointed at this server) keep artifacts:
             # beside the searches' own, so the layout under ROOT stays the same.
-            "--default-artifact-root", (root.resolve() / "mlartifacts").as_uri(),
+            "--default-artifact-root", store.artifact_root(root).as_uri(),
             "--host", host, "--port", str(port),
             # One user browsing: one worker starts faster and holds less memory than MLflow's default 4.
             "--workers", "1"]

@@ -24,7 +24,7 @@ from mlflow import MlflowClient
 
 from conftest import write_search_inputs
 from splice_model import NonFiniteLossError
-from splice_tune import tracking
+from splice_tune import store, tracking
 from splice_tune.driver import SearchRequest, run_search
 from splice_tune.trainable import run_trial
 
@@ -133,7 +133,7 @@ def test_interrupted_search_resumes_to_exactly_its_budget(tmp_path):
     write_search_inputs(tmp_path)
     write_space(tmp_path, steps=30, trials=3, concurrent=1)
     root = tmp_path / "splice-runs"
-    tracking_uri = tracking.default_tracking_uri(root.resolve())
+    tracking_uri = store.default_tracking_uri(root.resolve())
     args = ["search", "pairs.csv", "--space", "space.yaml", "--name", "resume-test", "--quiet"]
 
     # 1. Ctrl-C after two finished trials: a clean stop that says how to resume.
@@ -187,7 +187,7 @@ def test_ctrl_c_while_every_trial_runs_exits_130_and_resumes(tmp_path, monkeypat
     write_search_inputs(tmp_path, pairs=("cows",))
     write_space(tmp_path, steps=150, trials=2, concurrent=2)
     root = tmp_path / "splice-runs"
-    tracking_uri = tracking.default_tracking_uri(root.resolve())
+    tracking_uri = store.default_tracking_uri(root.resolve())
     args = ["search", "pairs.csv", "--space", "space.yaml", "--name", "all-running", "--quiet"]
 
     first = _start(args, tmp_path)
@@ -271,7 +271,7 @@ def test_a_search_where_every_trial_fails_says_why_in_a_few_lines_and_exits_1(tm
             "overflow), 1 trial failed (worker process died" in failure), failure
     assert "/#/experiments/" in failure
 
-    tracking_uri = tracking.default_tracking_uri(tmp_path / "splice-runs")
+    tracking_uri = store.default_tracking_uri(tmp_path / "splice-runs")
     runs = {run.data.tags[tracking.TAG_STUDY_TRIAL]: run for run in child_runs(tracking_uri, "all-fail")}
     assert all(run.info.status == "FAILED" for run in runs.values())
     assert runs["0"].data.tags[tracking.TAG_ERROR].startswith("worker process died (")

@@ -128,6 +128,18 @@ def test_without_a_terminal_a_search_prints_progress_lines(tmp_path, ray_session
     assert "\x1b[" not in log.file.getvalue()
 
 
+def test_the_callback_reaches_its_session_only_while_the_run_lasts():
+    from splice_tune import tune_callback
+
+    tracker, view = object(), object()
+    with pytest.raises(KeyboardInterrupt):
+        with tune_callback.session("s", tracker, view) as callback:
+            assert (callback.tracker, callback.view) == (tracker, view)
+            raise KeyboardInterrupt  # Ctrl-C while Ray runs
+    with pytest.raises(KeyError):
+        callback.view  # noqa: B018 - the lookup itself is what must fail
+
+
 def test_searcher_keeps_pairs_apart_and_respects_the_budget(tmp_path):
     (tmp_path / "space.yaml").write_text(
         "params: {alpha: {type: float, low: 0.01, high: 1.0, log: true}}\nbudget: {trials_per_pair: 3}\n"

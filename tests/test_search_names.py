@@ -5,16 +5,17 @@ from __future__ import annotations
 import pytest
 
 from conftest import write_search_inputs
-from splice_tune import tracking
-from splice_tune.driver import SearchRequest, plan_search, search_fingerprints
+from splice_tune import store, tracking
+from splice_tune.driver import SearchRequest, plan_search
 from splice_tune.errors import BadInput
+from splice_tune.search_plan import search_fingerprints
 
 
 @pytest.fixture
 def inputs(tmp_path):
     write_search_inputs(tmp_path)
     root = tmp_path / "splice-runs"
-    return tmp_path, root, tracking.default_tracking_uri(root.resolve())
+    return tmp_path, root, store.default_tracking_uri(root.resolve())
 
 
 def request(folder, root, **changes) -> SearchRequest:

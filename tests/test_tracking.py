@@ -1,4 +1,5 @@
-"""splice_tune.tracking against a real SQLite MLflow store in tmp_path (no mocks)."""
+"""splice_tune.tracking and .trial_logger (and the reads of what they write) against a real SQLite MLflow store
+in tmp_path (no mocks)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from PIL import Image
 
+from splice_tune import results
 from splice_tune.errors import BadInput
+from splice_tune.store import DEFAULT_ROOT, default_tracking_uri, resolve_tracking_uri, retry
 from splice_tune.tracking import (
-    DEFAULT_ROOT,
     TAG_ATTEMPT,
     TAG_ERROR,
     TAG_KIND,
@@ -28,14 +30,8 @@ from splice_tune.tracking import (
     TAG_TRIAL,
     TAG_VIT,
     SearchTracker,
-    TrialLogger,
-    best_trial,
-    default_tracking_uri,
-    find_experiment,
-    pair_trials,
-    resolve_tracking_uri,
-    retry,
 )
+from splice_tune.trial_logger import TrialLogger
 
 LOSSES = ("loss/total", "loss/appearance", "loss/structure", "loss/identity")
 SCORES = ("structure_score", "appearance_score", "splice_score")
@@ -213,8 +209,12 @@ def test_a_restarted_trial_does_not_log_the_steps_it_replays_twice(store):
     assert _image_steps(client, again.run_id) == [5, 10, 15]
 
 
+def _pair(store) -> results.PairRuns:
+    client = store["client"]
+    return results.search_pairs(client, client.get_experiment(store["tracker"].experiment_id))["cows"]
+
+
 def test_a_pair_whose_trials_all_failed_or_diverged_names_the_causes_and_offers_no_retrain(store):
-    from splice_tune import results
     from splice_tune.best import _choose
 
     diverged = [_logger(store, f"trial_{n}") for n in range(2)]
@@ -224,7 +224,7 @@ def test_a_pair_whose_trials_all_failed_or_diverged_names_the_causes_and_offers_
     crashed = _logger(store, "trial_2")
     crashed.fail('Traceback (most recent call last):\n  File "x.py", line 1, in <module>\nValueError: boom')
     store["tracker"].finish_pair("cows", status="FAILED", summary={})
-    pair = results.search_pairs(store["client"], store["client"].get_experiment(store["tracker"].experiment_id))["cows"]
+    pair = _pair(store)
 
     failure = "2 trials diverged (non-finite loss at step 4), 1 trial failed (ValueError: boom)"
     assert results.pair_failure(pair.trials) == failure
@@ -270,7 +270,7 @@ def test_stopped_early_and_failed_statuses(store):
         failed.finish("DONE")
 
 
-def test_best_trial_and_pair_summary(store):
+def test_the_winner_and_its_record_on_the_pair_run(store):
     client, tracker = store["client"], store["tracker"]
     scores = {"a": 0.8, "b": 0.2, "c": 0.5}
     for trial_id, score in scores.items():
@@ -284,18 +284,17 @@ def test_best_trial_and_pair_summary(store):
     killed.log_eval(10, {"splice_score": 0.01}, _image())
     killed.mark_stopped_early()
 
-    finished = pair_trials(client, tracker.experiment_id, "cows")
+    trials = _pair(store).trials
+    finished = [run for run in trials if results.trial_state(run) == results.FINISHED]
     assert len(finished) == 4
-    assert best_trial(finished).data.tags[TAG_TRIAL] == "b"
-    everything = pair_trials(client, tracker.experiment_id, "cows", statuses=None)
-    assert best_trial(everything).data.tags[TAG_TRIAL] == "killed"
-    with pytest.raises(LookupError):
-        best_trial([without_score_run for without_score_run in finished
-                    if without_score_run.data.tags[TAG_TRIAL] == "no-score"])
+    winner = results.winner(trials)
+    assert winner.data.tags[TAG_TRIAL] == "b"
+    assert results.winner(trials, states=results.STATES).data.tags[TAG_TRIAL] == "killed"
+    assert results.winner([run for run in finished if run.data.tags[TAG_TRIAL] == "no-score"]) is None
 
-    tracker.finish_pair("cows")
+    tracker.finish_pair("cows", summary={"best_trial_run_id": winner.info.run_id, "splice_score": 0.2,
+                                         "alpha": 0.2, "vit": "tiny_random"})
     parent = client.get_run(store["parent"])
-    winner = best_trial(finished)
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["best_trial_run_id"] == winner.info.run_id
     assert parent.data.metrics["best_splice_score"] == 0.2
@@ -303,22 +302,22 @@ def test_best_trial_and_pair_summary(store):
     assert parent.data.tags["splice_tune.best.vit"] == "tiny_random"
 
 
-def test_find_experiment(store):
-    client = store["client"]
-    with pytest.raises(LookupError, match="known searches.*search-1"):
-        find_experiment(client, "nope")
-    assert find_experiment(client, None).name == "search-1"
-    newer = SearchTracker(store["uri"], "search-2")
-    assert find_experiment(client, None).experiment_id == newer.experiment_id
-    assert find_experiment(client, "search-1").experiment_id == store["tracker"].experiment_id
+def test_find_search(store):
+    client, uri = store["client"], store["uri"]
+    with pytest.raises(BadInput, match="known searches.*search-1"):
+        results.find_search(client, "nope", uri)
+    assert results.find_search(client, None, uri).name == "search-1"
+    newer = SearchTracker(uri, "search-2")
+    assert results.find_search(client, None, uri).experiment_id == newer.experiment_id
+    assert results.find_search(client, "search-1", uri).experiment_id == store["tracker"].experiment_id
 
 
 def test_deleted_experiment_name_is_bad_input(store):
     store["client"].delete_experiment(store["tracker"].experiment_id)
     with pytest.raises(BadInput, match="was deleted"):
         SearchTracker(store["uri"], "search-1")
-    with pytest.raises(LookupError, match="no splice-tune search"):
-        find_experiment(store["client"], None)
+    with pytest.raises(BadInput, match="no splice-tune search"):
+        results.find_search(store["client"], None, store["uri"])
 
 
 def test_retry_rides_out_a_real_lock_and_passes_other_errors(tmp_path):

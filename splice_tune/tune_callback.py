@@ -1,0 +1,153 @@
+"""The driver's side of a running search: Ray Tune's callback, its session, and the log lines Ray prints meanwhile.
+
+The callback keeps the live table current and records in MLflow what a trial cannot record itself: that the
+scheduler stopped it, or that its process died (docs/design.md, Ray layout: Driver callback).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ray.tune import Callback
+
+from splice_tune import tracking
+from splice_tune.console import LiveView
+
+
+@dataclass
+class SearchSession:
+    """This driver's live objects for one running search, which its callback updates."""
+
+    tracker: tracking.SearchTracker
+    view: LiveView
+
+
+# Ray pickles the run config (callbacks included) into the experiment and, on --resume, brings back that
+# pickled callback; so it holds only the search name and finds this process's session here.
+_SESSIONS: dict[str, SearchSession] = {}
+
+
+@contextlib.contextmanager
+def session(name: str, tracker: tracking.SearchTracker, view: LiveView) -> Iterator[Callback]:
+    """While the block runs, search `name` has a session and the yielded callback reaches it. The session is
+    removed on the way out, also on an error or Ctrl-C."""
+    _SESSIONS[name] = SearchSession(tracker, view)
+    try:
+        yield TrackingCallback(name)
+    finally:
+        del _SESSIONS[name]
+
+
+class TrackingCallback(Callback):
+    """Driver-side bookkeeping from Ray's events: the live counts, and the run statuses a trial cannot set
+    itself (stopped by the scheduler, or its process died)."""
+
+    def __init__(self, search_name: str):
+        self.search_name = search_name
+
+    @property
+    def tracker(self) -> tracking.SearchTracker:
+        return _SESSIONS[self.search_name].tracker
+
+    @property
+    def view(self) -> LiveView:
+        return _SESSIONS[self.search_name].view
+
+    def _progress(self, trial):
+        return self.view.pairs[trial.config["pair"]]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._progress(trial).running.add(trial.trial_id)
+        self.view.refresh()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        progress = self._progress(trial)
+        progress.reported[trial.trial_id] = result.get("training_iteration", 0)
+        value = result.get(self.view.metric)
+        if value is not None and math.isfinite(value):
+            progress.best = min(progress.best, value)  # every score is lower-is-better
+        self.view.refresh()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        progress = self._progress(trial)
+        progress.running.discard(trial.trial_id)
+        last = trial.last_result or {}
+        # A trial ends without its final eval only when the scheduler stopped it.
+        if last.get("diverged") or not last.get("final"):
+            progress.stopped_early += 1
+            if not last.get("diverged"):  # a diverged trial tagged itself, with the reason
+                self.tracker.mark_trial(trial.trial_id, "KILLED", stopped_early=True)
+        else:
+            progress.finished += 1
+        self.view.refresh()
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        progress = self._progress(trial)
+        progress.running.discard(trial.trial_id)
+        progress.retried += 1
+        self.view.refresh()
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        progress = self._progress(trial)
+        progress.running.discard(trial.trial_id)
+        progress.failed += 1
+        self.tracker.mark_trial(trial.trial_id, "FAILED", error=_error_text(_ray_error(trial)), keep_error=True)
+        self.view.refresh()
+
+
+def _ray_error(trial) -> str:
+    """Ray's text of the trial's latest failure. Read from the driver's copy of the trial's error file:
+    `Trial.get_error()` reads the copy in the experiment's storage, which is synced only later."""
+    if trial.error_file and Path(trial.error_file).is_file():
+        text = Path(trial.error_file).read_text(errors="replace")
+    else:
+        text = str(trial.get_error() or "")
+    # The file gathers every attempt's failure, each under a "Failure # N (occurred at ...)" line.
+    return re.split(r"^Failure # \d+ \(occurred at [^)]*\)\n", text, flags=re.MULTILINE)[-1].strip()
+
+
+def _error_text(text: str) -> str:
+    """The error tag for a trial Ray reports failed. Its first line says what happened: a worker process
+    that died (killed by a signal, out of memory, crashed) is named so, not left as a generic failure."""
+    if "ActorDiedError" in text or "worker process has died" in text:
+        found = re.search(r"Worker exit type: (\S+) Worker exit detail: (.+?)(?:\. |\n|$)", text)
+        how = f" ({found.group(1)}: {found.group(2)})" if found else ""
+        return f"worker process died{how}\nRay's report:\n{text}"
+    return text or "trial failed (Ray recorded no error text; see the trial's Ray log)"
+
+
+# Ray Tune's log lines that splice-tune replaces with its own: its resume hint names Tuner.restore, where a
+# user runs `splice-tune search ... --resume`, and the summary says which trials did not complete.
+_RAY_REPLACED = {"ray.tune.tune": ("Stop signal received", "Experiment has been interrupted",
+                                   "Trials did not complete")}
+# Each failed trial's traceback, kept in MLflow (tag splice_tune.error); printed only with --verbose.
+_RAY_TRACEBACKS = {"ray.tune.execution.tune_controller": ("Trial task failed",)}
+
+
+class _DropLines(logging.Filter):
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+@contextlib.contextmanager
+def ray_noise_filtered(verbose: bool):
+    """While Ray runs the search, drop its log lines that splice-tune replaces or keeps in MLflow."""
+    dropped = _RAY_REPLACED if verbose else {**_RAY_REPLACED, **_RAY_TRACEBACKS}
+    filters = {name: _DropLines(prefixes) for name, prefixes in dropped.items()}
+    for name, dropper in filters.items():
+        logging.getLogger(name).addFilter(dropper)
+    try:
+        yield
+    finally:
+        for name, dropper in filters.items():
+            logging.getLogger(name).removeFilter(dropper)
