@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test lint format test-fast bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,16 @@ demo: $(BIN)/.installed  ## quick search of the example pairs on this machine (l
 	$(BIN)/splice-tune best --all --out-dir splice-runs/demo-best
 	$(BIN)/splice-tune report
 
-test: $(BIN)/.installed  ## the whole suite, as CI runs it
+test: lint  ## lint, then the whole suite, as CI runs it
 	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/.installed  ## ruff: lint and format check (`make format` fixes the formatting)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(BIN)/.installed
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 test-fast: $(BIN)/.installed  ## everything but the slow (Ray/server) tests
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -54,7 +54,8 @@ def random_weights_preset(name: str) -> str:
         return name  # already random
     random_name = f"{name}-random-weights"
     VIT_PRESETS[random_name] = dataclasses.replace(
-        preset, url=None, description=f"{name}'s architecture with seeded random weights (timing only)")
+        preset, url=None, description=f"{name}'s architecture with seeded random weights (timing only)"
+    )
     return random_name
 
 
@@ -81,18 +82,24 @@ def max_rss_mib() -> float:
 
 def peak_memory(device: torch.device, rss_at_start: float) -> str:
     if device.type == "cuda":
-        return (f"{torch.cuda.max_memory_allocated(device) / 2**20:,.0f} MiB "
-                f"(torch.cuda.max_memory_allocated over the timed steps)")
+        return (
+            f"{torch.cuda.max_memory_allocated(device) / 2**20:,.0f} MiB "
+            f"(torch.cuda.max_memory_allocated over the timed steps)"
+        )
     return f"{max_rss_mib():,.0f} MiB (process max RSS; {rss_at_start:,.0f} MiB after imports)"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--vit", default="random_tiny8", choices=sorted(VIT_PRESETS), help="ViT preset")
     parser.add_argument("--vit-weights", default=None, help="local DINO checkpoint for the preset")
-    parser.add_argument("--random-weights", action="store_true",
-                        help="build a DINO preset with seeded random weights (no download; timing only)")
+    parser.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="build a DINO preset with seeded random weights (no download; timing only)",
+    )
     parser.add_argument("--size", type=int, default=224, help="side of the square synthetic images (pixels)")
     parser.add_argument("--vit-size", type=int, default=224, help="ViT input side (short side)")
     parser.add_argument("--steps", type=int, default=10, help="timed regular steps")
@@ -100,8 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="timed full-image steps and evals")
     parser.add_argument("--device", default="auto", help='"auto", "cpu", "cuda", "cuda:1", ...')
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--amp", choices=["auto", "on", "off"], default="auto",
-                        help="bf16 autocast: auto = where the device computes bf16 natively (SpliceConfig.amp)")
+    parser.add_argument(
+        "--amp",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="bf16 autocast: auto = where the device computes bf16 natively (SpliceConfig.amp)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the ViT")
     args = parser.parse_args(argv)
     rss_at_start = max_rss_mib()
@@ -115,10 +126,19 @@ def main(argv: list[str] | None = None) -> int:
     vit_name = random_weights_preset(args.vit) if args.random_weights else args.vit
     device = resolve_device(args.device)
     # Full-image steps and evals are timed on their own, so regular steps never include them.
-    config = SpliceConfig(vit=vit_name, vit_weights=args.vit_weights, vit_size=args.vit_size,
-                          vit_max_side=max(480, args.vit_size), max_side=args.size, device=str(device),
-                          amp={"auto": "auto", "on": True, "off": False}[args.amp], compile=args.compile,
-                          steps=10**9, eval_every=10**9, full_image_every=10**9)
+    config = SpliceConfig(
+        vit=vit_name,
+        vit_weights=args.vit_weights,
+        vit_size=args.vit_size,
+        vit_max_side=max(480, args.vit_size),
+        max_side=args.size,
+        device=str(device),
+        amp={"auto": "auto", "on": True, "off": False}[args.amp],
+        compile=args.compile,
+        steps=10**9,
+        eval_every=10**9,
+        full_image_every=10**9,
+    )
     structure, appearance = synthetic_pair(args.size)
 
     try:
@@ -131,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     def setup():
         nonlocal trainer
         trainer = SpliceTrainer(structure, appearance, config)
+
     setup_s = timed(setup, device)
 
     def regular_step():
@@ -167,22 +188,33 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     rows = [
         ("device", f"{device} ({name}{threads})"),
-        ("vit", f"{vit_name}: {preset.embed_dim}-d, {preset.depth} blocks, {preset.num_heads} heads, "
-                f"patch {preset.patch_size}"),
+        (
+            "vit",
+            f"{vit_name}: {preset.embed_dim}-d, {preset.depth} blocks, {preset.num_heads} heads, "
+            f"patch {preset.patch_size}",
+        ),
         ("vit weights", weights),
         ("images", f"{args.size}x{args.size} synthetic; ViT input {args.vit_size}x{args.vit_size}"),
         ("bf16 autocast / compile", f"{uses_amp(config.amp, device)} (--amp {args.amp}) / {args.compile}"),
         ("params", f"generator {count(trainer.generator):,}; ViT {count(trainer.features):,} (frozen)"),
         ("ViT build", f"{build_s:.3f} s"),
         ("setup (baselines)", f"{setup_s:.3f} s"),
-        ("regular step", f"{step_s * 1e3:,.1f} ms median of {args.steps} "
-                         f"(min {min(step_times) * 1e3:,.1f}, max {max(step_times) * 1e3:,.1f})"),
+        (
+            "regular step",
+            f"{step_s * 1e3:,.1f} ms median of {args.steps} "
+            f"(min {min(step_times) * 1e3:,.1f}, max {max(step_times) * 1e3:,.1f})",
+        ),
         ("steps/s", f"{1 / step_s:.2f}"),
-        ("full-image step", f"{full_s * 1e3:,.1f} ms median of {args.repeats} "
-                            f"({(full_s - step_s) * 1e3:+,.1f} ms vs a regular step)"),
+        (
+            "full-image step",
+            f"{full_s * 1e3:,.1f} ms median of {args.repeats} ({(full_s - step_s) * 1e3:+,.1f} ms vs a regular step)",
+        ),
         ("eval", f"{eval_s * 1e3:,.1f} ms median of {args.repeats}"),
-        ("2000-step run", f"~{(2000 * step_s + 2000 // 75 * (full_s - step_s) + 20 * eval_s) / 60:.1f} min "
-                          f"(paper schedule at this size: full image every 75 steps, eval every 100)"),
+        (
+            "2000-step run",
+            f"~{(2000 * step_s + 2000 // 75 * (full_s - step_s) + 20 * eval_s) / 60:.1f} min "
+            f"(paper schedule at this size: full image every 75 steps, eval every 100)",
+        ),
         ("peak memory", peak_memory(device, rss_at_start)),
         # Other processes on the machine inflate CPU timings: a load above the thread count means noise.
         ("load average", " / ".join(f"{v:.2f}" for v in os.getloadavg()) + " (1 / 5 / 15 min)"),

@@ -31,8 +31,15 @@ SCORES = ("structure_score", "appearance_score", "splice_score")
 PARAMS = {"vit": "dino_vits8_random", "alpha": 0.1, "beta": 0.1, "lr": 2e-3, "blur_p": 0.2}
 
 
-def write_trial(uri: str, experiment_id: str, parent_run_id: str, index: int, evals: int,
-                steps_per_eval: int, ready: multiprocessing.synchronize.Barrier) -> None:
+def write_trial(
+    uri: str,
+    experiment_id: str,
+    parent_run_id: str,
+    index: int,
+    evals: int,
+    steps_per_eval: int,
+    ready: multiprocessing.synchronize.Barrier,
+) -> None:
     """One trial process: open a logger, then log evals x (steps x losses + scores + image)."""
     image = Image.new("RGB", (64, 48), (index * 30 % 256, 90, 160))
     trial = TrialLogger(uri, experiment_id, parent_run_id, f"trial_{index:04d}", "bench", "bench", PARAMS)
@@ -72,9 +79,13 @@ def main() -> None:
         context = multiprocessing.get_context("spawn")
         # Process start-up (imports, store connection) is excluded: the clock starts when all are ready.
         ready = context.Barrier(args.writers + 1, timeout=300)
-        writers = [context.Process(target=write_trial, args=(uri, tracker.experiment_id, parent, index,
-                                                             args.evals, args.steps_per_eval, ready))
-                   for index in range(args.writers)]
+        writers = [
+            context.Process(
+                target=write_trial,
+                args=(uri, tracker.experiment_id, parent, index, args.evals, args.steps_per_eval, ready),
+            )
+            for index in range(args.writers)
+        ]
         for writer in writers:
             writer.start()
         ready.wait()

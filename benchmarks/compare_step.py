@@ -56,8 +56,14 @@ def worker(args: argparse.Namespace) -> None:
         size = [round(side * scale) for side in image.shape[-2:]]
         return F.interpolate(image[None], size=size, mode="bilinear", antialias=True)[0].clamp(0, 1)
 
-    settings = {"vit": vit, "max_side": None, "device": "cpu", "steps": 10**9, "eval_every": 10**9,
-                "full_image_every": 10**9}
+    settings = {
+        "vit": vit,
+        "max_side": None,
+        "device": "cpu",
+        "steps": 10**9,
+        "eval_every": 10**9,
+        "full_image_every": 10**9,
+    }
     for item in args.set or []:
         name, _, value = item.partition("=")
         settings[name] = yaml.safe_load(value)
@@ -87,13 +93,26 @@ def export(ref: str, into: Path) -> Path:
 
 
 def start(side: str, checkout: Path, settings: list[str], args: argparse.Namespace) -> subprocess.Popen:
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--vit", args.vit,
-               "--short-side", str(args.short_side), "--threads", str(args.threads), "--warmup", str(args.warmup),
-               "--structure", args.structure, "--appearance", args.appearance]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        "--vit",
+        args.vit,
+        "--short-side",
+        str(args.short_side),
+        "--threads",
+        str(args.threads),
+        "--warmup",
+        str(args.warmup),
+        "--structure",
+        args.structure,
+        "--appearance",
+        args.appearance,
+    ]
     command += [f"--set={item}" for item in settings]
     env = {**os.environ, "PYTHONPATH": str(checkout)}
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
-                               cwd=checkout)
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=checkout)
     reply = process.stdout.readline()
     if not reply:
         raise SystemExit(f"side {side} ({checkout}) failed to start; its error is above")
@@ -101,17 +120,24 @@ def start(side: str, checkout: Path, settings: list[str], args: argparse.Namespa
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--vit", default="dino_vits16", help="ViT preset (DINO presets get random weights)")
     parser.add_argument("--short-side", type=int, default=256, help="images resized to this short side")
     parser.add_argument("--structure", default=str(EXAMPLES / "cows_structure.png"))
     parser.add_argument("--appearance", default=str(EXAMPLES / "cows_appearance.png"))
     for side in "ab":
-        parser.add_argument(f"--{side}-ref", default=None,
-                            help=f"git ref for side {side.upper()} (default: this working tree)")
-        parser.add_argument(f"--{side}-set", action="append", default=[], metavar="FIELD=VALUE",
-                            help=f"SpliceConfig setting for side {side.upper()} (repeatable)")
+        parser.add_argument(
+            f"--{side}-ref", default=None, help=f"git ref for side {side.upper()} (default: this working tree)"
+        )
+        parser.add_argument(
+            f"--{side}-set",
+            action="append",
+            default=[],
+            metavar="FIELD=VALUE",
+            help=f"SpliceConfig setting for side {side.upper()} (repeatable)",
+        )
     parser.add_argument("--rounds", type=int, default=4, help="turns per side")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per turn")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before the first turn")
@@ -141,13 +167,20 @@ def main(argv: list[str] | None = None) -> int:
             process.wait()
 
     median = {side: statistics.median(values) for side, values in times.items()}
-    print(f"regular step, {args.vit} (random weights), cows pair at short side {args.short_side}, "
-          f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps per side, taking turns")
+    print(
+        f"regular step, {args.vit} (random weights), cows pair at short side {args.short_side}, "
+        f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps per side, taking turns"
+    )
     for side, (label, _) in sides.items():
-        print(f"  {side}: {median[side] * 1e3:8,.0f} ms median  (min {min(times[side]) * 1e3:,.0f})  "
-              f"{1 / median[side]:.2f} steps/s   {label}")
-    print(f"  B vs A: {median['A'] / median['B']:.2f}x faster" if median["B"] <= median["A"]
-          else f"  B vs A: {median['B'] / median['A']:.2f}x slower")
+        print(
+            f"  {side}: {median[side] * 1e3:8,.0f} ms median  (min {min(times[side]) * 1e3:,.0f})  "
+            f"{1 / median[side]:.2f} steps/s   {label}"
+        )
+    print(
+        f"  B vs A: {median['A'] / median['B']:.2f}x faster"
+        if median["B"] <= median["A"]
+        else f"  B vs A: {median['B'] / median['A']:.2f}x slower"
+    )
     print(f"  load average {' / '.join(f'{v:.2f}' for v in os.getloadavg())} (1 / 5 / 15 min)")
     return 0
 

@@ -96,9 +96,16 @@ def synthetic_pair(size: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def config_for(setting: Setting, mode: str, device: torch.device, **changes) -> SpliceConfig:
-    return SpliceConfig(vit=random_weights(setting.vit), max_side=setting.size, vit_size=setting.vit_size,
-                        vit_max_side=max(480, setting.vit_size), device=str(device), amp=mode != "fp32",
-                        compile=mode.endswith("compile"), **changes)
+    return SpliceConfig(
+        vit=random_weights(setting.vit),
+        max_side=setting.size,
+        vit_size=setting.vit_size,
+        vit_max_side=max(480, setting.vit_size),
+        device=str(device),
+        amp=mode != "fp32",
+        compile=mode.endswith("compile"),
+        **changes,
+    )
 
 
 def sync(device: torch.device) -> None:
@@ -161,8 +168,11 @@ def measure_steps(setting: Setting, mode: str, device: torch.device, steps: int,
 
 def run_seconds(timing: dict, steps: int = PAPER_STEPS) -> float:
     """Wall time of a `steps`-step training on the paper's schedule (full image every 75, eval every 100)."""
-    return (steps * timing["regular"] + steps // FULL_IMAGE_EVERY * (timing["full"] - timing["regular"])
-            + steps // EVAL_EVERY * timing["eval"])
+    return (
+        steps * timing["regular"]
+        + steps // FULL_IMAGE_EVERY * (timing["full"] - timing["regular"])
+        + steps // EVAL_EVERY * timing["eval"]
+    )
 
 
 def steps_section(table: Table, settings, modes, device, args, deadline: float) -> dict:
@@ -175,17 +185,26 @@ def steps_section(table: Table, settings, modes, device, args, deadline: float) 
             try:
                 timing = measure_steps(setting, mode, device, args.steps, args.repeats)
             except Exception as error:  # one failing mode (e.g. compile) must not cost the rest of the table
-                table.add("steps", f"{setting.label} {mode}", f"failed: {type(error).__name__}: "
-                          f"{str(error).splitlines()[0] if str(error) else ''}"[:200])
+                table.add(
+                    "steps",
+                    f"{setting.label} {mode}",
+                    f"failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:200],
+                )
                 free(device)
                 continue
             timings[setting, mode] = timing
-            memory = (f"; peak {timing['allocated']:.2f} GiB allocated, {timing['reserved']:.2f} GiB reserved"
-                      if "allocated" in timing else "")
-            table.add("steps", f"{setting.label} {mode}" + ("" if timing["amp"] or mode == "fp32" else " (no amp)"),
-                      f"regular {timing['regular'] * 1e3:,.1f} ms, full-image {timing['full'] * 1e3:,.1f} ms, "
-                      f"eval {timing['eval'] * 1e3:,.1f} ms ({1 / timing['regular']:,.1f} steps/s; warm-up "
-                      f"{timing['warmup']:.0f} s){memory}")
+            memory = (
+                f"; peak {timing['allocated']:.2f} GiB allocated, {timing['reserved']:.2f} GiB reserved"
+                if "allocated" in timing
+                else ""
+            )
+            table.add(
+                "steps",
+                f"{setting.label} {mode}" + ("" if timing["amp"] or mode == "fp32" else " (no amp)"),
+                f"regular {timing['regular'] * 1e3:,.1f} ms, full-image {timing['full'] * 1e3:,.1f} ms, "
+                f"eval {timing['eval'] * 1e3:,.1f} ms ({1 / timing['regular']:,.1f} steps/s; warm-up "
+                f"{timing['warmup']:.0f} s){memory}",
+            )
     return timings
 
 
@@ -197,15 +216,24 @@ def summary_section(table: Table, timings: dict, setting: Setting) -> None:
         return
     best_mode = min(measured, key=lambda mode: run_seconds(measured[mode]))
     seconds = run_seconds(measured[best_mode])
-    goal = (f"goal < {WALL_GOAL_S:.0f} s on an H100: {'met' if seconds < WALL_GOAL_S else 'not met'}"
-            if setting.vit == "dino_vitb8" and setting.size == 512 else "the goals are for dino_vitb8 512²")
-    table.add("goals", f"{setting.label}: 2000-step training",
-              f"{seconds:,.0f} s with {best_mode} ({goal}; paper ~1200 s on an RTX 6000)")
+    goal = (
+        f"goal < {WALL_GOAL_S:.0f} s on an H100: {'met' if seconds < WALL_GOAL_S else 'not met'}"
+        if setting.vit == "dino_vitb8" and setting.size == 512
+        else "the goals are for dino_vitb8 512²"
+    )
+    table.add(
+        "goals",
+        f"{setting.label}: 2000-step training",
+        f"{seconds:,.0f} s with {best_mode} ({goal}; paper ~1200 s on an RTX 6000)",
+    )
     for mode, timing in measured.items():
         if "allocated" in timing:
-            table.add("goals", f"{setting.label} {mode}: memory per trial",
-                      f"{timing['allocated']:.2f} GiB (goal <= {MEMORY_GOAL_GB:.0f} GB: "
-                      f"{'met' if timing['allocated'] * 2**30 <= MEMORY_GOAL_GB * 1e9 else 'not met'})")
+            table.add(
+                "goals",
+                f"{setting.label} {mode}: memory per trial",
+                f"{timing['allocated']:.2f} GiB (goal <= {MEMORY_GOAL_GB:.0f} GB: "
+                f"{'met' if timing['allocated'] * 2**30 <= MEMORY_GOAL_GB * 1e9 else 'not met'})",
+            )
 
 
 def drift_section(table: Table, setting: Setting, device: torch.device, steps: int, deadline: float) -> None:
@@ -230,10 +258,15 @@ def drift_section(table: Table, setting: Setting, device: torch.device, steps: i
         free(device)
 
     def compare(label: str, before: str, after: str) -> None:
-        table.add("drift", f"{setting.label}, {steps} steps: {label}", ", ".join(
-            f"{name} {scores[before][name]:.4g} -> {scores[after][name]:.4g} "
-            f"({abs(scores[after][name] - value) / max(abs(value), 1e-12):.1%})"
-            for name, value in scores[before].items()))
+        table.add(
+            "drift",
+            f"{setting.label}, {steps} steps: {label}",
+            ", ".join(
+                f"{name} {scores[before][name]:.4g} -> {scores[after][name]:.4g} "
+                f"({abs(scores[after][name] - value) / max(abs(value), 1e-12):.1%})"
+                for name, value in scores[before].items()
+            ),
+        )
 
     compare("fp32 -> bf16, seed 0", "fp32", "bf16")
     compare("bf16 run, its own scores -> rescored in fp32", "bf16", "bf16 scored in fp32")
@@ -243,8 +276,14 @@ def drift_section(table: Table, setting: Setting, device: torch.device, steps: i
 def fp32_scores(trainer: SpliceTrainer) -> dict[str, float]:
     """The trainer's current generator scored entirely in fp32 (targets and baselines included)."""
     config = trainer.config
-    scorer = PairScorer(trainer.features, trainer.structure, trainer.appearance, config.vit_size,
-                        config.vit_max_side, config.vit_resample)
+    scorer = PairScorer(
+        trainer.features,
+        trainer.structure,
+        trainer.appearance,
+        config.vit_size,
+        config.vit_max_side,
+        config.vit_resample,
+    )
     with torch.no_grad():
         return scorer.score(trainer.generator(trainer.structure[None]).float())
 
@@ -253,8 +292,9 @@ def _trial_process(setting: Setting, device: str, seconds: float, barrier, resul
     """One concurrent trial: a training on the paper's schedule, counting its steps for `seconds`."""
     torch.set_num_threads(1)
     structure, appearance = synthetic_pair(setting.size)
-    config = config_for(setting, "bf16", torch.device(device), steps=10**9, eval_every=EVAL_EVERY,
-                        full_image_every=FULL_IMAGE_EVERY)
+    config = config_for(
+        setting, "bf16", torch.device(device), steps=10**9, eval_every=EVAL_EVERY, full_image_every=FULL_IMAGE_EVERY
+    )
     trainer = SpliceTrainer(structure, appearance, config)
     events = trainer.events()
     for _ in range(6):
@@ -268,8 +308,9 @@ def _trial_process(setting: Setting, device: str, seconds: float, barrier, resul
     results.put((steps, time.perf_counter() - start, peak))
 
 
-def concurrency_section(table: Table, setting: Setting, device: torch.device, counts, seconds: float,
-                        startup_s: float, deadline: float) -> None:
+def concurrency_section(
+    table: Table, setting: Setting, device: torch.device, counts, seconds: float, startup_s: float, deadline: float
+) -> None:
     """Aggregate steps/s of N trial processes sharing the device, and the N with the most trials per hour."""
     context = mp.get_context("spawn")
     rates = {}
@@ -278,8 +319,10 @@ def concurrency_section(table: Table, setting: Setting, device: torch.device, co
             table.add("packing", f"{count} trials at once", "skipped (time budget)")
             continue
         barrier, results = context.Barrier(count), context.Queue()
-        processes = [context.Process(target=_trial_process, args=(setting, str(device), seconds, barrier, results))
-                     for _ in range(count)]
+        processes = [
+            context.Process(target=_trial_process, args=(setting, str(device), seconds, barrier, results))
+            for _ in range(count)
+        ]
         for process in processes:
             process.start()
         try:
@@ -294,29 +337,41 @@ def concurrency_section(table: Table, setting: Setting, device: torch.device, co
         rate = sum(steps / elapsed for steps, elapsed, _ in finished)
         rates[count] = rate
         peak = max(peak for _, _, peak in finished)
-        table.add("packing", f"{count} trial(s) at once (--gpus-per-trial {1 / count:g})",
-                  f"{rate:,.1f} steps/s in all ({rate / count:,.1f} each), "
-                  f"{rate * 3600 / PAPER_STEPS:,.0f} 2000-step trials/hour"
-                  + (f", peak {peak:.2f} GiB per process" if peak else ""))
+        table.add(
+            "packing",
+            f"{count} trial(s) at once (--gpus-per-trial {1 / count:g})",
+            f"{rate:,.1f} steps/s in all ({rate / count:,.1f} each), "
+            f"{rate * 3600 / PAPER_STEPS:,.0f} 2000-step trials/hour"
+            + (f", peak {peak:.2f} GiB per process" if peak else ""),
+        )
     if rates:
         best = max(rates, key=rates.get)
-        table.add("packing", "best packing", f"{best} trial(s) per device: --gpus-per-trial {1 / best:g} "
-                                             f"({rates[best] / rates[min(rates)]:.2f}x the steps/s of {min(rates)})")
+        table.add(
+            "packing",
+            "best packing",
+            f"{best} trial(s) per device: --gpus-per-trial {1 / best:g} "
+            f"({rates[best] / rates[min(rates)]:.2f}x the steps/s of {min(rates)})",
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="auto", help='"auto" (CUDA when present), "cuda", "cuda:1", "cpu"')
     parser.add_argument("--quick", action="store_true", help="tiny preset, few steps: a smoke run (CPU: < 1 min)")
-    parser.add_argument("--budget-s", type=float, default=None, help="stop starting sections after this long "
-                                                                     "[default: 450, --quick 50]")
-    parser.add_argument("--modes", default=None, help=f"comma-separated subset of {','.join(MODES)} "
-                                                      "[default: all; --quick: fp32,bf16]")
+    parser.add_argument(
+        "--budget-s", type=float, default=None, help="stop starting sections after this long [default: 450, --quick 50]"
+    )
+    parser.add_argument(
+        "--modes", default=None, help=f"comma-separated subset of {','.join(MODES)} [default: all; --quick: fp32,bf16]"
+    )
     parser.add_argument("--drift-steps", type=int, default=None, help="[default: 200, --quick 10]")
     parser.add_argument("--concurrency", default=None, help="trial counts [default: 1,2,4,8; --quick: 1,2]")
     parser.add_argument("--sections", default="steps,drift,packing", help="which sections to run")
-    parser.add_argument("--vit", default=None, help="measure only this preset (seeded random weights), on images of --size pixels")
+    parser.add_argument(
+        "--vit", default=None, help="measure only this preset (seeded random weights), on images of --size pixels"
+    )
     parser.add_argument("--size", type=int, default=224, help="image side for --vit")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -339,16 +394,21 @@ def main(argv: list[str] | None = None) -> int:
 
     table = Table()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    table.add("machine", "device", f"{device} ({name}); torch {torch.__version__}; "
-                                   f"{time.strftime('%Y-%m-%d')}; weights: seeded random (NOT DINO; timing only)")
+    table.add(
+        "machine",
+        "device",
+        f"{device} ({name}); torch {torch.__version__}; "
+        f"{time.strftime('%Y-%m-%d')}; weights: seeded random (NOT DINO; timing only)",
+    )
     if "steps" in sections:
         timings = steps_section(table, settings, modes, device, args, deadline)
         summary_section(table, timings, settings[0])
     if "drift" in sections:
         drift_section(table, settings[0], device, args.drift_steps or (10 if quick else 200), deadline)
     if "packing" in sections:
-        concurrency_section(table, settings[0], device, counts, 3.0 if quick else 20.0, 10.0 if quick else 40.0,
-                            deadline)
+        concurrency_section(
+            table, settings[0], device, counts, 3.0 if quick else 20.0, 10.0 if quick else 40.0, deadline
+        )
     table.add("machine", "check wall time", f"{time.monotonic() - started:,.0f} s")
     table.print()
     return 0

@@ -41,8 +41,8 @@ SS = 2  # supersampling factor (draw at 2x, downscale with LANCZOS)
 # Generic helpers
 # ---------------------------------------------------------------------------
 
-def value_noise(h: int, w: int, cells: float, rng: np.random.Generator,
-                aspect: float = 1.0) -> np.ndarray:
+
+def value_noise(h: int, w: int, cells: float, rng: np.random.Generator, aspect: float = 1.0) -> np.ndarray:
     """Smooth value noise in [0, 1] of shape (h, w).
 
     ``cells`` is the number of random lattice cells across the width;
@@ -58,16 +58,15 @@ def value_noise(h: int, w: int, cells: float, rng: np.random.Generator,
     up = np.asarray(img.resize((big_w, big_h), Image.BICUBIC))
     ox = (big_w - w) // 2
     oy = (big_h - h) // 2
-    return np.clip(up[oy:oy + h, ox:ox + w], 0.0, 1.0)
+    return np.clip(up[oy : oy + h, ox : ox + w], 0.0, 1.0)
 
 
-def fbm(h: int, w: int, cells: float, rng: np.random.Generator,
-        octaves: int = 4, aspect: float = 1.0) -> np.ndarray:
+def fbm(h: int, w: int, cells: float, rng: np.random.Generator, octaves: int = 4, aspect: float = 1.0) -> np.ndarray:
     """Fractal sum of value noise, normalised to [0, 1]."""
     total = np.zeros((h, w), np.float32)
     amp, norm = 1.0, 0.0
     for i in range(octaves):
-        total += amp * value_noise(h, w, cells * 2 ** i, rng, aspect)
+        total += amp * value_noise(h, w, cells * 2**i, rng, aspect)
         norm += amp
         amp *= 0.5
     total /= norm
@@ -139,8 +138,8 @@ def finish(canvas: np.ndarray, size) -> Image.Image:
 # Pair 1: cows (structure) <- zebra (appearance)
 # ---------------------------------------------------------------------------
 
-def draw_quadruped(w, h, x, y, s, facing, body_tex_fn, head_col,
-                   canvas, long_neck=False):
+
+def draw_quadruped(w, h, x, y, s, facing, body_tex_fn, head_col, canvas, long_neck=False):
     """Draw a blobby four-legged animal standing with its feet at ``y``.
 
     ``s`` is the body length in (2x) pixels, ``facing`` is +1 (right) or -1.
@@ -154,8 +153,7 @@ def draw_quadruped(w, h, x, y, s, facing, body_tex_fn, head_col,
 
     # shadow on the ground
     sh = Mask(w, h)
-    sh.d.ellipse([cx - bw * 0.6, y - s * 0.06, cx + bw * 0.6, y + s * 0.06],
-                 fill=255)
+    sh.d.ellipse([cx - bw * 0.6, y - s * 0.06, cx + bw * 0.6, y + s * 0.06], fill=255)
     canvas *= 1.0 - 0.35 * sh.arr(blur=s * 0.04)[..., None]
 
     # legs (far legs slightly darker, drawn first)
@@ -165,35 +163,33 @@ def draw_quadruped(w, h, x, y, s, facing, body_tex_fn, head_col,
     for k, frac in enumerate((-0.36, -0.22, 0.22, 0.36)):
         lx = cx + frac * bw
         target = far if k in (1, 3) else legs
-        target.d.rounded_rectangle(
-            [lx - lw / 2, body_cy, lx + lw / 2, y], radius=lw * 0.4, fill=255)
+        target.d.rounded_rectangle([lx - lw / 2, body_cy, lx + lw / 2, y], radius=lw * 0.4, fill=255)
         # hoof
-        target.d.rectangle([lx - lw / 2, y - lw * 0.7, lx + lw / 2, y],
-                           fill=255)
+        target.d.rectangle([lx - lw / 2, y - lw * 0.7, lx + lw / 2, y], fill=255)
     leg_tex = body_tex_fn("legs")
     paste(canvas, leg_tex * 0.8, far.arr())
     paste(canvas, leg_tex, legs.arr())
     hooves = Mask(w, h)
     for frac in (-0.36, -0.22, 0.22, 0.36):
         lx = cx + frac * bw
-        hooves.d.rectangle([lx - lw / 2, y - lw * 0.7, lx + lw / 2, y],
-                           fill=255)
+        hooves.d.rectangle([lx - lw / 2, y - lw * 0.7, lx + lw / 2, y], fill=255)
     paste(canvas, np.broadcast_to(rgb(40, 34, 30), canvas.shape), hooves.arr())
 
     # tail
     tail = Mask(w, h)
     tx = cx - facing * bw * 0.49
-    tail.d.line([tx, body_cy - bh * 0.2, tx - facing * s * 0.08,
-                 body_cy + bh * 0.7], fill=255, width=max(2, int(s * 0.025)))
-    tail.d.ellipse([tx - facing * s * 0.08 - s * 0.03, body_cy + bh * 0.6,
-                    tx - facing * s * 0.08 + s * 0.03, body_cy + bh * 0.95],
-                   fill=255)
+    tail.d.line(
+        [tx, body_cy - bh * 0.2, tx - facing * s * 0.08, body_cy + bh * 0.7], fill=255, width=max(2, int(s * 0.025))
+    )
+    tail.d.ellipse(
+        [tx - facing * s * 0.08 - s * 0.03, body_cy + bh * 0.6, tx - facing * s * 0.08 + s * 0.03, body_cy + bh * 0.95],
+        fill=255,
+    )
     paste(canvas, np.broadcast_to(rgb(35, 30, 28), canvas.shape), tail.arr())
 
     # body
     body = Mask(w, h)
-    body.d.ellipse([cx - bw / 2, body_cy - bh / 2, cx + bw / 2,
-                    body_cy + bh / 2], fill=255)
+    body.d.ellipse([cx - bw / 2, body_cy - bh / 2, cx + bw / 2, body_cy + bh / 2], fill=255)
     shade = ellipse_shade(h, w, cx, body_cy, bw / 2, bh / 2)
     paste(canvas, body_tex_fn("body") * shade[..., None], body.arr())
 
@@ -203,45 +199,56 @@ def draw_quadruped(w, h, x, y, s, facing, body_tex_fn, head_col,
     if long_neck:
         hx = cx + facing * bw * 0.62
         hy = body_cy - bh * 1.05
-        head.d.polygon([(nx - facing * s * 0.12, body_cy - bh * 0.35),
-                        (nx + facing * s * 0.06, body_cy + bh * 0.05),
-                        (hx + facing * s * 0.05, hy + s * 0.05),
-                        (hx - facing * s * 0.06, hy - s * 0.05)], fill=255)
+        head.d.polygon(
+            [
+                (nx - facing * s * 0.12, body_cy - bh * 0.35),
+                (nx + facing * s * 0.06, body_cy + bh * 0.05),
+                (hx + facing * s * 0.05, hy + s * 0.05),
+                (hx - facing * s * 0.06, hy - s * 0.05),
+            ],
+            fill=255,
+        )
         hrx, hry = s * 0.2, s * 0.085
     else:
         hx = cx + facing * bw * 0.56
         hy = body_cy - bh * 0.35
-        head.d.polygon([(nx - facing * s * 0.1, body_cy - bh * 0.3),
-                        (nx, body_cy + bh * 0.25),
-                        (hx, hy + s * 0.06), (hx, hy - s * 0.06)], fill=255)
+        head.d.polygon(
+            [
+                (nx - facing * s * 0.1, body_cy - bh * 0.3),
+                (nx, body_cy + bh * 0.25),
+                (hx, hy + s * 0.06),
+                (hx, hy - s * 0.06),
+            ],
+            fill=255,
+        )
         hrx, hry = s * 0.13, s * 0.11
     head.d.ellipse([hx - hrx, hy - hry, hx + hrx, hy + hry], fill=255)
     # ears
     ex = hx - facing * hrx * 0.5
-    head.d.polygon([(ex - s * 0.03, hy - hry * 0.6),
-                    (ex - facing * s * 0.09, hy - hry * 1.5),
-                    (ex + s * 0.03, hy - hry * 0.8)], fill=255)
+    head.d.polygon(
+        [(ex - s * 0.03, hy - hry * 0.6), (ex - facing * s * 0.09, hy - hry * 1.5), (ex + s * 0.03, hy - hry * 0.8)],
+        fill=255,
+    )
     hshade = ellipse_shade(h, w, hx, hy, hrx * 1.3, hry * 1.6)
     paste(canvas, body_tex_fn("head") * hshade[..., None], head.arr())
     if long_neck:  # short upright mane along the top of the neck
         mane = Mask(w, h)
-        mane.d.line([(nx - facing * s * 0.12, body_cy - bh * 0.4),
-                     (hx - facing * s * 0.07, hy - s * 0.07)],
-                    fill=255, width=max(2, int(s * 0.04)))
-        paste(canvas, np.broadcast_to(rgb(30, 26, 26), canvas.shape),
-              mane.arr(blur=0.6))
+        mane.d.line(
+            [(nx - facing * s * 0.12, body_cy - bh * 0.4), (hx - facing * s * 0.07, hy - s * 0.07)],
+            fill=255,
+            width=max(2, int(s * 0.04)),
+        )
+        paste(canvas, np.broadcast_to(rgb(30, 26, 26), canvas.shape), mane.arr(blur=0.6))
 
     # snout + eye
     sn = Mask(w, h)
     sx = hx + facing * hrx * 0.72
-    sn.d.ellipse([sx - hrx * 0.42, hy - hry * 0.45, sx + hrx * 0.42,
-                  hy + hry * 0.75], fill=255)
+    sn.d.ellipse([sx - hrx * 0.42, hy - hry * 0.45, sx + hrx * 0.42, hy + hry * 0.75], fill=255)
     paste(canvas, np.broadcast_to(head_col, canvas.shape), sn.arr())
     eye = Mask(w, h)
     ey_x = hx + facing * hrx * 0.1
     er = max(1.5, s * 0.018)
-    eye.d.ellipse([ey_x - er, hy - hry * 0.35 - er, ey_x + er,
-                   hy - hry * 0.35 + er], fill=255)
+    eye.d.ellipse([ey_x - er, hy - hry * 0.35 - er, ey_x + er, hy - hry * 0.35 + er], fill=255)
     paste(canvas, np.broadcast_to(rgb(15, 12, 10), canvas.shape), eye.arr())
 
 
@@ -249,18 +256,16 @@ def cows_structure(size=(192, 128)) -> Image.Image:
     rng = np.random.default_rng(101)
     w, h = size[0] * SS, size[1] * SS
     horizon = int(h * 0.42)
-    canvas = vertical_gradient(h, w, [(0.0, rgb(92, 150, 225)),
-                                      (0.42, rgb(190, 220, 245)),
-                                      (0.4201, rgb(96, 160, 64)),
-                                      (1.0, rgb(58, 125, 40))])
+    canvas = vertical_gradient(
+        h,
+        w,
+        [(0.0, rgb(92, 150, 225)), (0.42, rgb(190, 220, 245)), (0.4201, rgb(96, 160, 64)), (1.0, rgb(58, 125, 40))],
+    )
     # a couple of soft clouds
     cl = Mask(w, h)
-    for (x, y, r) in ((0.2, 0.12, 0.07), (0.27, 0.1, 0.09), (0.34, 0.13, 0.06),
-                      (0.72, 0.2, 0.06), (0.78, 0.18, 0.08)):
-        cl.d.ellipse([w * x - w * r, h * y - w * r * 0.45,
-                      w * x + w * r, h * y + w * r * 0.45], fill=255)
-    paste(canvas, np.broadcast_to(rgb(250, 252, 255), canvas.shape),
-          cl.arr(blur=4) * 0.9)
+    for x, y, r in ((0.2, 0.12, 0.07), (0.27, 0.1, 0.09), (0.34, 0.13, 0.06), (0.72, 0.2, 0.06), (0.78, 0.18, 0.08)):
+        cl.d.ellipse([w * x - w * r, h * y - w * r * 0.45, w * x + w * r, h * y + w * r * 0.45], fill=255)
+    paste(canvas, np.broadcast_to(rgb(250, 252, 255), canvas.shape), cl.arr(blur=4) * 0.9)
     # grass texture
     g = fbm(h, w, 10, rng, 4)
     grass = np.zeros_like(canvas)
@@ -278,10 +283,8 @@ def cows_structure(size=(192, 128)) -> Image.Image:
         return lerp(cow_white[None, None], cow_black[None, None], t)
 
     # three cows at different depths, facing different ways
-    for (x, y, s, f) in ((0.22, 0.78, 0.27, 1), (0.58, 0.66, 0.21, -1),
-                         (0.8, 0.93, 0.29, -1)):
-        draw_quadruped(w, h, w * x, h * y, w * s, f, cow_tex,
-                       rgb(232, 160, 160), canvas)
+    for x, y, s, f in ((0.22, 0.78, 0.27, 1), (0.58, 0.66, 0.21, -1), (0.8, 0.93, 0.29, -1)):
+        draw_quadruped(w, h, w * x, h * y, w * s, f, cow_tex, rgb(232, 160, 160), canvas)
     return finish(canvas, size)
 
 
@@ -289,15 +292,15 @@ def cows_appearance(size=(176, 128)) -> Image.Image:
     rng = np.random.default_rng(202)
     w, h = size[0] * SS, size[1] * SS
     horizon = int(h * 0.5)
-    canvas = vertical_gradient(h, w, [(0.0, rgb(238, 196, 120)),
-                                      (0.5, rgb(252, 236, 190)),
-                                      (0.5001, rgb(214, 170, 84)),
-                                      (1.0, rgb(170, 120, 50))])
+    canvas = vertical_gradient(
+        h,
+        w,
+        [(0.0, rgb(238, 196, 120)), (0.5, rgb(252, 236, 190)), (0.5001, rgb(214, 170, 84)), (1.0, rgb(170, 120, 50))],
+    )
     # sun haze
     sun = Mask(w, h)
     sun.d.ellipse([w * 0.78, h * 0.12, w * 0.9, h * 0.12 + w * 0.12], fill=255)
-    paste(canvas, np.broadcast_to(rgb(255, 248, 220), canvas.shape),
-          sun.arr(blur=3))
+    paste(canvas, np.broadcast_to(rgb(255, 248, 220), canvas.shape), sun.arr(blur=3))
     # dry grass
     g = fbm(h, w, 14, rng, 4, aspect=0.4)
     dry = lerp(rgb(160, 112, 45), rgb(232, 195, 110), g)
@@ -308,12 +311,9 @@ def cows_appearance(size=(176, 128)) -> Image.Image:
     tree = Mask(w, h)
     tx = w * 0.14
     top = horizon - h * 0.22
-    tree.d.polygon([(tx - 3, horizon + 6), (tx + 3, horizon + 6),
-                    (tx + 2, top), (tx - 2, top)], fill=255)
-    tree.d.line([tx, horizon - h * 0.1, tx + w * 0.07, horizon - h * 0.25],
-                fill=255, width=4)
-    tree.d.ellipse([tx - w * 0.13, horizon - h * 0.33, tx + w * 0.14,
-                    horizon - h * 0.22], fill=255)
+    tree.d.polygon([(tx - 3, horizon + 6), (tx + 3, horizon + 6), (tx + 2, top), (tx - 2, top)], fill=255)
+    tree.d.line([tx, horizon - h * 0.1, tx + w * 0.07, horizon - h * 0.25], fill=255, width=4)
+    tree.d.ellipse([tx - w * 0.13, horizon - h * 0.33, tx + w * 0.14, horizon - h * 0.22], fill=255)
     paste(canvas, np.broadcast_to(rgb(70, 72, 40), canvas.shape), tree.arr())
 
     warp = fbm(h, w, 6, rng, 3)
@@ -332,8 +332,7 @@ def cows_appearance(size=(176, 128)) -> Image.Image:
         t = np.clip(np.sin(phase * np.pi) * 3.0 + 0.5, 0.0, 1.0)
         return lerp(zebra_white[None, None], zebra_black[None, None], t)
 
-    draw_quadruped(w, h, w * 0.5, h * 0.9, w * 0.5, 1, zebra_tex,
-                   rgb(40, 36, 36), canvas, long_neck=True)
+    draw_quadruped(w, h, w * 0.5, h * 0.9, w * 0.5, 1, zebra_tex, rgb(40, 36, 36), canvas, long_neck=True)
     return finish(canvas, size)
 
 
@@ -341,44 +340,47 @@ def cows_appearance(size=(176, 128)) -> Image.Image:
 # Pair 2: fruits
 # ---------------------------------------------------------------------------
 
-def draw_fruit(canvas, w, h, cx, cy, r, tex, stem=True, leaf=True,
-               squash=1.0):
+
+def draw_fruit(canvas, w, h, cx, cy, r, tex, stem=True, leaf=True, squash=1.0):
     rx, ry = r, r * squash
     sh = Mask(w, h)
-    sh.d.ellipse([cx - rx * 1.05, cy + ry * 0.75, cx + rx * 1.25,
-                  cy + ry * 1.12], fill=255)
+    sh.d.ellipse([cx - rx * 1.05, cy + ry * 0.75, cx + rx * 1.25, cy + ry * 1.12], fill=255)
     canvas *= 1.0 - 0.4 * sh.arr(blur=r * 0.12)[..., None]
     m = Mask(w, h)
     m.d.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=255)
     shade = ellipse_shade(h, w, cx, cy, rx, ry)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    hl = np.exp(-(((xx - (cx - rx * 0.38)) / (rx * 0.18)) ** 2
-                  + ((yy - (cy - ry * 0.42)) / (ry * 0.13)) ** 2))
+    hl = np.exp(-(((xx - (cx - rx * 0.38)) / (rx * 0.18)) ** 2 + ((yy - (cy - ry * 0.42)) / (ry * 0.13)) ** 2))
     col = tex * shade[..., None] + 0.45 * hl[..., None]
     paste(canvas, col, m.arr())
     if stem:
         s = Mask(w, h)
-        s.d.line([cx, cy - ry * 0.85, cx + r * 0.08, cy - ry * 1.2],
-                 fill=255, width=max(3, int(r * 0.09)))
+        s.d.line([cx, cy - ry * 0.85, cx + r * 0.08, cy - ry * 1.2], fill=255, width=max(3, int(r * 0.09)))
         paste(canvas, np.broadcast_to(rgb(95, 62, 30), canvas.shape), s.arr())
     if leaf:
         lf = Mask(w, h)
         lx, ly = cx + r * 0.1, cy - ry * 1.05
-        lf.d.polygon([(lx, ly), (lx + r * 0.25, ly - r * 0.22),
-                      (lx + r * 0.55, ly - r * 0.2),
-                      (lx + r * 0.3, ly + r * 0.02)], fill=255)
-        paste(canvas, np.broadcast_to(rgb(60, 140, 50), canvas.shape),
-              lf.arr(blur=0.7))
+        lf.d.polygon(
+            [(lx, ly), (lx + r * 0.25, ly - r * 0.22), (lx + r * 0.55, ly - r * 0.2), (lx + r * 0.3, ly + r * 0.02)],
+            fill=255,
+        )
+        paste(canvas, np.broadcast_to(rgb(60, 140, 50), canvas.shape), lf.arr(blur=0.7))
 
 
 def fruits_structure(size=(192, 128)) -> Image.Image:
     rng = np.random.default_rng(303)
     w, h = size[0] * SS, size[1] * SS
     table_y = int(h * 0.58)
-    canvas = vertical_gradient(h, w, [(0.0, rgb(240, 232, 210)),
-                                      (0.58, rgb(222, 212, 186)),
-                                      (0.5801, rgb(150, 185, 220)),
-                                      (1.0, rgb(110, 150, 200))])
+    canvas = vertical_gradient(
+        h,
+        w,
+        [
+            (0.0, rgb(240, 232, 210)),
+            (0.58, rgb(222, 212, 186)),
+            (0.5801, rgb(150, 185, 220)),
+            (1.0, rgb(110, 150, 200)),
+        ],
+    )
     # subtle cloth weave on the table
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     weave = (np.sin(xx * 0.5) * np.sin(yy * 0.5)) * 0.03
@@ -392,25 +394,23 @@ def fruits_structure(size=(192, 128)) -> Image.Image:
     orange = orange * (0.92 + 0.12 * dimple[..., None])
     r = w * 0.13
     for i, cx in enumerate((0.2, 0.5, 0.8)):
-        draw_fruit(canvas, w, h, w * cx, h * 0.6 - (i % 2) * 2, r, orange,
-                   stem=True, leaf=(i != 1), squash=0.95)
+        draw_fruit(canvas, w, h, w * cx, h * 0.6 - (i % 2) * 2, r, orange, stem=True, leaf=(i != 1), squash=0.95)
     return finish(canvas, size)
 
 
 def fruits_appearance(size=(144, 144)) -> Image.Image:
     rng = np.random.default_rng(404)
     w, h = size[0] * SS, size[1] * SS
-    canvas = vertical_gradient(h, w, [(0.0, rgb(40, 70, 55)),
-                                      (0.55, rgb(60, 95, 72)),
-                                      (0.5501, rgb(120, 74, 40)),
-                                      (1.0, rgb(88, 50, 25))])
+    canvas = vertical_gradient(
+        h, w, [(0.0, rgb(40, 70, 55)), (0.55, rgb(60, 95, 72)), (0.5501, rgb(120, 74, 40)), (1.0, rgb(88, 50, 25))]
+    )
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     # wood grain on the table
     gwarp = fbm(h, w, 4, rng, 3, aspect=0.25)
     grain = 0.5 + 0.5 * np.sin(yy * 0.35 + gwarp * 14.0)
     wood = lerp(rgb(95, 55, 28), rgb(150, 96, 52), grain)
     table = np.zeros((h, w), np.float32)
-    table[int(h * 0.55):] = 1.0
+    table[int(h * 0.55) :] = 1.0
     paste(canvas, wood, table)
 
     # melon: light green with wavy dark green stripes running top-to-bottom
@@ -420,8 +420,7 @@ def fruits_appearance(size=(144, 144)) -> Image.Image:
     stripes = np.sin(ang * 9.0 + mwarp * 5.0)
     t = np.clip(stripes * 2.0 + 0.3, 0.0, 1.0)
     melon = lerp(rgb(170, 210, 110), rgb(30, 90, 35), t)
-    draw_fruit(canvas, w, h, mx, my, mr, melon, stem=True, leaf=False,
-               squash=0.9)
+    draw_fruit(canvas, w, h, mx, my, mr, melon, stem=True, leaf=False, squash=0.9)
 
     # apple: deep red with small yellow speckles
     ax, ay, ar = w * 0.74, h * 0.72, w * 0.17
@@ -430,14 +429,14 @@ def fruits_appearance(size=(144, 144)) -> Image.Image:
     apple = lerp(rgb(150, 15, 25), rgb(215, 45, 35), flush)
     dots = np.clip((speck - 0.82) * 8.0, 0, 1)
     apple = lerp(apple, rgb(245, 215, 120), dots)
-    draw_fruit(canvas, w, h, ax, ay, ar, apple, stem=True, leaf=True,
-               squash=0.95)
+    draw_fruit(canvas, w, h, ax, ay, ar, apple, stem=True, leaf=True, squash=0.95)
     return finish(canvas, size)
 
 
 # ---------------------------------------------------------------------------
 # Pair 3: mountains
 # ---------------------------------------------------------------------------
+
 
 def ridge_line(w, peaks, base, rough, rng, cells=12):
     """Ridge height profile (y coordinate per column, in 2x pixels).
@@ -464,34 +463,28 @@ def ridge_mask(h, w, ridge):
 def mountains_structure(size=(160, 160)) -> Image.Image:
     rng = np.random.default_rng(505)
     w, h = size[0] * SS, size[1] * SS
-    canvas = vertical_gradient(h, w, [(0.0, rgb(55, 115, 205)),
-                                      (0.7, rgb(175, 210, 240)),
-                                      (1.0, rgb(200, 225, 245))])
+    canvas = vertical_gradient(h, w, [(0.0, rgb(55, 115, 205)), (0.7, rgb(175, 210, 240)), (1.0, rgb(200, 225, 245))])
     cl = Mask(w, h)
-    for (x, y, r) in ((0.15, 0.12, 0.08), (0.22, 0.1, 0.1), (0.3, 0.13, 0.07),
-                      (0.8, 0.22, 0.07), (0.86, 0.2, 0.09)):
-        cl.d.ellipse([w * x - w * r, h * y - w * r * 0.4,
-                      w * x + w * r, h * y + w * r * 0.4], fill=255)
-    paste(canvas, np.broadcast_to(rgb(252, 252, 255), canvas.shape),
-          cl.arr(blur=5) * 0.85)
+    for x, y, r in ((0.15, 0.12, 0.08), (0.22, 0.1, 0.1), (0.3, 0.13, 0.07), (0.8, 0.22, 0.07), (0.86, 0.2, 0.09)):
+        cl.d.ellipse([w * x - w * r, h * y - w * r * 0.4, w * x + w * r, h * y + w * r * 0.4], fill=255)
+    paste(canvas, np.broadcast_to(rgb(252, 252, 255), canvas.shape), cl.arr(blur=5) * 0.85)
 
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     # main ridge: one dominant peak left of centre, a shoulder on the right
-    ridge, left_lit = ridge_line(w, [(w * 0.4, h * 0.45, w * 0.22),
-                           (w * 0.78, h * 0.22, w * 0.12)],
-                       h * 0.78, h * 0.1, rng, cells=20)
+    ridge, left_lit = ridge_line(
+        w, [(w * 0.4, h * 0.45, w * 0.22), (w * 0.78, h * 0.22, w * 0.12)], h * 0.78, h * 0.1, rng, cells=20
+    )
     rock_n = fbm(h, w, 10, rng, 4)
     gully = fbm(h, w, 18, rng, 3, aspect=3.0)
     lit = left_lit[None, :] * (0.7 + 0.6 * (gully - 0.5))  # left faces lit
-    rock = lerp(rgb(75, 88, 115), rgb(140, 152, 178),
-                np.clip(rock_n * 0.4 + lit * 0.6, 0, 1))
+    rock = lerp(rgb(75, 88, 115), rgb(140, 152, 178), np.clip(rock_n * 0.4 + lit * 0.6, 0, 1))
     haze = np.clip((yy / h - 0.45) * 1.2, 0, 0.35)  # aerial perspective
     rock = lerp(rock, rgb(175, 200, 225), haze)
     paste(canvas, rock, ridge_mask(h, w, ridge))
     # green foothills in front
-    hills, _ = ridge_line(w, [(w * 0.15, h * 0.08, w * 0.3),
-                           (w * 0.7, h * 0.06, w * 0.3)],
-                       h * 0.86, h * 0.03, rng, cells=5)
+    hills, _ = ridge_line(
+        w, [(w * 0.15, h * 0.08, w * 0.3), (w * 0.7, h * 0.06, w * 0.3)], h * 0.86, h * 0.03, rng, cells=5
+    )
     gn = fbm(h, w, 12, rng, 3)
     meadow = lerp(rgb(60, 120, 50), rgb(105, 165, 70), gn)
     paste(canvas, meadow, ridge_mask(h, w, hills))
@@ -501,25 +494,34 @@ def mountains_structure(size=(160, 160)) -> Image.Image:
 def mountains_appearance(size=(176, 128)) -> Image.Image:
     rng = np.random.default_rng(606)
     w, h = size[0] * SS, size[1] * SS
-    canvas = vertical_gradient(h, w, [(0.0, rgb(60, 30, 95)),
-                                      (0.3, rgb(170, 60, 120)),
-                                      (0.55, rgb(245, 125, 70)),
-                                      (0.75, rgb(255, 200, 110)),
-                                      (1.0, rgb(255, 215, 140))])
+    canvas = vertical_gradient(
+        h,
+        w,
+        [
+            (0.0, rgb(60, 30, 95)),
+            (0.3, rgb(170, 60, 120)),
+            (0.55, rgb(245, 125, 70)),
+            (0.75, rgb(255, 200, 110)),
+            (1.0, rgb(255, 215, 140)),
+        ],
+    )
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     # setting sun between the peaks
     sx, sy, sr = w * 0.5, h * 0.5, w * 0.07
     d = np.sqrt((xx - sx) ** 2 + (yy - sy) ** 2)
-    glow = np.exp(-(d / (sr * 3.0)) ** 2) * 0.5
-    canvas += (glow[..., None] * rgb(255, 220, 150))
-    paste(canvas, np.broadcast_to(rgb(255, 240, 200), canvas.shape),
-          np.clip(sr - d + 0.5, 0, 1))
+    glow = np.exp(-((d / (sr * 3.0)) ** 2)) * 0.5
+    canvas += glow[..., None] * rgb(255, 220, 150)
+    paste(canvas, np.broadcast_to(rgb(255, 240, 200), canvas.shape), np.clip(sr - d + 0.5, 0, 1))
 
     # twin-peaked ridge (different silhouette from the structure image)
-    ridge, left_lit = ridge_line(w, [(w * 0.22, h * 0.42, w * 0.11),
-                           (w * 0.72, h * 0.5, w * 0.13),
-                           (w * 0.47, h * 0.12, w * 0.2)],
-                       h * 0.82, h * 0.08, rng, cells=24)
+    ridge, left_lit = ridge_line(
+        w,
+        [(w * 0.22, h * 0.42, w * 0.11), (w * 0.72, h * 0.5, w * 0.13), (w * 0.47, h * 0.12, w * 0.2)],
+        h * 0.82,
+        h * 0.08,
+        rng,
+        cells=24,
+    )
     rock_n = fbm(h, w, 12, rng, 4)
     streak = fbm(h, w, 22, rng, 3, aspect=4.0)
     lit = (1.0 - left_lit[None, :]) * (0.7 + 0.6 * (streak - 0.5))
@@ -530,15 +532,12 @@ def mountains_appearance(size=(176, 128)) -> Image.Image:
     depth = yy - ridge[None, :]
     snow_t = np.clip((snowline - yy) / (h * 0.03), 0, 1)
     snow_t *= np.clip(0.6 + (streak - 0.5) * 2.5 - depth / (h * 0.5), 0, 1)
-    snow_col = lerp(rgb(200, 150, 200), rgb(255, 225, 215),
-                    np.clip(lit * 0.7 + streak * 0.3, 0, 1))
+    snow_col = lerp(rgb(200, 150, 200), rgb(255, 225, 215), np.clip(lit * 0.7 + streak * 0.3, 0, 1))
     mountain = lerp(rock, snow_col, snow_t)
     paste(canvas, mountain, ridge_mask(h, w, ridge))
     # dark foreground ridge
-    fg, _ = ridge_line(w, [(w * 0.85, h * 0.1, w * 0.25)], h * 0.9, h * 0.04,
-                    rng, cells=8)
-    paste(canvas, np.broadcast_to(rgb(40, 22, 45), canvas.shape),
-          ridge_mask(h, w, fg))
+    fg, _ = ridge_line(w, [(w * 0.85, h * 0.1, w * 0.25)], h * 0.9, h * 0.04, rng, cells=8)
+    paste(canvas, np.broadcast_to(rgb(40, 22, 45), canvas.shape), ridge_mask(h, w, fg))
     return finish(canvas, size)
 
 

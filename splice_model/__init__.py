@@ -20,8 +20,16 @@ _EXPORTS = {
     "images": ("ImageError", "load_image", "to_pil"),
     "losses": ("NearDuplicatePairError", "PairScorer"),
     "rendering": ("CheckpointError", "load_checkpoint", "render", "save_checkpoint"),
-    "train": ("EvalEvent", "NonFiniteLossError", "SpliceTrainer", "StepEvent", "TrainResult", "load_features",
-              "resolve_device", "train_pair"),
+    "train": (
+        "EvalEvent",
+        "NonFiniteLossError",
+        "SpliceTrainer",
+        "StepEvent",
+        "TrainResult",
+        "load_features",
+        "resolve_device",
+        "train_pair",
+    ),
     "vit": ("ViTFeatures", "WeightsError", "build_vit"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

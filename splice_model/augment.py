@@ -33,7 +33,7 @@ def random_square_crop(image: torch.Tensor, min_cover: float, generator: torch.G
     side = max(min(side, width), 1)
     top = int(torch.randint(0, height - side + 1, (), generator=generator))
     left = int(torch.randint(0, width - side + 1, (), generator=generator))
-    return image[..., top:top + side, left:left + side]
+    return image[..., top : top + side, left : left + side]
 
 
 def random_flip(image: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:

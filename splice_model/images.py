@@ -18,16 +18,37 @@ from PIL import Image, UnidentifiedImageError
 # Decompression-bomb guard: refuse to decode images above this many pixels (about 16k x 16k).
 MAX_PIXELS = 256_000_000
 
-_CONVERTIBLE_MODES = {"RGB", "RGBA", "RGBa", "RGBX", "L", "LA", "La", "P", "PA", "1", "CMYK", "YCbCr",
-                      "LAB", "HSV", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_CONVERTIBLE_MODES = {
+    "RGB",
+    "RGBA",
+    "RGBa",
+    "RGBX",
+    "L",
+    "LA",
+    "La",
+    "P",
+    "PA",
+    "1",
+    "CMYK",
+    "YCbCr",
+    "LAB",
+    "HSV",
+    "I",
+    "I;16",
+    "I;16B",
+    "I;16L",
+    "I;16N",
+    "F",
+}
 
 
 class ImageError(ValueError):
     """An image file that cannot be used; the message names the file and what to do."""
 
 
-def load_image(path: str | os.PathLike, max_side: int | None = None, min_side: int = 1,
-               notes: list[str] | None = None) -> torch.Tensor:
+def load_image(
+    path: str | os.PathLike, max_side: int | None = None, min_side: int = 1, notes: list[str] | None = None
+) -> torch.Tensor:
     """Read an image file as RGB float (3, H, W) in [0, 1].
 
     Non-RGB modes are converted (a line is appended to `notes` saying so); images whose long side exceeds
@@ -78,14 +99,18 @@ def open_image(path: str | os.PathLike, min_side: int = 1, notes: list[str] | No
         notes.append(f"{path}: has {image.n_frames} frames; using the first")
     image = _to_rgb(image, path, notes)
     if min(image.size) < min_side:
-        raise ImageError(f"{path}: {image.size[0]}x{image.size[1]} is too small; the short side must be at "
-                         f"least {min_side} pixels for the ViT")
+        raise ImageError(
+            f"{path}: {image.size[0]}x{image.size[1]} is too small; the short side must be at "
+            f"least {min_side} pixels for the ViT"
+        )
     return image
 
 
 def _too_many_pixels(path: Path, size: str) -> str:
-    return (f"{path}: {size} is over the {MAX_PIXELS:,}-pixel limit (decompression-bomb guard); downscale the "
-            f"image before using it")
+    return (
+        f"{path}: {size} is over the {MAX_PIXELS:,}-pixel limit (decompression-bomb guard); downscale the "
+        f"image before using it"
+    )
 
 
 def _to_rgb(image: Image.Image, path: Path, notes: list[str] | None) -> Image.Image:
@@ -114,16 +139,18 @@ def _to_rgb(image: Image.Image, path: Path, notes: list[str] | None) -> Image.Im
     return converted
 
 
-def downscale(image: Image.Image, max_side: int | None, notes: list[str] | None = None,
-              name: str = "image") -> Image.Image:
+def downscale(
+    image: Image.Image, max_side: int | None, notes: list[str] | None = None, name: str = "image"
+) -> Image.Image:
     """Shrink so the long side is at most `max_side` (aspect kept, Lanczos); smaller images are untouched."""
     if max_side is None or max(image.size) <= max_side:
         return image
     scale = max_side / max(image.size)
     size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
     if notes is not None:
-        notes.append(f"{name}: downscaled from {image.size[0]}x{image.size[1]} to {size[0]}x{size[1]} "
-                     f"(max side {max_side})")
+        notes.append(
+            f"{name}: downscaled from {image.size[0]}x{image.size[1]} to {size[0]}x{size[1]} (max side {max_side})"
+        )
     return image.resize(size, Image.Resampling.LANCZOS)
 
 
@@ -141,8 +168,9 @@ def to_pil(tensor: torch.Tensor) -> Image.Image:
     return Image.fromarray(array.numpy(), mode="RGB")
 
 
-def as_image_tensor(image: "torch.Tensor | Image.Image | str | os.PathLike",
-                    max_side: int | None = None) -> torch.Tensor:
+def as_image_tensor(
+    image: "torch.Tensor | Image.Image | str | os.PathLike", max_side: int | None = None
+) -> torch.Tensor:
     """Accept a path, a PIL image or a (3, H, W) tensor and return the (3, H, W) float tensor."""
     if isinstance(image, torch.Tensor):
         tensor = image.float()

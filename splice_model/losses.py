@@ -53,14 +53,22 @@ class PairScorer:
     image resized to its size, then the appearance image at its own size).
     """
 
-    def __init__(self, features: ViTFeatures, structure: torch.Tensor, appearance: torch.Tensor,
-                 vit_size: int = 224, vit_max_side: int = 480, vit_resample: str = "bilinear"):
+    def __init__(
+        self,
+        features: ViTFeatures,
+        structure: torch.Tensor,
+        appearance: torch.Tensor,
+        vit_size: int = 224,
+        vit_max_side: int = 480,
+        vit_resample: str = "bilinear",
+    ):
         self.features = features
         self.vit_size, self.vit_max_side, self.vit_resample = vit_size, vit_max_side, vit_resample
         appearance_as_structure = appearance[None]
         if appearance.shape[-2:] != structure.shape[-2:]:
-            appearance_as_structure = F.interpolate(appearance_as_structure, size=structure.shape[-2:],
-                                                    mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+            appearance_as_structure = F.interpolate(
+                appearance_as_structure, size=structure.shape[-2:], mode="bicubic", align_corners=False, antialias=True
+            ).clamp(0, 1)
         with torch.no_grad():
             full = self.vit(torch.cat([structure[None], appearance_as_structure]))
             self.structure_selfsim = full["selfsim"][:1]
@@ -81,7 +89,8 @@ class PairScorer:
         if tiny:
             raise NearDuplicatePairError(
                 f"{what}: the structure and appearance images are (near-)duplicates ({', '.join(tiny)}), so "
-                f"no result can score better than copying an input; use two different images")
+                f"no result can score better than copying an input; use two different images"
+            )
 
     def score(self, output: torch.Tensor) -> dict[str, float]:
         """`structure_score`, `appearance_score` and `splice_score` of an output (3, H, W) or (1, 3, H, W)."""
@@ -104,5 +113,6 @@ class PairScorer:
 
 def splice_score(structure: float, appearance: float, baselines: dict[str, float]) -> float:
     """structure/structure_base + appearance/appearance_base: 1.0 for copying either input, lower is better."""
-    return (structure / max(baselines["structure_base"], MIN_BASELINE)
-            + appearance / max(baselines["appearance_base"], MIN_BASELINE))
+    return structure / max(baselines["structure_base"], MIN_BASELINE) + appearance / max(
+        baselines["appearance_base"], MIN_BASELINE
+    )

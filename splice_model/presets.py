@@ -24,17 +24,48 @@ class VitPreset:
 
 _DINO = "https://dl.fbaipublicfiles.com/dino"
 VIT_PRESETS: dict[str, VitPreset] = {
-    "dino_vits16": VitPreset(384, 12, 6, 16, f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
-                             description="DINO ViT-S/16 (21M params)"),
-    "dino_vits8": VitPreset(384, 12, 6, 8, f"{_DINO}/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth",
-                            description="DINO ViT-S/8 (21M params)"),
-    "dino_vitb16": VitPreset(768, 12, 12, 16, f"{_DINO}/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
-                             description="DINO ViT-B/16 (85M params)"),
-    "dino_vitb8": VitPreset(768, 12, 12, 8, f"{_DINO}/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
-                            description="DINO ViT-B/8 (85M params), the paper's choice"),
+    "dino_vits16": VitPreset(
+        384,
+        12,
+        6,
+        16,
+        f"{_DINO}/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
+        description="DINO ViT-S/16 (21M params)",
+    ),
+    "dino_vits8": VitPreset(
+        384,
+        12,
+        6,
+        8,
+        f"{_DINO}/dino_deitsmall8_pretrain/dino_deitsmall8_pretrain.pth",
+        description="DINO ViT-S/8 (21M params)",
+    ),
+    "dino_vitb16": VitPreset(
+        768,
+        12,
+        12,
+        16,
+        f"{_DINO}/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
+        description="DINO ViT-B/16 (85M params)",
+    ),
+    "dino_vitb8": VitPreset(
+        768,
+        12,
+        12,
+        8,
+        f"{_DINO}/dino_vitbase8_pretrain/dino_vitbase8_pretrain.pth",
+        description="DINO ViT-B/8 (85M params), the paper's choice",
+    ),
     # Not DINO: random weights, for tests and offline demos. Results from it show the machinery, not Splice.
-    "random_tiny8": VitPreset(96, 4, 3, 8, None, random_seed=0,
-                              description="NOT DINO: 4-block ViT with seeded random weights, for tests/demos"),
+    "random_tiny8": VitPreset(
+        96,
+        4,
+        3,
+        8,
+        None,
+        random_seed=0,
+        description="NOT DINO: 4-block ViT with seeded random weights, for tests/demos",
+    ),
 }
 DEFAULT_VIT = "dino_vitb8"
 
@@ -44,5 +75,4 @@ def not_dino_note(preset_name: str) -> str | None:
     preset = VIT_PRESETS.get(preset_name)
     if preset is None or preset.url is not None:
         return None
-    return (f"NOT DINO (random-weight ViT {preset_name}): these results show the machinery working, "
-            f"not Splice's quality")
+    return f"NOT DINO (random-weight ViT {preset_name}): these results show the machinery working, not Splice's quality"

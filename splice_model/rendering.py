@@ -22,19 +22,33 @@ class CheckpointError(ValueError):
     """A generator checkpoint that cannot be read; the message names the file."""
 
 
-def save_checkpoint(path: str | os.PathLike, generator: SpliceGenerator, config: SpliceConfig,
-                    step: int, scores: dict[str, float] | None = None) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike,
+    generator: SpliceGenerator,
+    config: SpliceConfig,
+    step: int,
+    scores: dict[str, float] | None = None,
+) -> Path:
     """Write the generator's weights with the config and scores that produced them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in generator.state_dict().items()}
-    torch.save({"format": CHECKPOINT_FORMAT, "generator": state, "config": config.to_dict(),
-                "step": int(step), "scores": dict(scores or {})}, path)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "generator": state,
+            "config": config.to_dict(),
+            "step": int(step),
+            "scores": dict(scores or {}),
+        },
+        path,
+    )
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
-                    ) -> tuple[SpliceGenerator, SpliceConfig, dict]:
+def load_checkpoint(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[SpliceGenerator, SpliceConfig, dict]:
     """Read a checkpoint written by `save_checkpoint`: (generator in eval mode, its config, metadata)."""
     path = Path(path)
     try:

@@ -63,7 +63,7 @@ class TrainResult:
 
 
 def resolve_device(device: str) -> torch.device:
-    """"auto" -> CUDA when available, else CPU; anything else as torch understands it."""
+    """ "auto" -> CUDA when available, else CPU; anything else as torch understands it."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -105,8 +105,9 @@ def load_features(config: SpliceConfig, device: torch.device | str = "cpu") -> V
 class SpliceTrainer:
     """Holds one run's state (generator, optimiser, RNG, targets); `events()` trains and yields progress."""
 
-    def __init__(self, structure_image, appearance_image, config: SpliceConfig | None = None,
-                 features: ViTFeatures | None = None):
+    def __init__(
+        self, structure_image, appearance_image, config: SpliceConfig | None = None, features: ViTFeatures | None = None
+    ):
         self.config = config = config or SpliceConfig()
         problems = config.validate()
         if problems:
@@ -124,12 +125,19 @@ class SpliceTrainer:
             self.generator = SpliceGenerator().to(self.device, memory_format=torch.channels_last)
         # Fused Adam: one kernel launch instead of one per tensor on CUDA (on the CPU the step is ~1 % of
         # the time either way).
-        self.optimizer = torch.optim.Adam(self.generator.parameters(), lr=config.lr, betas=(0.0, 0.99),
-                                          fused=self.device.type == "cuda" or None)
+        self.optimizer = torch.optim.Adam(
+            self.generator.parameters(), lr=config.lr, betas=(0.0, 0.99), fused=self.device.type == "cuda" or None
+        )
         self.rng = torch.Generator().manual_seed(config.seed)
         with self.autocast:
-            self.scorer = PairScorer(self.features, self.structure, self.appearance, config.vit_size,
-                                     config.vit_max_side, config.vit_resample)
+            self.scorer = PairScorer(
+                self.features,
+                self.structure,
+                self.appearance,
+                config.vit_size,
+                config.vit_max_side,
+                config.vit_resample,
+            )
         self.step = 0
 
     @property
@@ -148,22 +156,25 @@ class SpliceTrainer:
             # Both crops are square, so both resize to the same ViT input and share one batched pass.
             with torch.no_grad():
                 target = self.vit(torch.cat([self._vit_input(structure_crop), self._vit_input(appearance_crop)]))
-            output = self.vit(torch.cat([self._vit_input(self.generator(structure_crop)),
-                                         self._vit_input(self.generator(appearance_crop))]))
+            output = self.vit(
+                torch.cat(
+                    [self._vit_input(self.generator(structure_crop)), self._vit_input(self.generator(appearance_crop))]
+                )
+            )
             terms = {
                 "appearance": appearance_loss(output["cls"][:1], target["cls"][1:]),
                 "structure": structure_loss(output["selfsim"][:1], target["selfsim"][:1]),
                 "identity": identity_loss(output["keys"][1:], target["keys"][1:]),
             }
             # Eq. (4), scaled by loss_scale like the released code's 10 : 1 : 1 weights
-            total = config.loss_scale * (terms["appearance"] + config.alpha * terms["structure"]
-                                         + config.beta * terms["identity"])
+            total = config.loss_scale * (
+                terms["appearance"] + config.alpha * terms["structure"] + config.beta * terms["identity"]
+            )
             if self.step % config.full_image_every == 0:
                 full = self.scorer.vit(self.generator(self.structure[None]))
                 terms["full_appearance"] = appearance_loss(full["cls"], target["cls"][1:])
                 terms["full_structure"] = structure_loss(full["selfsim"], self.scorer.structure_selfsim)
-                total = total + config.loss_scale * (terms["full_appearance"]
-                                                     + config.alpha * terms["full_structure"])
+                total = total + config.loss_scale * (terms["full_appearance"] + config.alpha * terms["full_structure"])
         terms = {"total": total, **terms}
         readout = torch.stack([t.detach().float() for t in terms.values()])
         self.optimizer.zero_grad(set_to_none=True)
@@ -197,8 +208,12 @@ class SpliceTrainer:
 
     def state_dict(self) -> dict:
         """Everything needed to continue this run later (generator, optimiser, RNG, step)."""
-        return {"generator": self.generator.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "rng": self.rng.get_state(), "step": self.step}
+        return {
+            "generator": self.generator.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.get_state(),
+            "step": self.step,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.load_state_dict(state["generator"])
@@ -207,10 +222,14 @@ class SpliceTrainer:
         self.step = int(state["step"])
 
 
-def train_pair(structure_image: "torch.Tensor | Image.Image | str", appearance_image: "torch.Tensor | Image.Image | str",
-               config: SpliceConfig | None = None, *,
-               callback: Callable[[StepEvent | EvalEvent], bool | None] | None = None,
-               features: ViTFeatures | None = None) -> TrainResult:
+def train_pair(
+    structure_image: "torch.Tensor | Image.Image | str",
+    appearance_image: "torch.Tensor | Image.Image | str",
+    config: SpliceConfig | None = None,
+    *,
+    callback: Callable[[StepEvent | EvalEvent], bool | None] | None = None,
+    features: ViTFeatures | None = None,
+) -> TrainResult:
     """Train a Splice generator on one pair: output keeps `structure_image`'s structure and takes
     `appearance_image`'s appearance.
 
@@ -230,5 +249,13 @@ def train_pair(structure_image: "torch.Tensor | Image.Image | str", appearance_i
             break
     if last_scores is None or (stopped and evaluations[-1]["step"] != trainer.step):
         last_scores, last_output = trainer.evaluate()
-    return TrainResult(trainer.generator, trainer.config, trainer.step, last_scores, last_output,
-                       trainer.baselines, stopped, evaluations)
+    return TrainResult(
+        trainer.generator,
+        trainer.config,
+        trainer.step,
+        last_scores,
+        last_output,
+        trainer.baselines,
+        stopped,
+        evaluations,
+    )

@@ -53,7 +53,7 @@ class ViTFeatures(nn.Module):
 
     def _keep_keys(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         dim = output.shape[-1] // 3
-        self._keys = output[..., dim:2 * dim]  # qkv is laid out (3, heads, head_dim): keys, heads concatenated
+        self._keys = output[..., dim : 2 * dim]  # qkv is laid out (3, heads, head_dim): keys, heads concatenated
 
     def train(self, mode: bool = True) -> "ViTFeatures":
         # Frozen means frozen: dropout/eval behaviour never follows the generator's train() calls.
@@ -66,7 +66,7 @@ class ViTFeatures(nn.Module):
         # DINO's strided conv ignores the last H % p rows / W % p columns; timm's PatchEmbed would assert
         # instead, so drop them here (vit_resize's long side is rarely a multiple of the patch size).
         patch = self.patch_size
-        tokens = model.patch_embed(x[..., :height // patch * patch, :width // patch * patch])
+        tokens = model.patch_embed(x[..., : height // patch * patch, : width // patch * patch])
         tokens = torch.cat([model.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         tokens = tokens + dino_pos_embed(model.pos_embed, height, width, self.patch_size).to(tokens.dtype)
         tokens = model.blocks(tokens)
@@ -100,8 +100,9 @@ def dino_pos_embed(pos_embed: torch.Tensor, height: int, width: int, patch_size:
     return torch.cat([pos_embed[:, :1], patch_pos], dim=1)
 
 
-def vit_resize(images: torch.Tensor, short_side: int = 224, max_side: int = 480,
-               resample: str = "bilinear") -> torch.Tensor:
+def vit_resize(
+    images: torch.Tensor, short_side: int = 224, max_side: int = 480, resample: str = "bilinear"
+) -> torch.Tensor:
     """Resize (B, 3, H, W) so the short side is `short_side` and the long side at most `max_side`.
 
     Aspect kept, antialiased. `resample="bilinear"` is exactly torchvision's `Resize(short_side,
@@ -143,8 +144,14 @@ def build_vit(preset_name: str = DEFAULT_VIT, weights: str | os.PathLike | None 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(preset.random_seed)
         model = VisionTransformer(
-            img_size=224, patch_size=preset.patch_size, embed_dim=preset.embed_dim, depth=preset.depth,
-            num_heads=preset.num_heads, mlp_ratio=4.0, qkv_bias=True, num_classes=0,
+            img_size=224,
+            patch_size=preset.patch_size,
+            embed_dim=preset.embed_dim,
+            depth=preset.depth,
+            num_heads=preset.num_heads,
+            mlp_ratio=4.0,
+            qkv_bias=True,
+            num_classes=0,
             norm_layer=partial(nn.LayerNorm, eps=1e-6),
         )
     if weights is not None:
@@ -173,8 +180,10 @@ def read_dino_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for bad files; all mean the same to a user
-        raise WeightsError(f"{path}: cannot read it as a PyTorch checkpoint ({type(error).__name__}: "
-                           f"{str(error).splitlines()[0] if str(error) else ''}); pass a DINO .pth file") from None
+        raise WeightsError(
+            f"{path}: cannot read it as a PyTorch checkpoint ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}); pass a DINO .pth file"
+        ) from None
     for key in ("teacher", "student", "model", "state_dict"):
         if isinstance(checkpoint, dict) and key in checkpoint and isinstance(checkpoint[key], dict):
             checkpoint = checkpoint[key]
@@ -217,8 +226,11 @@ def _load_state(model: VisionTransformer, state: dict[str, torch.Tensor], source
     if missing or unexpected or wrong:
         detail = "; ".join(
             f"{label}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
         )
-        raise WeightsError(f"{source}: does not match this ViT preset ({detail}); pick the preset the "
-                           f"checkpoint was trained as (e.g. dino_vits8 for dino_deitsmall8_pretrain.pth)")
+        raise WeightsError(
+            f"{source}: does not match this ViT preset ({detail}); pick the preset the "
+            f"checkpoint was trained as (e.g. dino_vits8 for dino_deitsmall8_pretrain.pth)"
+        )
     model.load_state_dict({k: v for k, v in state.items() if k in expected})

@@ -19,8 +19,18 @@ from mlflow.entities import Experiment, Run
 from rich.console import Console
 from rich.table import Table
 
-from splice_model import (CheckpointError, ImageError, NonFiniteLossError, SpliceTrainer, WeightsError,
-                          load_checkpoint, load_image, render, save_checkpoint, to_pil)
+from splice_model import (
+    CheckpointError,
+    ImageError,
+    NonFiniteLossError,
+    SpliceTrainer,
+    WeightsError,
+    load_checkpoint,
+    load_image,
+    render,
+    save_checkpoint,
+    to_pil,
+)
 from splice_model.presets import not_dino_note
 from splice_tune import results, tracking
 from splice_tune.errors import BadInput, Failure
@@ -62,8 +72,9 @@ class BestResult:
     checkpoint: Path | None = None  # the retrained generator (--retrain-steps)
 
 
-def run_best(request: BestRequest, console: Console | None = None,
-             progress_console: Console | None = None) -> list[BestResult]:
+def run_best(
+    request: BestRequest, console: Console | None = None, progress_console: Console | None = None
+) -> list[BestResult]:
     """Find and render the winner of each requested pair; BadInput (nothing written) when the flags, the
     store, the search or the pair are wrong or the pair has no finished trial."""
     console = console or Console(stderr=request.as_json)
@@ -103,42 +114,62 @@ def run_best(request: BestRequest, console: Console | None = None,
             rendered.append(_render(client, pair, run, request, out, Path(tmp), console, progress_console))
     if request.as_json:
         runs = [run for _, run in chosen]
-        print(json.dumps(json_document(experiment, uri, metric, runs, rendered, skipped, request.retrain_steps),
-                         indent=2))
+        print(
+            json.dumps(json_document(experiment, uri, metric, runs, rendered, skipped, request.retrain_steps), indent=2)
+        )
     return rendered
 
 
-def json_document(experiment: Experiment, uri: str, metric: str, runs: list[Run], rendered: list[BestResult],
-                  skipped: dict[str, str], retrain_steps: int | None = None) -> dict:
+def json_document(
+    experiment: Experiment,
+    uri: str,
+    metric: str,
+    runs: list[Run],
+    rendered: list[BestResult],
+    skipped: dict[str, str],
+    retrain_steps: int | None = None,
+) -> dict:
     """What `best --json` prints; its keys (README, "After a search") are kept stable:
 
-        {"search": str, "experiment_id": str, "tracking_uri": str, "by": "<by>_score",
-         "winners": [{"pair": str, "run_id": str, "trial": str, "state": str, "image": absolute path,
-                      "width": int, "height": int, "scores": {score: float}, "sampled": {name: value},
-                      "settings": {every SpliceConfig field: value}, "retrained_steps": int | null,
-                      "retrained_scores": {score: float} | null, "checkpoint": absolute path | null,
-                      "mlflow_url": str}],
-         "skipped": [{"pair": str, "reason": str}]}
+    {"search": str, "experiment_id": str, "tracking_uri": str, "by": "<by>_score",
+     "winners": [{"pair": str, "run_id": str, "trial": str, "state": str, "image": absolute path,
+                  "width": int, "height": int, "scores": {score: float}, "sampled": {name: value},
+                  "settings": {every SpliceConfig field: value}, "retrained_steps": int | null,
+                  "retrained_scores": {score: float} | null, "checkpoint": absolute path | null,
+                  "mlflow_url": str}],
+     "skipped": [{"pair": str, "reason": str}]}
     """
     base, _ = results.ui_base(uri)
     winners = []
     for run, result in zip(runs, rendered):
         settings = results.config_from_params(run.data.params).to_dict()
         retrained = result.checkpoint is not None
-        winners.append({
-            "pair": result.pair, "run_id": result.run_id, "trial": results.trial_name(run),
-            "state": results.trial_state(run), "image": str(result.path.resolve()),
-            "width": result.size[0], "height": result.size[1],
-            "scores": {name: run.data.metrics[name] for name in SCORES if name in run.data.metrics},
-            "sampled": {name: settings[name] for name in results.sampled_names(run) if name in settings},
-            "settings": settings,
-            "retrained_steps": retrain_steps if retrained else None,
-            "retrained_scores": result.scores if retrained else None,
-            "checkpoint": str(result.checkpoint.resolve()) if retrained else None,
-            "mlflow_url": results.ui_link(base, experiment.experiment_id, result.run_id)})
-    return {"search": experiment.name, "experiment_id": experiment.experiment_id, "tracking_uri": uri,
-            "by": metric, "winners": winners,
-            "skipped": [{"pair": pair, "reason": reason} for pair, reason in skipped.items()]}
+        winners.append(
+            {
+                "pair": result.pair,
+                "run_id": result.run_id,
+                "trial": results.trial_name(run),
+                "state": results.trial_state(run),
+                "image": str(result.path.resolve()),
+                "width": result.size[0],
+                "height": result.size[1],
+                "scores": {name: run.data.metrics[name] for name in SCORES if name in run.data.metrics},
+                "sampled": {name: settings[name] for name in results.sampled_names(run) if name in settings},
+                "settings": settings,
+                "retrained_steps": retrain_steps if retrained else None,
+                "retrained_scores": result.scores if retrained else None,
+                "checkpoint": str(result.checkpoint.resolve()) if retrained else None,
+                "mlflow_url": results.ui_link(base, experiment.experiment_id, result.run_id),
+            }
+        )
+    return {
+        "search": experiment.name,
+        "experiment_id": experiment.experiment_id,
+        "tracking_uri": uri,
+        "by": metric,
+        "winners": winners,
+        "skipped": [{"pair": pair, "reason": reason} for pair, reason in skipped.items()],
+    }
 
 
 def _check_flags(request: BestRequest) -> None:
@@ -172,15 +203,19 @@ def _choose(pair: results.PairRuns, metric: str, search: str, retrain: bool, lin
     counts = ", ".join(f"{count} {state}" for state, count in results.count_states(pair.trials).items() if count)
     why = f"pair {pair.name}: no finished trial with a {metric} in search {search!r} ({counts or 'no trials yet'})"
     if pair.parent.info.status == "RUNNING" or any(results.trial_state(t) == results.RUNNING for t in pair.trials):
-        return None, (f"{why}; the search is still running: try again once a trial of this pair has finished "
-                      f"(follow it in MLflow: {link}; if its driver died, continue it with --resume)")
+        return None, (
+            f"{why}; the search is still running: try again once a trial of this pair has finished "
+            f"(follow it in MLflow: {link}; if its driver died, continue it with --resume)"
+        )
     failure = results.pair_failure(pair.trials)
     if failure is not None:
         return None, f"{why}: {failure}; nothing to render or retrain; each trial's full error is in MLflow: {link}"
     if candidate is not None:
         return None, f"{why}; retrain the best stopped-early trial's settings with --retrain-steps N"
-    return None, (f"{why}; no trial reached an eval, so there is nothing to render or retrain; continue the "
-                  f"search with `splice-tune search ... --name {search} --resume`")
+    return None, (
+        f"{why}; no trial reached an eval, so there is nothing to render or retrain; continue the "
+        f"search with `splice-tune search ... --name {search} --resume`"
+    )
 
 
 def _out_path(request: BestRequest, pair: str) -> Path:
@@ -190,8 +225,10 @@ def _out_path(request: BestRequest, pair: str) -> Path:
 def _describe(console: Console, pair: results.PairRuns, run: Run, metric: str, uri: str, experiment_id: str) -> None:
     """The winner's params (sampled ones first), scores, run id and MLflow link."""
     state = results.trial_state(run)
-    console.print(f"[bold]{pair.name}[/]: winner by {metric}: trial {results.trial_name(run)} ({state}), "
-                  f"run {run.info.run_id}", highlight=False)
+    console.print(
+        f"[bold]{pair.name}[/]: winner by {metric}: trial {results.trial_name(run)} ({state}), run {run.info.run_id}",
+        highlight=False,
+    )
     sampled = results.sampled_names(run)
     fixed = sorted(name for name in run.data.params if name not in NOT_SETTINGS and name not in sampled)
     table = Table.grid(padding=(0, 2))
@@ -199,22 +236,36 @@ def _describe(console: Console, pair: results.PairRuns, run: Run, metric: str, u
     table.add_column(overflow="fold")
     table.add_row("sampled", ", ".join(f"{name}={number(run.data.params.get(name))}" for name in sampled) or "-")
     table.add_row("fixed", ", ".join(f"{name}={number(run.data.params[name])}" for name in fixed) or "-")
-    table.add_row("scores", ", ".join(f"{name} {number(run.data.metrics[name])}" for name in SCORES
-                                      if name in run.data.metrics))
+    table.add_row(
+        "scores", ", ".join(f"{name} {number(run.data.metrics[name])}" for name in SCORES if name in run.data.metrics)
+    )
     note = not_dino_note(results.trial_vit(run) or "")
     if note:
         table.add_row("ViT", f"[bold red]{note}[/]")
     console.print(table, highlight=False)
     # Links on lines of their own: a table cell would cut or break them in a narrow terminal.
     base, how_to_start = results.ui_base(uri)
-    console.print(f"MLflow run: {results.ui_link(base, experiment_id, run.info.run_id)}", highlight=False,
-                  soft_wrap=True)
-    console.print(f"MLflow, every trial: {results.ui_link(base, experiment_id)}"
-                  + (f"  ({how_to_start})" if how_to_start else ""), highlight=False, soft_wrap=True)
+    console.print(
+        f"MLflow run: {results.ui_link(base, experiment_id, run.info.run_id)}", highlight=False, soft_wrap=True
+    )
+    console.print(
+        f"MLflow, every trial: {results.ui_link(base, experiment_id)}"
+        + (f"  ({how_to_start})" if how_to_start else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
-def _render(client: MlflowClient, pair: results.PairRuns, run: Run, request: BestRequest, out: Path, tmp: Path,
-            console: Console, progress_console: Console) -> BestResult:
+def _render(
+    client: MlflowClient,
+    pair: results.PairRuns,
+    run: Run,
+    request: BestRequest,
+    out: Path,
+    tmp: Path,
+    console: Console,
+    progress_console: Console,
+) -> BestResult:
     structure_path = results.input_image(client, pair, "structure", tmp)
     try:
         structure = load_image(structure_path)
@@ -222,8 +273,9 @@ def _render(client: MlflowClient, pair: results.PairRuns, run: Run, request: Bes
         raise BadInput(str(error)) from None
     if request.retrain_steps is not None:
         appearance_path = results.input_image(client, pair, "appearance", tmp)
-        generator, config, scores = _retrain(run, structure_path, appearance_path, request.retrain_steps,
-                                             progress_console)
+        generator, config, scores = _retrain(
+            run, structure_path, appearance_path, request.retrain_steps, progress_console
+        )
         how = f"retrained from scratch for {request.retrain_steps} steps"
     else:
         checkpoint = results.download(client, run, CHECKPOINT_ARTIFACT, tmp)
@@ -241,8 +293,10 @@ def _render(client: MlflowClient, pair: results.PairRuns, run: Run, request: Bes
         # A retraining can take long: keep its generator like `splice-tune train` does.
         checkpoint_out = save_checkpoint(out.with_suffix(".pt"), generator, config, config.steps, scores)
         written += f" and {checkpoint_out}"
-        console.print("retrained scores: " + ", ".join(f"{name} {number(scores[name])}" for name in SCORES
-                                                      if name in scores), highlight=False)
+        console.print(
+            "retrained scores: " + ", ".join(f"{name} {number(scores[name])}" for name in SCORES if name in scores),
+            highlight=False,
+        )
     console.print(f"wrote {written} ({image.width}x{image.height}, {how})", highlight=False)
     return BestResult(pair.name, run.info.run_id, out, image.size, scores, checkpoint_out)
 
@@ -261,6 +315,8 @@ def _retrain(run: Run, structure: Path, appearance: Path, steps: int, console: C
     try:
         scores = train_with_progress(trainer, console, label="retrain")
     except NonFiniteLossError as error:
-        raise Failure(f"retraining run {run.info.run_id}'s settings diverged ({error}); try another "
-                      f"--retrain-steps or another trial") from None
+        raise Failure(
+            f"retraining run {run.info.run_id}'s settings diverged ({error}); try another "
+            f"--retrain-steps or another trial"
+        ) from None
     return trainer.generator, trainer.config, scores

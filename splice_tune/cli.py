@@ -48,7 +48,9 @@ class _Command(TyperCommand):
 
 app = typer.Typer(
     help="Find the best Splice (semantic appearance transfer) settings for each of your image pairs.",
-    no_args_is_help=True, pretty_exceptions_enable=False, cls=_Group,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    cls=_Group,
 )
 console = Console(stderr=True)
 
@@ -70,8 +72,9 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
-                                 help="Print splice-tune's version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print splice-tune's version and exit."
+    ),
 ) -> None:
     """Find the best Splice (semantic appearance transfer) settings for each of your image pairs."""
 
@@ -97,8 +100,16 @@ def _shipped_space_names() -> list[str]:
 def _complete_space(incomplete: str) -> list[str]:
     """Shipped space names, then YAML files beside what was typed."""
     folder = Path(incomplete).parent
-    files = sorted(str(path) for pattern in ("*.yaml", "*.yml") for path in folder.glob(pattern)
-                   if str(path).startswith(incomplete)) if folder.is_dir() else []
+    files = (
+        sorted(
+            str(path)
+            for pattern in ("*.yaml", "*.yml")
+            for path in folder.glob(pattern)
+            if str(path).startswith(incomplete)
+        )
+        if folder.is_dir()
+        else []
+    )
     return [name for name in _shipped_space_names() if name.startswith(incomplete)] + files
 
 
@@ -115,11 +126,16 @@ def train(
     structure: Path = typer.Argument(..., help="Image whose structure (layout, shapes) the output keeps."),
     appearance: Path = typer.Argument(..., help="Image whose appearance (colours, textures) the output takes."),
     out: Path = typer.Option(Path("out.png"), "--out", "-o", help="Where to write the rendered output image."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Where to write the generator checkpoint "
-                                                          "\\[default: OUT with suffix .pt]."),
+    checkpoint: Optional[Path] = typer.Option(
+        None, help="Where to write the generator checkpoint \\[default: OUT with suffix .pt]."
+    ),
     steps: Optional[int] = typer.Option(None, help=f"Training steps {_default('steps')}."),
-    vit: Optional[str] = typer.Option(None, metavar=_choices(VIT_PRESETS), autocompletion=_complete(VIT_PRESETS),
-                                      help=f"ViT preset (random_tiny8 is NOT DINO) {_default('vit')}."),
+    vit: Optional[str] = typer.Option(
+        None,
+        metavar=_choices(VIT_PRESETS),
+        autocompletion=_complete(VIT_PRESETS),
+        help=f"ViT preset (random_tiny8 is NOT DINO) {_default('vit')}.",
+    ),
     vit_weights: Optional[Path] = typer.Option(None, help="Local DINO checkpoint file (else torch hub's cache)."),
     alpha: Optional[float] = typer.Option(None, help=f"Weight of the structure loss {_default('alpha')}."),
     beta: Optional[float] = typer.Option(None, help=f"Weight of the identity loss {_default('beta')}."),
@@ -129,67 +145,110 @@ def train(
     eval_every: Optional[int] = typer.Option(None, help=f"Score every N steps {_default('eval_every')}."),
     seed: Optional[int] = typer.Option(None, help=f"Random seed {_default('seed')}."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 or auto \\[default: auto]."),
-    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", show_default=False,
-                                       help="bf16 autocast: --amp always, --no-amp exact fp32 \\[default: where "
-                                            "the device computes bf16 natively]."),
-    vit_resample: Optional[str] = typer.Option(None, help="ViT input resize filter, bilinear or bicubic "
-                                                          f"{_default('vit_resample')}."),
-    render_max_side: Optional[int] = typer.Option(None, help="Cap the rendered output's long side "
-                                                             "\\[default: the structure image's full size]."),
+    amp: Optional[bool] = typer.Option(
+        None,
+        "--amp/--no-amp",
+        show_default=False,
+        help="bf16 autocast: --amp always, --no-amp exact fp32 \\[default: where the device computes bf16 natively].",
+    ),
+    vit_resample: Optional[str] = typer.Option(
+        None, help=f"ViT input resize filter, bilinear or bicubic {_default('vit_resample')}."
+    ),
+    render_max_side: Optional[int] = typer.Option(
+        None, help="Cap the rendered output's long side \\[default: the structure image's full size]."
+    ),
 ) -> None:
     """Train Splice on one image pair and render the result at full resolution."""
     from splice_tune.training import TrainRequest, run_train
 
-    settings = {"steps": steps, "vit": vit, "vit_weights": str(vit_weights) if vit_weights else None,
-                "alpha": alpha, "beta": beta, "lr": lr, "max_side": max_side, "vit_size": vit_size,
-                "eval_every": eval_every, "seed": seed, "device": device, "amp": amp, "vit_resample": vit_resample}
+    settings = {
+        "steps": steps,
+        "vit": vit,
+        "vit_weights": str(vit_weights) if vit_weights else None,
+        "alpha": alpha,
+        "beta": beta,
+        "lr": lr,
+        "max_side": max_side,
+        "vit_size": vit_size,
+        "eval_every": eval_every,
+        "seed": seed,
+        "device": device,
+        "amp": amp,
+        "vit_resample": vit_resample,
+    }
     run_train(TrainRequest(structure, appearance, out, checkpoint, settings, render_max_side), console)
 
 
 @app.command()
 def search(
     pairs_csv: Path = typer.Argument(..., help="CSV with header pair,structure,appearance (paths relative to it)."),
-    space: str = typer.Option("quick", "--space", "-s", metavar=_choices([*_shipped_space_names(), "FILE.yaml"]),
-                              autocompletion=_complete_space,
-                              help="Search space: a shipped one (`splice-tune spaces` describes them) or a "
-                                   "YAML file."),
-    set_values: list[str] = typer.Option([], "--set", help="Override a fixed setting or budget, e.g. "
-                                                           "--set steps=500 --set budget.trials_per_pair=4."),
+    space: str = typer.Option(
+        "quick",
+        "--space",
+        "-s",
+        metavar=_choices([*_shipped_space_names(), "FILE.yaml"]),
+        autocompletion=_complete_space,
+        help="Search space: a shipped one (`splice-tune spaces` describes them) or a YAML file.",
+    ),
+    set_values: list[str] = typer.Option(
+        [], "--set", help="Override a fixed setting or budget, e.g. --set steps=500 --set budget.trials_per_pair=4."
+    ),
     name: Optional[str] = typer.Option(None, help="Search name \\[default: CSV-SPACE-TIMESTAMP]."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted search (--name, or the latest)."),
     root: Root = DEFAULT_ROOT,
-    storage: Optional[str] = typer.Option(None, help="Ray experiment storage: a path or URI (s3://, gs://) "
-                                                     "\\[default: ROOT/ray]."),
-    tracking_uri: Optional[str] = _tracking_uri_option("MLflow tracking URI, e.g. http://mlflow:5000 "
-                                                       "\\[default: SQLite under ROOT]."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster to join: HEAD:6379 of its head node, or auto "
-                                                     "\\[default: start a local Ray]."),
+    storage: Optional[str] = typer.Option(
+        None, help="Ray experiment storage: a path or URI (s3://, gs://) \\[default: ROOT/ray]."
+    ),
+    tracking_uri: Optional[str] = _tracking_uri_option(
+        "MLflow tracking URI, e.g. http://mlflow:5000 \\[default: SQLite under ROOT]."
+    ),
+    address: Optional[str] = typer.Option(
+        None, help="Ray cluster to join: HEAD:6379 of its head node, or auto \\[default: start a local Ray]."
+    ),
     cpus_per_trial: float = typer.Option(1.0, help="CPUs Ray reserves for each trial."),
     gpus_per_trial: float = typer.Option(0.0, help="GPUs per trial; fractions share a GPU (0.25 = four per GPU)."),
-    max_concurrent: Optional[int] = typer.Option(None, help="Most trials running at once \\[default: the space's "
-                                                            "budget.max_concurrent, else what resources allow]."),
+    max_concurrent: Optional[int] = typer.Option(
+        None,
+        help="Most trials running at once \\[default: the space's budget.max_concurrent, else what resources allow].",
+    ),
     max_failures: int = typer.Option(2, help="Retries of a trial that crashes before it counts as failed."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table; print only the summary."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print each failed trial's traceback as it "
-                                                                "happens (they are always in MLflow)."),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Print each failed trial's traceback as it happens (they are always in MLflow)."
+    ),
 ) -> None:
     """Search each pair's best alpha, beta, lr and augmentation strengths (Ray Tune + Optuna, logged to MLflow)."""
     from splice_tune.driver import SearchInterrupted, SearchRequest, run_search
 
-    request = SearchRequest(pairs_csv=pairs_csv, space=space, overrides=list(set_values), name=name, resume=resume,
-                            root=root, storage=storage, tracking_uri=tracking_uri, address=address,
-                            cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                            max_concurrent=max_concurrent, max_failures=max_failures, quiet=quiet,
-                            verbose=verbose)
+    request = SearchRequest(
+        pairs_csv=pairs_csv,
+        space=space,
+        overrides=list(set_values),
+        name=name,
+        resume=resume,
+        root=root,
+        storage=storage,
+        tracking_uri=tracking_uri,
+        address=address,
+        cpus_per_trial=cpus_per_trial,
+        gpus_per_trial=gpus_per_trial,
+        max_concurrent=max_concurrent,
+        max_failures=max_failures,
+        quiet=quiet,
+        verbose=verbose,
+    )
     try:
         summary = run_search(request, console)
     except SearchInterrupted as stop:
         again = shlex.join(arg for arg in sys.argv[1:] if arg != "--resume")
         if "--name" not in sys.argv:
             again += f" --name {stop.name}"
-        console.print(f"search {stop.name} interrupted: its state is saved ({stop.interrupted_runs} running "
-                      f"trial(s) marked interrupted in MLflow). Continue it with:\n  splice-tune {again} --resume",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"search {stop.name} interrupted: its state is saved ({stop.interrupted_runs} running "
+            f"trial(s) marked interrupted in MLflow). Continue it with:\n  splice-tune {again} --resume",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(130)
     _print_summary(summary)
     _raise_failures(summary)
@@ -197,27 +256,39 @@ def search(
 
 @app.command()
 def best(
-    pair: Optional[str] = typer.Option(None, "--pair", "-p", help="Pair whose winner to render (its name in "
-                                                                  "pairs.csv)."),
+    pair: Optional[str] = typer.Option(
+        None, "--pair", "-p", help="Pair whose winner to render (its name in pairs.csv)."
+    ),
     all_pairs: bool = typer.Option(False, "--all", help="Render every pair's winner of the search."),
     search: Optional[str] = typer.Option(None, help="Search name \\[default: the latest search]."),
-    by: str = typer.Option("splice", metavar=_choices(SCORE_CHOICES), autocompletion=_complete(SCORE_CHOICES),
-                           help="Score that picks the winner: the lowest <by>_score among finished trials."),
+    by: str = typer.Option(
+        "splice",
+        metavar=_choices(SCORE_CHOICES),
+        autocompletion=_complete(SCORE_CHOICES),
+        help="Score that picks the winner: the lowest <by>_score among finished trials.",
+    ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output image \\[default: PAIR_best.png here]."),
     out_dir: Optional[Path] = typer.Option(None, help="Folder for PAIR_best.png (with --all) \\[default: here]."),
     max_side: Optional[int] = typer.Option(None, help="Cap the output's long side \\[default: full resolution]."),
-    retrain_steps: Optional[int] = typer.Option(None, help="Train the winner's settings again from scratch for "
-                                                           "N steps and render that (also writes OUT.pt)."),
+    retrain_steps: Optional[int] = typer.Option(
+        None, help="Train the winner's settings again from scratch for N steps and render that (also writes OUT.pt)."
+    ),
     root: Root = DEFAULT_ROOT,
     tracking_uri: Optional[str] = _tracking_uri_option("MLflow tracking URI \\[default: SQLite under ROOT]."),
-    as_json: bool = typer.Option(False, "--json", help="Also print the winners as one JSON document on stdout, "
-                                                       "for scripts (keys: README); the rest goes to stderr."),
+    as_json: bool = typer.Option(
+        False,
+        "--json",
+        help="Also print the winners as one JSON document on stdout, "
+        "for scripts (keys: README); the rest goes to stderr.",
+    ),
 ) -> None:
     """Render a pair's winning trial at the structure image's full resolution."""
     from splice_tune.best import BestRequest, run_best
 
-    run_best(BestRequest(pair, all_pairs, search, by, out, out_dir, max_side, retrain_steps, root, tracking_uri,
-                         as_json), progress_console=console)
+    run_best(
+        BestRequest(pair, all_pairs, search, by, out, out_dir, max_side, retrain_steps, root, tracking_uri, as_json),
+        progress_console=console,
+    )
 
 
 @app.command()
@@ -237,8 +308,9 @@ def report(
 @app.command()
 def ui(
     port: int = typer.Option(5000, help="Port to serve on."),
-    host: str = typer.Option("127.0.0.1", help="Interface to bind; only this machine can connect unless you "
-                                               "give another (e.g. 0.0.0.0)."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface to bind; only this machine can connect unless you give another (e.g. 0.0.0.0)."
+    ),
     root: Root = DEFAULT_ROOT,
 ) -> None:
     """Serve the MLflow UI for the local store until Ctrl-C."""
@@ -260,8 +332,9 @@ def spaces() -> None:
     for name, description in shipped_spaces().items():
         table.add_row(name, description or "-")
     Console().print(table)
-    Console().print("or pass your own YAML file: --space my_space.yaml (format: search_spaces/README.md)",
-                    highlight=False)
+    Console().print(
+        "or pass your own YAML file: --space my_space.yaml (format: search_spaces/README.md)", highlight=False
+    )
 
 
 @app.command("ls")
@@ -287,8 +360,14 @@ def _print_summary(summary) -> None:
         table.add_column(column, overflow="fold")
     for pair in summary.pairs:
         params = " ".join(f"{k}={number(v)}" for k, v in sorted(pair.params.items())) or "-"
-        table.add_row(pair.pair, number(pair.score), str(pair.counts["finished"]), str(pair.counts["stopped early"]),
-                      str(pair.counts["failed"]), params if pair.run_id else "no finished trial")
+        table.add_row(
+            pair.pair,
+            number(pair.score),
+            str(pair.counts["finished"]),
+            str(pair.counts["stopped early"]),
+            str(pair.counts["failed"]),
+            params if pair.run_id else "no finished trial",
+        )
     out.print(table)
     by = "" if summary.metric == "splice_score" else f" --by {summary.metric.removesuffix('_score')}"
     for pair in summary.pairs:
@@ -297,8 +376,10 @@ def _print_summary(summary) -> None:
     note = not_dino_note(getattr(summary, "vit", None) or "")
     if note:
         out.print(f"[bold red]{note}[/]", highlight=False)
-    out.print(f"MLflow: {summary.tracking_uri} (experiment {summary.experiment_id}); compare trials with: "
-              f"splice-tune ui", highlight=False)
+    out.print(
+        f"MLflow: {summary.tracking_uri} (experiment {summary.experiment_id}); compare trials with: splice-tune ui",
+        highlight=False,
+    )
 
 
 def _raise_failures(summary) -> None:
@@ -307,9 +388,13 @@ def _raise_failures(summary) -> None:
 
     failed = [pair for pair in summary.pairs if pair.failure]
     if failed:
-        raise Failure([f"pair {pair.pair}: no trial finished: {pair.failure}; each trial's full error is in "
-                       f"MLflow: {ui_link(summary.tracking_uri, summary.experiment_id, pair.parent_run_id)}"
-                       for pair in failed])
+        raise Failure(
+            [
+                f"pair {pair.pair}: no trial finished: {pair.failure}; each trial's full error is in "
+                f"MLflow: {ui_link(summary.tracking_uri, summary.experiment_id, pair.parent_run_id)}"
+                for pair in failed
+            ]
+        )
 
 
 # Every command renders its --help through _Command (flags without a type), set here once for all of them.

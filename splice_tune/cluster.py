@@ -36,15 +36,21 @@ def tracking_problems(tracking_uri: str | None, address: str | None) -> list[str
     """
     scheme = store.scheme(tracking_uri)
     if scheme.split("+")[0] not in (*SERVER_SCHEMES, *DATABASE_SCHEMES):
-        return [f"--tracking-uri {tracking_uri}: unsupported scheme {scheme!r}; use http(s)://HOST:PORT of an "
-                f"MLflow server or sqlite:///PATH (or a database URI such as postgresql://...)"]
+        return [
+            f"--tracking-uri {tracking_uri}: unsupported scheme {scheme!r}; use http(s)://HOST:PORT of an "
+            f"MLflow server or sqlite:///PATH (or a database URI such as postgresql://...)"
+        ]
     if address and scheme not in SERVER_SCHEMES:
         if scheme in ("sqlite", "file", ""):
-            return [f"--address {address}: trials on other machines cannot write this machine's MLflow store "
-                    f"({tracking_uri or 'the default SQLite file'}); pass --tracking-uri http://HOST:PORT of an "
-                    f"MLflow server ({SEE_README})"]
-        return [f"--tracking-uri {tracking_uri}: on a cluster use an MLflow server (http://HOST:PORT): with a "
-                f"database URI every node would keep its images and checkpoints on its own disk ({SEE_README})"]
+            return [
+                f"--address {address}: trials on other machines cannot write this machine's MLflow store "
+                f"({tracking_uri or 'the default SQLite file'}); pass --tracking-uri http://HOST:PORT of an "
+                f"MLflow server ({SEE_README})"
+            ]
+        return [
+            f"--tracking-uri {tracking_uri}: on a cluster use an MLflow server (http://HOST:PORT): with a "
+            f"database URI every node would keep its images and checkpoints on its own disk ({SEE_README})"
+        ]
     if scheme not in SERVER_SCHEMES:
         return []
     problem = server_problem(tracking_uri)
@@ -61,8 +67,10 @@ def server_problem(tracking_uri: str) -> str | None:
         # paragraph about connection pools.
         problem = _unreachable(url.hostname or "", url.port or (443 if url.scheme == "https" else 80))
         if problem:
-            return (f"--tracking-uri {tracking_uri}: {problem}; start the MLflow server (`mlflow server --host "
-                    f"0.0.0.0 --port 5000`) or fix the address ({SEE_README})")
+            return (
+                f"--tracking-uri {tracking_uri}: {problem}; start the MLflow server (`mlflow server --host "
+                f"0.0.0.0 --port 5000`) or fix the address ({SEE_README})"
+            )
     limits = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(CONNECT_TIMEOUT_S)}
     saved = {name: os.environ.get(name) for name in limits}
     os.environ.update(limits)  # MLflow reads these per request; restored below
@@ -88,16 +96,19 @@ def address_problems(address: str | None) -> list[str]:
     if address.startswith("ray://"):
         # Through Ray Client, Tune runs its loop in a process on the head node, where this driver's live
         # table and MLflow bookkeeping (driver-side callbacks) do not exist.
-        return [f"--address {address}: Ray Client (ray://) addresses are not supported; run splice-tune on a "
-                f"node of the cluster with --address HEAD:6379 (or auto), or submit it as a Ray job ({SEE_README})"]
+        return [
+            f"--address {address}: Ray Client (ray://) addresses are not supported; run splice-tune on a "
+            f"node of the cluster with --address HEAD:6379 (or auto), or submit it as a Ray job ({SEE_README})"
+        ]
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        return [f"--address {address}: expected HOST:PORT of the Ray head node's GCS (e.g. head:6379), auto or "
-                f"local"]
+        return [f"--address {address}: expected HOST:PORT of the Ray head node's GCS (e.g. head:6379), auto or local"]
     problem = _unreachable(host, int(port))
     if problem:
-        return [f"--address {address}: {problem}; start the head with `ray start --head` and pass the address "
-                f"it prints ({SEE_README})"]
+        return [
+            f"--address {address}: {problem}; start the head with `ray start --head` and pass the address "
+            f"it prints ({SEE_README})"
+        ]
     return []
 
 
@@ -119,8 +130,10 @@ def code_runtime_env() -> dict:
     import splice_model
     import splice_tune
 
-    return {"py_modules": [str(Path(package.__file__).parent) for package in (splice_model, splice_tune)],
-            "excludes": ["__pycache__", "*.pyc"]}
+    return {
+        "py_modules": [str(Path(package.__file__).parent) for package in (splice_model, splice_tune)],
+        "excludes": ["__pycache__", "*.pyc"],
+    }
 
 
 def join(address: str) -> None:
@@ -130,11 +143,11 @@ def join(address: str) -> None:
     import ray
 
     try:
-        ray.init(address=address, runtime_env=code_runtime_env(), logging_level=logging.WARNING,
-                 log_to_driver=False)
+        ray.init(address=address, runtime_env=code_runtime_env(), logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, ValueError) as error:  # what ray.init raises for an address it cannot use
-        raise BadInput([f"--address {address}: cannot join a Ray cluster there: {' '.join(str(error).split())} "
-                        f"({SEE_README})"]) from None
+        raise BadInput(
+            [f"--address {address}: cannot join a Ray cluster there: {' '.join(str(error).split())} ({SEE_README})"]
+        ) from None
 
 
 def resource_problem(cpus_per_trial: float, gpus_per_trial: float, where: str) -> str | None:
@@ -148,6 +161,8 @@ def resource_problem(cpus_per_trial: float, gpus_per_trial: float, where: str) -
     if any(node.get("CPU", 0) >= cpus_per_trial and node.get("GPU", 0) >= gpus_per_trial for node in nodes):
         return None
     largest = max(nodes, key=lambda node: (node.get("GPU", 0), node.get("CPU", 0)), default={})
-    return (f"--cpus-per-trial {cpus_per_trial:g} --gpus-per-trial {gpus_per_trial:g}: no node of {where} has "
-            f"that much (the largest has {largest.get('CPU', 0):g} CPUs and {largest.get('GPU', 0):g} GPUs); "
-            f"lower them or add a node that has it")
+    return (
+        f"--cpus-per-trial {cpus_per_trial:g} --gpus-per-trial {gpus_per_trial:g}: no node of {where} has "
+        f"that much (the largest has {largest.get('CPU', 0):g} CPUs and {largest.get('GPU', 0):g} GPUs); "
+        f"lower them or add a node that has it"
+    )

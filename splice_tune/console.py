@@ -47,8 +47,16 @@ class LiveView:
     """Per pair: trials finished / running / stopped early / failed, and the best score so far; for the
     whole search the time elapsed and an estimate of the time left."""
 
-    def __init__(self, pairs: list[str], budget: int, metric: str, console: Console, quiet: bool = False,
-                 evals_per_trial: int = 1, progress_every: float = PROGRESS_EVERY_S):
+    def __init__(
+        self,
+        pairs: list[str],
+        budget: int,
+        metric: str,
+        console: Console,
+        quiet: bool = False,
+        evals_per_trial: int = 1,
+        progress_every: float = PROGRESS_EVERY_S,
+    ):
         self.pairs = {pair: PairProgress(budget) for pair in pairs}
         self.metric = metric
         self.console = console
@@ -57,8 +65,9 @@ class LiveView:
         self.started = time.monotonic()
         self._work_at_start = 0.0
         self._stopped = threading.Event()
-        self.live = None if quiet else Live(get_renderable=self.table, console=console, refresh_per_second=2,
-                                            transient=False)
+        self.live = (
+            None if quiet else Live(get_renderable=self.table, console=console, refresh_per_second=2, transient=False)
+        )
         self._printer = None
         if not quiet and not console.is_interactive:
             self._printer = threading.Thread(target=self._print_progress, name="splice-tune-progress", daemon=True)
@@ -89,7 +98,7 @@ class LiveView:
         return sum(progress.work(self.evals_per_trial) for progress in self.pairs.values())
 
     def timing(self) -> str:
-        """"elapsed 0:01:30, ETA 0:03:00": the time since the search started and the estimated time left, from
+        """ "elapsed 0:01:30, ETA 0:03:00": the time since the search started and the estimated time left, from
         the pace of this run so far ("ETA -" until some work is done)."""
         elapsed = time.monotonic() - self.started
         total = sum(progress.budget for progress in self.pairs.values())
@@ -100,10 +109,12 @@ class LiveView:
 
     def progress_line(self) -> str:
         """One line for logs: the timing, then per pair trials done / running / stopped / failed and its best."""
-        pairs = [f"{pair} {progress.done}/{progress.budget} done, {len(progress.running)} running, "
-                 f"{progress.stopped_early} stopped, {progress.failed} failed, best {self.metric} "
-                 f"{number(progress.best) if math.isfinite(progress.best) else '-'}"
-                 for pair, progress in self.pairs.items()]
+        pairs = [
+            f"{pair} {progress.done}/{progress.budget} done, {len(progress.running)} running, "
+            f"{progress.stopped_early} stopped, {progress.failed} failed, best {self.metric} "
+            f"{number(progress.best) if math.isfinite(progress.best) else '-'}"
+            for pair, progress in self.pairs.items()
+        ]
         return f"[{dt.datetime.now():%H:%M:%S}] search progress: {self.timing()} | " + " | ".join(pairs)
 
     def load(self, runs) -> None:
@@ -136,8 +147,14 @@ class LiveView:
         for pair, progress in self.pairs.items():
             best = number(progress.best) if math.isfinite(progress.best) else "-"
             retried = f" ({progress.retried} retried)" if progress.retried else ""
-            table.add_row(pair, f"{progress.done}/{progress.budget}", str(len(progress.running)),
-                          str(progress.stopped_early), f"{progress.failed}{retried}", best)
+            table.add_row(
+                pair,
+                f"{progress.done}/{progress.budget}",
+                str(len(progress.running)),
+                str(progress.stopped_early),
+                f"{progress.failed}{retried}",
+                best,
+            )
         return table
 
 

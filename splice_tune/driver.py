@@ -61,6 +61,7 @@ def plan_search(request: SearchRequest) -> SearchPlan:
     storage = search_plan.storage_path(request)
     # What trials on other machines must reach has to answer now, before anything is written.
     from splice_tune import cluster
+
     problems += cluster.address_problems(request.address)
     problems += cluster.tracking_problems(request.tracking_uri, request.address)
     name = search_plan.chosen_name(request, storage)
@@ -76,8 +77,9 @@ def plan_search(request: SearchRequest) -> SearchPlan:
     return SearchPlan(request, name, pairs, space, storage, tracking_uri, max_concurrent, baselines, fingerprints)
 
 
-def run_search(request: SearchRequest, console: Console | None = None,
-               trainable: Callable[..., None] = run_trial) -> SearchSummary:
+def run_search(
+    request: SearchRequest, console: Console | None = None, trainable: Callable[..., None] = run_trial
+) -> SearchSummary:
     """Validate, then run the whole search; returns each pair's winner (also printed unless quiet).
 
     Raises SearchInterrupted after Ctrl-C (trials then running are marked interrupted in MLflow; the same
@@ -95,19 +97,34 @@ def run_search(request: SearchRequest, console: Console | None = None,
 
     tracker, parent_runs = _record_start(plan)
     # One object per pair in Ray's object store: a trial fetches its own pair's images, not every pair's.
-    images = {pair.name: ray.put((_uint8(pair.structure, _largest(space, "max_side")),
-                                  _uint8(pair.appearance, _largest(space, "max_side")))) for pair in plan.pairs}
-    setup = TrialSetup(plan.name, plan.tracking_uri, tracker.experiment_id, parent_runs, images, space,
-                       request.cpus_per_trial)
+    images = {
+        pair.name: ray.put(
+            (_uint8(pair.structure, _largest(space, "max_side")), _uint8(pair.appearance, _largest(space, "max_side")))
+        )
+        for pair in plan.pairs
+    }
+    setup = TrialSetup(
+        plan.name, plan.tracking_uri, tracker.experiment_id, parent_runs, images, space, request.cpus_per_trial
+    )
 
-    trainable = tune.with_resources(tune.with_parameters(trainable, setup=setup),
-                                    {"cpu": request.cpus_per_trial, "gpu": request.gpus_per_trial})
-    view = LiveView([pair.name for pair in plan.pairs], space.budget.trials_per_pair, space.objective.metric,
-                    console, request.quiet, evals_per_trial(space), request.progress_every)
+    trainable = tune.with_resources(
+        tune.with_parameters(trainable, setup=setup), {"cpu": request.cpus_per_trial, "gpu": request.gpus_per_trial}
+    )
+    view = LiveView(
+        [pair.name for pair in plan.pairs],
+        space.budget.trials_per_pair,
+        space.objective.metric,
+        console,
+        request.quiet,
+        evals_per_trial(space),
+        request.progress_every,
+    )
     with tune_callback.session(plan.name, tracker, view) as callback:
         tuner = _tuner(plan, trainable, callback, tracker, view)
-        console.print(f"search [bold]{plan.name}[/]: {len(plan.pairs)} pairs x {space.budget.trials_per_pair} "
-                      f"trials, space {space.path}, MLflow {plan.tracking_uri}")
+        console.print(
+            f"search [bold]{plan.name}[/]: {len(plan.pairs)} pairs x {space.budget.trials_per_pair} "
+            f"trials, space {space.path}, MLflow {plan.tracking_uri}"
+        )
         with view, tune_callback.ray_noise_filtered(request.verbose):
             grid = tuner.fit()
     return _conclude(plan, tracker, grid)
@@ -116,15 +133,13 @@ def run_search(request: SearchRequest, console: Console | None = None,
 def _record_start(plan: SearchPlan) -> tuple[tracking.SearchTracker, dict[str, str]]:
     """Open the search's MLflow records: its experiment, tagged with the inputs' fingerprints and the space's
     description, and each pair's run. Returns the tracker and each pair's run id."""
-    tracker = tracking.SearchTracker(plan.tracking_uri, plan.name,
-                                     artifact_root=store.artifact_root(plan.request.root))
+    tracker = tracking.SearchTracker(plan.tracking_uri, plan.name, artifact_root=store.artifact_root(plan.request.root))
     for key, value in plan.fingerprints.items():
         tracker.tag_search(key, value)
     if plan.space.description:
         tracker.tag_search(tracking.TAG_DESCRIPTION, plan.space.description)
     parent_runs = {
-        pair.name: tracker.pair_run(pair.name, pair.structure, pair.appearance, plan.baselines[pair.name],
-                                    pair.notes)
+        pair.name: tracker.pair_run(pair.name, pair.structure, pair.appearance, plan.baselines[pair.name], pair.notes)
         for pair in plan.pairs
     }
     return tracker, parent_runs
@@ -141,20 +156,30 @@ def _tuner(plan: SearchPlan, trainable, callback, tracker: tracking.SearchTracke
         tracker.mark_interrupted()
         view.load(tracker.trial_runs())
         # Failed trials used their retries already: resuming continues unfinished trials only.
-        return tune.Tuner.restore(f"{plan.storage.rstrip('/')}/{plan.name}", trainable=trainable,
-                                  resume_unfinished=True, resume_errored=False)
+        return tune.Tuner.restore(
+            f"{plan.storage.rstrip('/')}/{plan.name}", trainable=trainable, resume_unfinished=True, resume_errored=False
+        )
     run_config = tune.RunConfig(
-        name=plan.name, storage_path=plan.storage, verbose=0, callbacks=[callback],
+        name=plan.name,
+        storage_path=plan.storage,
+        verbose=0,
+        callbacks=[callback],
         failure_config=tune.FailureConfig(max_failures=request.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
     )
     pair_names = [pair.name for pair in plan.pairs]
-    return tune.Tuner(trainable, run_config=run_config, tune_config=tune.TuneConfig(
-        search_alg=PairSearcher(pair_names, space), scheduler=PairScheduler(space, evals_per_trial(space)),
-        num_samples=len(pair_names) * space.budget.trials_per_pair,
-        max_concurrent_trials=plan.max_concurrent,
-        # A worker process serves trial after trial: no new interpreter, imports or ViT load per trial.
-        reuse_actors=True))
+    return tune.Tuner(
+        trainable,
+        run_config=run_config,
+        tune_config=tune.TuneConfig(
+            search_alg=PairSearcher(pair_names, space),
+            scheduler=PairScheduler(space, evals_per_trial(space)),
+            num_samples=len(pair_names) * space.budget.trials_per_pair,
+            max_concurrent_trials=plan.max_concurrent,
+            # A worker process serves trial after trial: no new interpreter, imports or ViT load per trial.
+            reuse_actors=True,
+        ),
+    )
 
 
 def _conclude(plan: SearchPlan, tracker: tracking.SearchTracker, grid) -> SearchSummary:
@@ -167,8 +192,11 @@ def _conclude(plan: SearchPlan, tracker: tracking.SearchTracker, grid) -> Search
         raise SearchInterrupted(plan.name, interrupted)
     summary = summarize(plan, tracker)
     for result in summary.pairs:
-        tracker.finish_pair(result.pair, status="FAILED" if result.failure else "FINISHED",
-                            summary=winner_record(result, summary.metric))
+        tracker.finish_pair(
+            result.pair,
+            status="FAILED" if result.failure else "FINISHED",
+            summary=winner_record(result, summary.metric),
+        )
     return summary
 
 

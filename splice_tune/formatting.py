@@ -36,7 +36,7 @@ def number(value: object, digits: int = DIGITS) -> str:
     if not math.isfinite(value):
         return str(value)
     rounded = float(f"{value:.{digits}g}")
-    if 10 ** digits <= abs(rounded) < 1e15:
+    if 10**digits <= abs(rounded) < 1e15:
         # "g" would write 1.235e+05 where a person expects the whole number 123500.
         return f"{rounded:.0f}"
     return f"{value:.{digits}g}"

@@ -63,18 +63,16 @@ def read_pairs(csv_path: str | os.PathLike, *, min_side: int, max_side: int | No
     every problem found in the file at once.
     """
     where = str(csv_path)
-    text = _read_text(Path(csv_path), where)
-    # Only \n, \r\n and \r end a line (as for the csv module and editors); str.splitlines() would also
-    # split at \v, \f, \x1c-\x1e and \x85, silently cutting a row in two and shifting every line number.
-    rows = [(number, line) for number, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1)
-            if line.strip() and not line.lstrip().startswith("#")]
+    rows = _content_lines(_read_text(Path(csv_path), where))
     if not rows:
         raise BadInput(f"{where}: has no header and no pairs; {_HEADER_HINT}, then one line per pair")
     header_line, header_text = rows[0]
     columns = _parse_header(where, header_line, header_text)
     if not rows[1:]:
-        raise BadInput(f"{where}:{header_line}: has a header but no pairs; add one line per pair: "
-                       f"name,structure_image,appearance_image")
+        raise BadInput(
+            f"{where}:{header_line}: has a header but no pairs; add one line per pair: "
+            f"name,structure_image,appearance_image"
+        )
 
     folder = Path(csv_path).expanduser().resolve().parent
     problems: list[str] = []
@@ -85,51 +83,87 @@ def read_pairs(csv_path: str | os.PathLike, *, min_side: int, max_side: int | No
         at = f"{where}:{number}"
         values = next(csv.reader([line]))
         if len(values) != len(COLUMNS):
-            problems.append(f"{at}: has {len(values)} fields, expected {len(COLUMNS)} "
-                            f"({','.join(columns)}); quote fields that contain commas")
+            problems.append(
+                f"{at}: has {len(values)} fields, expected {len(COLUMNS)} "
+                f"({','.join(columns)}); quote fields that contain commas"
+            )
             continue
         row = {column: value.strip() for column, value in zip(columns, values)}
         row_problems = [f"{at}: field '{column}' is empty; fill it in" for column in COLUMNS if not row[column]]
-        name = row["pair"]
-        if name:
-            row_problems += [f"{at}: {problem}" for problem in _name_problems(name)]
-            earlier = first_line_of.get(name.casefold())
-            if earlier is None:
-                first_line_of[name.casefold()] = (name, number)
-            elif earlier[0] == name:
-                row_problems.append(f"{at}: pair '{name}' appears twice (first on line {earlier[1]}); "
-                                    f"pair names must be unique")
-            else:
-                row_problems.append(f"{at}: pair '{name}' differs from '{earlier[0]}' (line {earlier[1]}) only "
-                                    f"in case, which clashes as a folder name on macOS/Windows; rename one")
-        notes: list[str] = []
-        images: dict[str, Path] = {}
-        for column in IMAGE_COLUMNS:
-            if not row[column]:
-                continue
-            path = (folder / Path(row[column]).expanduser()).resolve()
-            check = checks.get(path)
-            if check is None:
-                check = checks[path] = _check_image(path, min_side)
-            label = f"{at}: {column} '{row[column]}'"
-            if check.error is not None:
-                shown = f" ({path})" if not path.exists() and str(path) != row[column] else ""
-                hint = " (relative paths start at the CSV's folder)" if not path.exists() else ""
-                row_problems.append(f"{label}{shown}: {check.error}{hint}")
-                continue
-            notes += [f"{label}: {note}" for note in check.notes]
-            if max_side is not None and max(check.size) > max_side:
-                notes.append(f"{label}: {check.size[0]}x{check.size[1]} will be downscaled to max side {max_side}")
-            images[column] = path
-        if len(images) == 2 and _same_image(images["structure"], images["appearance"]):
-            row_problems.append(f"{at}: structure and appearance are the same image; the scores compare the "
-                                f"output with two different images, so give two different files")
+        if row["pair"]:
+            row_problems += _name_checks(row["pair"], at, number, first_line_of)
+        images, notes, image_problems = _row_images(row, at, folder, checks, min_side, max_side)
+        row_problems += image_problems
         problems += row_problems
         if not row_problems:
-            pairs.append(Pair(name, images["structure"], images["appearance"], notes, at))
+            pairs.append(Pair(row["pair"], images["structure"], images["appearance"], notes, at))
     if problems:
         raise BadInput(problems)
     return pairs
+
+
+def _content_lines(text: str) -> list[tuple[int, str]]:
+    """(line number, line) of every line that is neither blank nor a comment."""
+    # Only \n, \r\n and \r end a line (as for the csv module and editors); str.splitlines() would also
+    # split at \v, \f, \x1c-\x1e and \x85, silently cutting a row in two and shifting every line number.
+    return [
+        (number, line)
+        for number, line in enumerate(re.split(r"\r\n|\r|\n", text), start=1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def _name_checks(name: str, at: str, number: int, first_line_of: dict[str, tuple[str, int]]) -> list[str]:
+    """Problems with a row's pair name: its spelling, and clashes with earlier rows (recorded as it goes)."""
+    problems = [f"{at}: {problem}" for problem in _name_problems(name)]
+    earlier = first_line_of.get(name.casefold())
+    if earlier is None:
+        first_line_of[name.casefold()] = (name, number)
+    elif earlier[0] == name:
+        problems.append(f"{at}: pair '{name}' appears twice (first on line {earlier[1]}); pair names must be unique")
+    else:
+        problems.append(
+            f"{at}: pair '{name}' differs from '{earlier[0]}' (line {earlier[1]}) only "
+            f"in case, which clashes as a folder name on macOS/Windows; rename one"
+        )
+    return problems
+
+
+def _row_images(
+    row: dict[str, str],
+    at: str,
+    folder: Path,
+    checks: dict[Path, _ImageCheck],
+    min_side: int,
+    max_side: int | None,
+) -> tuple[dict[str, Path], list[str], list[str]]:
+    """A row's images as resolved paths, its notes and its problems; each file is checked once per CSV."""
+    notes: list[str] = []
+    problems: list[str] = []
+    images: dict[str, Path] = {}
+    for column in IMAGE_COLUMNS:
+        if not row[column]:
+            continue
+        path = (folder / Path(row[column]).expanduser()).resolve()
+        check = checks.get(path)
+        if check is None:
+            check = checks[path] = _check_image(path, min_side)
+        label = f"{at}: {column} '{row[column]}'"
+        if check.error is not None:
+            shown = f" ({path})" if not path.exists() and str(path) != row[column] else ""
+            hint = " (relative paths start at the CSV's folder)" if not path.exists() else ""
+            problems.append(f"{label}{shown}: {check.error}{hint}")
+            continue
+        notes += [f"{label}: {note}" for note in check.notes]
+        if max_side is not None and max(check.size) > max_side:
+            notes.append(f"{label}: {check.size[0]}x{check.size[1]} will be downscaled to max side {max_side}")
+        images[column] = path
+    if len(images) == 2 and _same_image(images["structure"], images["appearance"]):
+        problems.append(
+            f"{at}: structure and appearance are the same image; the scores compare the "
+            f"output with two different images, so give two different files"
+        )
+    return images, notes, problems
 
 
 def _read_text(path: Path, where: str) -> str:
@@ -151,9 +185,10 @@ def _read_text(path: Path, where: str) -> str:
         # utf-8-sig: spreadsheet programs often prepend a byte-order mark, which is harmless.
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        line = data[:error.start].count(b"\n") + 1
-        raise BadInput(f"{where}:{line}: is not UTF-8 text (byte {data[error.start]:#04x}); "
-                       f"save the file as UTF-8 CSV") from None
+        line = data[: error.start].count(b"\n") + 1
+        raise BadInput(
+            f"{where}:{line}: is not UTF-8 text (byte {data[error.start]:#04x}); save the file as UTF-8 CSV"
+        ) from None
 
 
 def _parse_header(where: str, number: int, line: str) -> list[str]:
@@ -198,8 +233,7 @@ def _name_problems(name: str) -> list[str]:
         bad = "".join(sorted({c for c in name if not _SAFE_NAME.fullmatch(c)}))
         problems.append(f"pair name '{name}' contains {bad!r}; {what}, use only letters, digits, '.', '_', '-'")
     if len(name) > MAX_NAME_LENGTH:
-        problems.append(f"pair name '{name[:20]}...' is {len(name)} characters long; "
-                        f"use at most {MAX_NAME_LENGTH}")
+        problems.append(f"pair name '{name[:20]}...' is {len(name)} characters long; use at most {MAX_NAME_LENGTH}")
     return problems
 
 

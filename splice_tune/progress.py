@@ -17,8 +17,13 @@ def train_with_progress(trainer: SpliceTrainer, console: Console, label: str = "
 
     Raises what training raises (NonFiniteLossError for a diverging loss); the caller reports it.
     """
-    columns = [TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeRemainingColumn()]
+    columns = [
+        TextColumn(f"[bold]{label}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+    ]
     final: dict[str, float] | None = None
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(label, total=trainer.config.steps, completed=trainer.step, info="")
@@ -34,9 +39,11 @@ def train_with_progress(trainer: SpliceTrainer, console: Console, label: str = "
             started = started if started is not None else (now, event.step)
             rate = (event.step - started[1]) / max(now - started[0], 1e-9)
             losses = event.losses
-            info = (f"loss {number(losses['loss/total'])} (app {number(losses['loss/appearance'])}, "
-                    f"struct {number(losses['loss/structure'])}, id {number(losses['loss/identity'])}){score}"
-                    + (f" {number(rate)} it/s" if event.step > started[1] else ""))
+            info = (
+                f"loss {number(losses['loss/total'])} (app {number(losses['loss/appearance'])}, "
+                f"struct {number(losses['loss/structure'])}, id {number(losses['loss/identity'])}){score}"
+                + (f" {number(rate)} it/s" if event.step > started[1] else "")
+            )
             progress.update(task, completed=event.step, info=info)
     if final is None:  # nothing left to train (a trainer already at its last step)
         final, _ = trainer.evaluate()

@@ -110,15 +110,21 @@ def run_report(request: ReportRequest, console: Console | None = None) -> Report
     page = out_dir / ("index.html" if request.pair is None else f"{request.pair}.html")
     page.write_text(_html_page(experiment.name, experiment.experiment_id, uri, reports, note), encoding="utf-8")
     store.retry(client.log_artifact, reports[0].parent_run_id, str(page), "report")
-    console.print(f"wrote {out_dir}: {', '.join(f'{r.name}_pareto.png, {r.name}_sheet.png' for r in reports)}, "
-                  f"{page.name}", highlight=False)
-    console.print(f"logged to MLflow under report/ of each pair's parent run ({page.name} on pair "
-                  f"{reports[0].name}'s run); open {page}", highlight=False)
+    console.print(
+        f"wrote {out_dir}: {', '.join(f'{r.name}_pareto.png, {r.name}_sheet.png' for r in reports)}, {page.name}",
+        highlight=False,
+    )
+    console.print(
+        f"logged to MLflow under report/ of each pair's parent run ({page.name} on pair "
+        f"{reports[0].name}'s run); open {page}",
+        highlight=False,
+    )
     return ReportResult(out_dir, page, reports)
 
 
-def _pair_report(client: MlflowClient, search: str, pair: results.PairRuns, out_dir: Path, tmp: Path,
-                 random_vit: bool) -> PairReport:
+def _pair_report(
+    client: MlflowClient, search: str, pair: results.PairRuns, out_dir: Path, tmp: Path, random_vit: bool
+) -> PairReport:
     rows = [_trial_row(client, run, tmp) for run in pair.trials]
     rows.sort(key=lambda row: (row.scores.get("splice_score", math.inf), row.name))
     winner_run = results.winner(pair.trials)
@@ -173,14 +179,14 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def _pareto_plot(rows: list[TrialRow], winner: TrialRow | None, bases: dict[str, float | None], title: str,
-                 path: Path) -> Path:
+def _pareto_plot(
+    rows: list[TrialRow], winner: TrialRow | None, bases: dict[str, float | None], title: str, path: Path
+) -> Path:
     pareto_figure(rows, winner, bases, title).savefig(path)
     return path
 
 
-def pareto_figure(rows: list[TrialRow], winner: TrialRow | None, bases: dict[str, float | None],
-                  title: str) -> Figure:
+def pareto_figure(rows: list[TrialRow], winner: TrialRow | None, bases: dict[str, float | None], title: str) -> Figure:
     """structure_score against appearance_score: every scored trial, the Pareto front of the finished ones,
     the winner, and the `splice_score = 1` line (or, when it lies beyond the axes, a legend entry saying so)."""
     # A bare Figure (no pyplot) renders with Agg and keeps no global state between reports.
@@ -193,19 +199,32 @@ def pareto_figure(rows: list[TrialRow], winner: TrialRow | None, bases: dict[str
         axes.set_xlim(0, max(x for x, _ in every_point) * 1.25 or 1)
         axes.set_ylim(0, max(y for _, y in every_point) * 1.25 or 1)
     if stopped:
-        axes.scatter(*zip(*(_point(row) for row in stopped)), marker="x", color="0.7",
-                     label="stopped early (its last eval)")
+        axes.scatter(
+            *zip(*(_point(row) for row in stopped)), marker="x", color="0.7", label="stopped early (its last eval)"
+        )
     if points:
         axes.scatter(*zip(*points), color="0.35", label="finished trial", zorder=2)
         _draw_front(axes, [finished[index] for index in pareto_front(points)], winner)
     else:
         axes.text(0.5, 0.5, "no finished trial yet", transform=axes.transAxes, ha="center", fontsize=14)
     if winner is not None:
-        axes.scatter(*_point(winner), marker="*", s=320, color="gold", edgecolors="black", zorder=4,
-                     label="winner (lowest splice_score)")
-        axes.annotate(f"winner {winner.name}\nsplice_score {number(winner.scores['splice_score'])}", _point(winner),
-                      xytext=(18, 18), textcoords="offset points", fontsize=9,
-                      arrowprops={"arrowstyle": "->", "color": "black"})
+        axes.scatter(
+            *_point(winner),
+            marker="*",
+            s=320,
+            color="gold",
+            edgecolors="black",
+            zorder=4,
+            label="winner (lowest splice_score)",
+        )
+        axes.annotate(
+            f"winner {winner.name}\nsplice_score {number(winner.scores['splice_score'])}",
+            _point(winner),
+            xytext=(18, 18),
+            textcoords="offset points",
+            fontsize=9,
+            arrowprops={"arrowstyle": "->", "color": "black"},
+        )
     _draw_copy_line(axes, bases.get("structure_base"), bases.get("appearance_base"), bool(every_point))
     axes.set_xlabel("structure_score (lower: keeps the structure image's layout)")
     axes.set_ylabel("appearance_score (lower: takes the appearance image's look)")
@@ -217,8 +236,11 @@ def pareto_figure(rows: list[TrialRow], winner: TrialRow | None, bases: dict[str
 
 
 def _scored(rows: list[TrialRow], state: str) -> list[TrialRow]:
-    return [row for row in rows if row.state == state
-            and "structure_score" in row.scores and "appearance_score" in row.scores]
+    return [
+        row
+        for row in rows
+        if row.state == state and "structure_score" in row.scores and "appearance_score" in row.scores
+    ]
 
 
 def _point(row: TrialRow) -> tuple[float, float]:
@@ -236,13 +258,21 @@ def _draw_front(axes, front: list[TrialRow], winner: TrialRow | None) -> None:
             ys.append(points[index - 1][1])
         xs.append(x)
         ys.append(y)
-    axes.plot([*xs, right], [*ys, points[-1][1]], "-", color="tab:red", linewidth=2,
-              label="Pareto front (no trial better at both)", zorder=3)
+    axes.plot(
+        [*xs, right],
+        [*ys, points[-1][1]],
+        "-",
+        color="tab:red",
+        linewidth=2,
+        label="Pareto front (no trial better at both)",
+        zorder=3,
+    )
     axes.scatter(*zip(*points), color="tab:red", s=36, zorder=3)
     for row in front:
         if row is not winner:  # the winner is labelled with its score
-            axes.annotate(row.name, _point(row), xytext=(5, -12), textcoords="offset points", fontsize=8,
-                          color="tab:red")
+            axes.annotate(
+                row.name, _point(row), xytext=(5, -12), textcoords="offset points", fontsize=8, color="tab:red"
+            )
 
 
 def _draw_copy_line(axes, structure_base: float | None, appearance_base: float | None, fixed_axes: bool) -> None:
@@ -266,17 +296,21 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _contact_sheet(inputs: list[tuple[Image.Image, str]], rows: list[TrialRow], winner: TrialRow | None,
-                   title: str, path: Path) -> Path:
+def _contact_sheet(
+    inputs: list[tuple[Image.Image, str]], rows: list[TrialRow], winner: TrialRow | None, title: str, path: Path
+) -> Path:
     tiles = [(image, [f"{role} (input)", f"{image.width}x{image.height}"], False) for image, role in inputs]
     for row in rows:
         if row.image is None:
             continue  # failed before its first eval: nothing to show
         at_step = f" @ step {row.step}" if row.step is not None and row.state != results.FINISHED else ""
         scores = row.scores
-        lines = [f"trial {row.name}", f"{row.state}{at_step}",
-                 f"splice {number(scores['splice_score'])}" if "splice_score" in scores else "no score",
-                 f"struct {number(scores.get('structure_score'))}  app {number(scores.get('appearance_score'))}"]
+        lines = [
+            f"trial {row.name}",
+            f"{row.state}{at_step}",
+            f"splice {number(scores['splice_score'])}" if "splice_score" in scores else "no score",
+            f"struct {number(scores.get('structure_score'))}  app {number(scores.get('appearance_score'))}",
+        ]
         tiles.append((row.image, lines, row is winner))
     columns = min(len(tiles), MAX_COLUMNS)
     cell = (THUMB[0] + PAD, THUMB[1] + LABEL_LINES * LINE + 2 * PAD)
@@ -285,8 +319,12 @@ def _contact_sheet(inputs: list[tuple[Image.Image, str]], rows: list[TrialRow], 
     sheet = Image.new("RGB", (columns * cell[0] + PAD, header + grid_rows * cell[1]), "white")
     draw = ImageDraw.Draw(sheet)
     draw.text((PAD, PAD), title, fill="black", font=_font(15))
-    draw.text((PAD, PAD + LINE + 2), "inputs, then trials by splice_score (lower is better; gold frame: winner)",
-              fill=(90, 90, 90), font=_font(12))
+    draw.text(
+        (PAD, PAD + LINE + 2),
+        "inputs, then trials by splice_score (lower is better; gold frame: winner)",
+        fill=(90, 90, 90),
+        font=_font(12),
+    )
     font = _font(13)
     for index, (image, lines, is_winner) in enumerate(tiles):
         left = PAD + (index % columns) * cell[0]
@@ -295,8 +333,11 @@ def _contact_sheet(inputs: list[tuple[Image.Image, str]], rows: list[TrialRow], 
         offset = (left + (THUMB[0] - thumbnail.width) // 2, top + (THUMB[1] - thumbnail.height) // 2)
         sheet.paste(thumbnail, offset)
         if is_winner:
-            draw.rectangle((offset[0] - 4, offset[1] - 4, offset[0] + thumbnail.width + 3,
-                            offset[1] + thumbnail.height + 3), outline=WINNER_COLOUR, width=4)
+            draw.rectangle(
+                (offset[0] - 4, offset[1] - 4, offset[0] + thumbnail.width + 3, offset[1] + thumbnail.height + 3),
+                outline=WINNER_COLOUR,
+                width=4,
+            )
         for line_number, line in enumerate(lines):
             draw.text((left, top + THUMB[1] + 6 + line_number * LINE), line, fill="black", font=font)
     sheet.save(path)
@@ -321,7 +362,8 @@ def _html_page(search: str, experiment_id: str, uri: str, reports: list[PairRepo
     escape = html.escape
     base, _ = results.ui_base(uri)
     parts = [
-        "<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         f"<title>splice-tune report: {escape(search)}</title>",
         "<style>body{font-family:system-ui,sans-serif;margin:2em;color:#222}"
         "table{border-collapse:collapse;font-size:14px;margin:1em 0}"
@@ -333,18 +375,23 @@ def _html_page(search: str, experiment_id: str, uri: str, reports: list[PairRepo
     ]
     if note:
         parts.append(f'<p class="note"><b>Note:</b> {escape(note)}.</p>')
-    parts.append(f'<p class="muted">MLflow {escape(uri)}, experiment <a href="'
-                 f'{escape(results.ui_link(base, experiment_id))}">{escape(experiment_id)}</a>; '
-                 f"generated {dt.datetime.now():%Y-%m-%d %H:%M}. Scores: lower is better; splice_score 1.0 is "
-                 f"no better than copying an input.</p>")
-    parts.append("<p>Pairs: " + ", ".join(f'<a href="#{escape(r.name)}">{escape(r.name)}</a>' for r in reports)
-                 + "</p>")
+    parts.append(
+        f'<p class="muted">MLflow {escape(uri)}, experiment <a href="'
+        f'{escape(results.ui_link(base, experiment_id))}">{escape(experiment_id)}</a>; '
+        f"generated {dt.datetime.now():%Y-%m-%d %H:%M}. Scores: lower is better; splice_score 1.0 is "
+        f"no better than copying an input.</p>"
+    )
+    parts.append(
+        "<p>Pairs: " + ", ".join(f'<a href="#{escape(r.name)}">{escape(r.name)}</a>' for r in reports) + "</p>"
+    )
     for report in reports:
         parts.append(f'<h2 id="{escape(report.name)}">{escape(report.name)}</h2>')
         if report.winner is not None:
-            parts.append(f"<p>Winner: trial <b>{escape(report.winner.name)}</b>, splice_score "
-                         f"{number(report.winner.scores['splice_score'])}. Render it: "
-                         f"<code>splice-tune best --pair {escape(report.name)} --search {escape(search)}</code></p>")
+            parts.append(
+                f"<p>Winner: trial <b>{escape(report.winner.name)}</b>, splice_score "
+                f"{number(report.winner.scores['splice_score'])}. Render it: "
+                f"<code>splice-tune best --pair {escape(report.name)} --search {escape(search)}</code></p>"
+            )
         else:
             parts.append("<p>No finished trial yet.</p>")
         parts.append(f'<img alt="{escape(report.name)} Pareto front" src="{_data_uri(report.pareto)}">')
@@ -354,12 +401,15 @@ def _html_page(search: str, experiment_id: str, uri: str, reports: list[PairRepo
         for row in report.rows:
             error = row.run.data.tags.get(tracking.TAG_ERROR, "").strip().splitlines()
             status = f'<td class="text" title="{escape(error[-1])}">' if error else '<td class="text">'
-            cells = [f'<td class="text">{escape(row.name)}</td>', f"{status}{escape(row.state)}</td>",
-                     f"<td>{'-' if row.step is None else row.step}</td>",
-                     *(f"<td>{number(row.scores.get(name))}</td>" for name in SCORES),
-                     *(f"<td>{escape(number(row.run.data.params.get(name)))}</td>" for name in report.varying),
-                     f'<td class="text"><a href="{escape(results.ui_link(base, experiment_id, row.run.info.run_id))}'
-                     f'">run</a></td>']
+            cells = [
+                f'<td class="text">{escape(row.name)}</td>',
+                f"{status}{escape(row.state)}</td>",
+                f"<td>{'-' if row.step is None else row.step}</td>",
+                *(f"<td>{number(row.scores.get(name))}</td>" for name in SCORES),
+                *(f"<td>{escape(number(row.run.data.params.get(name)))}</td>" for name in report.varying),
+                f'<td class="text"><a href="{escape(results.ui_link(base, experiment_id, row.run.info.run_id))}'
+                f'">run</a></td>',
+            ]
             css = ' class="winner"' if row is report.winner else ""
             parts.append(f"<tr{css}>" + "".join(cells) + "</tr>")
         parts.append("</table>")

@@ -63,8 +63,10 @@ def store_uri(tracking_uri: str | None, root: Path) -> str:
     local = store.local_path(uri)
     if local is not None and not local.exists():
         where = f"--tracking-uri {uri}" if tracking_uri else f"{local}"
-        raise BadInput(f"{where}: no MLflow store there; run `splice-tune search` first, or pass the --root "
-                       f"(or --tracking-uri) the search used")
+        raise BadInput(
+            f"{where}: no MLflow store there; run `splice-tune search` first, or pass the --root "
+            f"(or --tracking-uri) the search used"
+        )
     store.refuse_damaged(uri)  # looking must neither create nor touch a store
     if uri.startswith(("http://", "https://")):
         # A server that is down or not MLflow: one line within seconds, where MLflow's own client would
@@ -90,8 +92,10 @@ def find_search(client: MlflowClient, name: str | None, uri: str) -> Experiment:
     if name is None:
         if experiments:
             return experiments[0]
-        raise BadInput("no splice-tune search in this tracking store yet; run `splice-tune search` first (or pass "
-                       "the --tracking-uri the search used)")
+        raise BadInput(
+            "no splice-tune search in this tracking store yet; run `splice-tune search` first (or pass "
+            "the --tracking-uri the search used)"
+        )
     for experiment in experiments:
         if experiment.name == name:
             return experiment
@@ -109,8 +113,9 @@ def search_experiments(client: MlflowClient, uri: str | None = None) -> list[Exp
             page = store.retry(client.search_experiments, page_token=page_token)
         except MlflowException as error:
             uri = uri or client.tracking_uri
-            raise BadInput(f"{uri}: cannot read the MLflow store ({' '.join(error.message.split())[:200]}); "
-                           f"check --tracking-uri") from None
+            raise BadInput(
+                f"{uri}: cannot read the MLflow store ({' '.join(error.message.split())[:200]}); check --tracking-uri"
+            ) from None
         experiments.extend(experiment for experiment in page if tracking.TAG_SEARCH in experiment.tags)
         page_token = page.token
         if not page_token:
@@ -151,8 +156,9 @@ def select_pair(pairs: dict[str, PairRuns], name: str, search: str) -> PairRuns:
         return pairs[name]
     close = difflib.get_close_matches(name, list(pairs), n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise BadInput(f"--pair {name}: search {search!r} has no such pair; its pairs are "
-                   f"{', '.join(pairs) or 'none'}{hint}")
+    raise BadInput(
+        f"--pair {name}: search {search!r} has no such pair; its pairs are {', '.join(pairs) or 'none'}{hint}"
+    )
 
 
 def trial_state(run: Run) -> str:
@@ -171,8 +177,10 @@ def count_states(trials: list[Run]) -> dict[str, int]:
 
 def diverged(run: Run) -> bool:
     """True for a trial that stopped because its loss became NaN or infinite (not stopped by the scheduler)."""
-    return (trial_state(run) == STOPPED_EARLY
-            and run.data.tags.get(tracking.TAG_STOP_REASON, tracking.SCHEDULER_STOP) != tracking.SCHEDULER_STOP)
+    return (
+        trial_state(run) == STOPPED_EARLY
+        and run.data.tags.get(tracking.TAG_STOP_REASON, tracking.SCHEDULER_STOP) != tracking.SCHEDULER_STOP
+    )
 
 
 def error_line(text: str) -> str:
@@ -197,15 +205,20 @@ def pair_failure(trials: list[Run]) -> str | None:
         else:
             cause = ("failed", error_line(run.data.tags.get(tracking.TAG_ERROR, "")))
         causes[cause] = causes.get(cause, 0) + 1
-    return ", ".join(f"{count} trial{'s' if count > 1 else ''} {how} ({why})"
-                     for (how, why), count in sorted(causes.items(), key=lambda item: -item[1]))
+    return ", ".join(
+        f"{count} trial{'s' if count > 1 else ''} {how} ({why})"
+        for (how, why), count in sorted(causes.items(), key=lambda item: -item[1])
+    )
 
 
 def winner(trials: list[Run], metric: str = "splice_score", states: tuple[str, ...] = (FINISHED,)) -> Run | None:
     """The trial in `states` with the lowest latest value of `metric` (every score is lower-is-better); trials
     without it (or with NaN) do not count. None if there is none."""
-    scored = [trial for trial in trials if trial_state(trial) in states
-              and not math.isnan(trial.data.metrics.get(metric, math.nan))]
+    scored = [
+        trial
+        for trial in trials
+        if trial_state(trial) in states and not math.isnan(trial.data.metrics.get(metric, math.nan))
+    ]
     return min(scored, key=lambda trial: trial.data.metrics[metric], default=None)
 
 
@@ -262,8 +275,11 @@ def ui_link(base: str, experiment_id: str, run_id: str | None = None) -> str:
 def config_from_params(params: dict[str, str]) -> SpliceConfig:
     """The SpliceConfig a trial logged (MLflow keeps params as strings; convert back by each field's type)."""
     hints = typing.get_type_hints(SpliceConfig)
-    values = {field.name: _from_text(params[field.name], hints[field.name])
-              for field in fields(SpliceConfig) if field.name in params}
+    values = {
+        field.name: _from_text(params[field.name], hints[field.name])
+        for field in fields(SpliceConfig)
+        if field.name in params
+    }
     return SpliceConfig.from_dict(values)
 
 
@@ -292,8 +308,9 @@ def download(client: MlflowClient, run: Run, artifact_path: str, folder: Path) -
         return Path(client.download_artifacts(run.info.run_id, artifact_path, str(folder)))
     except (MlflowException, OSError) as error:
         reason = error.message if isinstance(error, MlflowException) else str(error)
-        raise BadInput(f"run {run.info.run_id}: cannot get artifact {artifact_path} ({reason.splitlines()[0]})") \
-            from None
+        raise BadInput(
+            f"run {run.info.run_id}: cannot get artifact {artifact_path} ({reason.splitlines()[0]})"
+        ) from None
 
 
 def input_image(client: MlflowClient, pair: PairRuns, role: str, folder: Path) -> Path:
@@ -307,9 +324,11 @@ def input_image(client: MlflowClient, pair: PairRuns, role: str, folder: Path) -
         logged_path = pair.parent.data.params.get(role)
         if logged_path and Path(logged_path).is_file():
             return Path(logged_path)
-        raise BadInput(f"pair {pair.name}: {role} image not found: neither the copy logged with run "
-                       f"{pair.parent.info.run_id} ({missing.problems[0]}) nor the file the search read "
-                       f"({logged_path or 'not logged'})") from None
+        raise BadInput(
+            f"pair {pair.name}: {role} image not found: neither the copy logged with run "
+            f"{pair.parent.info.run_id} ({missing.problems[0]}) nor the file the search read "
+            f"({logged_path or 'not logged'})"
+        ) from None
 
 
 def last_eval_image(client: MlflowClient, run: Run) -> tuple[str, int] | None:

@@ -41,8 +41,10 @@ class PairSearcher(Searcher):
         self.budget = space.budget.trials_per_pair
         self.distributions = space.distributions()
         direction = "minimize" if space.objective.mode == "min" else "maximize"
-        self.studies = {pair: optuna.create_study(study_name=pair, direction=direction,
-                                                  sampler=make_sampler(space, pair)) for pair in self.pairs}
+        self.studies = {
+            pair: optuna.create_study(study_name=pair, direction=direction, sampler=make_sampler(space, pair))
+            for pair in self.pairs
+        }
         self.assigned: dict[str, tuple[str, int]] = {}  # Ray trial id -> (pair, Optuna trial number)
         self.open_trials: dict[str, optuna.trial.Trial] = {}  # Ray trial id -> its Optuna trial, until told
 
@@ -91,8 +93,7 @@ class PairSearcher(Searcher):
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as file:
-            pickle.dump({"studies": self.studies, "assigned": self.assigned, "open_trials": self.open_trials},
-                        file)
+            pickle.dump({"studies": self.studies, "assigned": self.assigned, "open_trials": self.open_trials}, file)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as file:
@@ -115,9 +116,13 @@ class PairScheduler(FIFOScheduler):
         pair = trial.config["pair"]
         if pair not in self.per_pair:
             self.per_pair[pair] = AsyncHyperBandScheduler(
-                time_attr="training_iteration", metric=self.space.objective.metric, mode=self.space.objective.mode,
-                max_t=max(self.max_evals, 1), grace_period=min(self.space.scheduler.grace_period, self.max_evals),
-                reduction_factor=self.space.scheduler.reduction_factor)
+                time_attr="training_iteration",
+                metric=self.space.objective.metric,
+                mode=self.space.objective.mode,
+                max_t=max(self.max_evals, 1),
+                grace_period=min(self.space.scheduler.grace_period, self.max_evals),
+                reduction_factor=self.space.scheduler.reduction_factor,
+            )
         return self.per_pair[pair]
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:

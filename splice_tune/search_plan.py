@@ -80,11 +80,15 @@ def flag_problems(request: SearchRequest) -> list[str]:
     if request.max_failures < 0:
         problems.append(f"--max-failures: must be >= 0, got {request.max_failures}")
     if request.address is None and request.cpus_per_trial > (os.cpu_count() or 1):
-        problems.append(f"--cpus-per-trial {request.cpus_per_trial}: this machine has {os.cpu_count()} CPUs, so no "
-                        f"trial could ever start; use at most {os.cpu_count()} or join a cluster with --address")
+        problems.append(
+            f"--cpus-per-trial {request.cpus_per_trial}: this machine has {os.cpu_count()} CPUs, so no "
+            f"trial could ever start; use at most {os.cpu_count()} or join a cluster with --address"
+        )
     if request.gpus_per_trial > 0 and request.address is None and torch.cuda.device_count() == 0:
-        problems.append(f"--gpus-per-trial {request.gpus_per_trial}: this machine has no GPU; leave it at 0 "
-                        f"or join a GPU cluster with --address")
+        problems.append(
+            f"--gpus-per-trial {request.gpus_per_trial}: this machine has no GPU; leave it at 0 "
+            f"or join a GPU cluster with --address"
+        )
     return problems
 
 
@@ -109,8 +113,9 @@ def name_problems(request: SearchRequest, name: str | None, storage: str) -> lis
     if name is None:
         problems.append(f"--resume: no search to resume under {storage}; pass --name of the search")
     elif not SEARCH_NAME.match(name):
-        problems.append(f"--name {name!r}: use letters, digits, '.', '_' and '-' (at most 100, not starting "
-                        f"with '.' or '-')")
+        problems.append(
+            f"--name {name!r}: use letters, digits, '.', '_' and '-' (at most 100, not starting with '.' or '-')"
+        )
     else:
         from ray import tune
 
@@ -119,14 +124,18 @@ def name_problems(request: SearchRequest, name: str | None, storage: str) -> lis
             # Shared or cloud storage (s3://, gs://) is read through Ray's own filesystem layer (pyarrow).
             exists = Path(experiment).exists() if _is_local(storage) else tune.Tuner.can_restore(experiment)
         except (OSError, ValueError) as error:  # what pyarrow raises for an unknown scheme or unreachable store
-            problems.append(f"--storage {storage}: cannot read it ({' '.join(str(error).split())}); check the "
-                            f"URI and this machine's credentials for it")
+            problems.append(
+                f"--storage {storage}: cannot read it ({' '.join(str(error).split())}); check the "
+                f"URI and this machine's credentials for it"
+            )
         else:
             if request.resume and not exists:
                 problems.append(f"--resume: no search named {name!r} under {storage}; check --name and --storage")
             if not request.resume and exists:
-                problems.append(f"--name {name!r}: a search of that name exists under {storage}; add --resume "
-                                f"to continue it, or choose another --name")
+                problems.append(
+                    f"--name {name!r}: a search of that name exists under {storage}; add --resume "
+                    f"to continue it, or choose another --name"
+                )
     return problems
 
 
@@ -135,13 +144,17 @@ def search_fingerprints(space: SearchSpace, pairs: list[Pair]) -> dict[str, str]
     and image paths, in order), both together (`TAG_SPEC`), and each image's content. A resume must run the
     same, or its trials would silently differ from the first part's; separate tags say which input differs.
     """
+
     def digest(value) -> str:
         return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     space_part = space.to_dict()
     pairs_part = [[pair.name, str(pair.structure), str(pair.appearance)] for pair in pairs]
-    tags = {tracking.TAG_SPEC: digest({"space": space_part, "pairs": pairs_part}),
-            tracking.TAG_SPEC_SPACE: digest(space_part), tracking.TAG_SPEC_PAIRS: digest(pairs_part)}
+    tags = {
+        tracking.TAG_SPEC: digest({"space": space_part, "pairs": pairs_part}),
+        tracking.TAG_SPEC_SPACE: digest(space_part),
+        tracking.TAG_SPEC_PAIRS: digest(pairs_part),
+    }
     for pair in pairs:
         for role in ("structure", "appearance"):
             tags[_image_tag(pair, role)] = hashlib.sha256(getattr(pair, role).read_bytes()).hexdigest()
@@ -152,8 +165,9 @@ def _image_tag(pair: Pair, role: str) -> str:
     return f"{tracking.TAG_INPUT_SHA256}.{pair.name}.{role}"
 
 
-def recorded_search_problems(request: SearchRequest, name: str, space: SearchSpace, pairs: list[Pair],
-                             fingerprints: dict[str, str]) -> list[str]:
+def recorded_search_problems(
+    request: SearchRequest, name: str, space: SearchSpace, pairs: list[Pair], fingerprints: dict[str, str]
+) -> list[str]:
     """What the MLflow store says against starting (or resuming) search `name`: its records must never be
     mixed with another search's, and a resume must run on the inputs the search started with."""
     tracking_uri = store.resolve_tracking_uri(request.tracking_uri, request.root.resolve())
@@ -165,44 +179,65 @@ def recorded_search_problems(request: SearchRequest, name: str, space: SearchSpa
         return [tracking.deleted_search(name)]
     if not request.resume:
         if experiment is not None:
-            return [f"--name {name!r}: the MLflow store {tracking_uri} already holds a search of that name; "
-                    f"add --resume to continue it, or choose another --name"]
+            return [
+                f"--name {name!r}: the MLflow store {tracking_uri} already holds a search of that name; "
+                f"add --resume to continue it, or choose another --name"
+            ]
         return []
     if experiment is None:
-        return [f"--resume: the MLflow store {tracking_uri} has no search named {name!r}; pass the --root or "
-                f"--tracking-uri the search used"]
+        return [
+            f"--resume: the MLflow store {tracking_uri} has no search named {name!r}; pass the --root or "
+            f"--tracking-uri the search used"
+        ]
     if request.tracking_uri is None and not store.lies_under(experiment.artifact_location, request.root):
         # MLflow puts a new run's artifacts where the experiment says, which is no longer this root.
-        return [f"--resume: search {name!r} keeps its artifacts in {experiment.artifact_location}, outside --root "
-                f"{request.root.resolve()} (the store was moved or copied since the search started); resume it "
-                f"where it started, or start a new search with another --name"]
+        return [
+            f"--resume: search {name!r} keeps its artifacts in {experiment.artifact_location}, outside --root "
+            f"{request.root.resolve()} (the store was moved or copied since the search started); resume it "
+            f"where it started, or start a new search with another --name"
+        ]
     return _changed_inputs(experiment.tags, request, name, space, pairs, fingerprints)
 
 
-def _changed_inputs(recorded: dict[str, str], request: SearchRequest, name: str, space: SearchSpace,
-                    pairs: list[Pair], fingerprints: dict[str, str]) -> list[str]:
+def _changed_inputs(
+    recorded: dict[str, str],
+    request: SearchRequest,
+    name: str,
+    space: SearchSpace,
+    pairs: list[Pair],
+    fingerprints: dict[str, str],
+) -> list[str]:
     """One line per input that differs from what search `name` recorded when it started. Inputs it did not
     record (searches started before images were fingerprinted) cannot be compared and pass."""
+
     def differs(key: str) -> bool:
         return key in recorded and recorded[key] != fingerprints[key]
 
     fix = f"resume with the inputs search {name!r} started with, or start a new search with another --name"
     problems = []
     if differs(tracking.TAG_SPEC_SPACE):
-        problems.append(f"--resume: the search space {_shown(space)} (with its --set values) differs from what "
-                        f"search {name!r} started with; {fix}")
+        problems.append(
+            f"--resume: the search space {_shown(space)} (with its --set values) differs from what "
+            f"search {name!r} started with; {fix}"
+        )
     if differs(tracking.TAG_SPEC_PAIRS):
-        problems.append(f"--resume: the pairs file {request.pairs_csv} lists other pairs or image paths than "
-                        f"search {name!r} started with; {fix}")
+        problems.append(
+            f"--resume: the pairs file {request.pairs_csv} lists other pairs or image paths than "
+            f"search {name!r} started with; {fix}"
+        )
     if differs(tracking.TAG_SPEC) and not problems:  # a search that recorded only the combined fingerprint
-        problems.append(f"--resume: the pairs file or the search space (with its --set values) differs from "
-                        f"what search {name!r} started with; {fix}")
+        problems.append(
+            f"--resume: the pairs file or the search space (with its --set values) differs from "
+            f"what search {name!r} started with; {fix}"
+        )
     for pair in pairs if not problems else []:
         for role in ("structure", "appearance"):
             if differs(_image_tag(pair, role)):
-                problems.append(f"--resume: {pair.where}: {role} image {getattr(pair, role)} has changed since "
-                                f"search {name!r} started (its content differs); put the original back, or "
-                                f"start a new search with another --name")
+                problems.append(
+                    f"--resume: {pair.where}: {role} image {getattr(pair, role)} has changed since "
+                    f"search {name!r} started (its content differs); put the original back, or "
+                    f"start a new search with another --name"
+                )
     return problems
 
 
@@ -218,8 +253,7 @@ def check_vit_and_pairs(space: SearchSpace, pairs: list[Pair]) -> dict[str, dict
     for pair in pairs:
         structure = load_image(pair.structure, max_side=config.max_side)
         appearance = load_image(pair.appearance, max_side=config.max_side)
-        scorer = PairScorer(features, structure, appearance, config.vit_size, config.vit_max_side,
-                            config.vit_resample)
+        scorer = PairScorer(features, structure, appearance, config.vit_size, config.vit_max_side, config.vit_resample)
         try:
             scorer.check_baselines(f"{pair.where}: pair {pair.name!r}")
         except NearDuplicatePairError as error:

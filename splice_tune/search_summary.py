@@ -54,12 +54,18 @@ def summarize(plan: SearchPlan, tracker: tracking.SearchTracker) -> SearchSummar
     for pair in plan.pairs:
         runs = tracker.trial_runs(pair.name)
         best = results.winner(runs, metric)
-        pairs.append(PairResult(
-            pair.name, best.info.run_id if best else None, best.data.metrics.get(metric) if best else None,
-            {k: v for k, v in best.data.params.items() if k in sampled} if best else {},
-            results.count_states(runs),
-            scores={k: v for k, v in best.data.metrics.items() if k in results.SCORES} if best else {},
-            parent_run_id=tracker.parent_run_id(pair.name), failure=None if best else results.pair_failure(runs)))
+        pairs.append(
+            PairResult(
+                pair.name,
+                best.info.run_id if best else None,
+                best.data.metrics.get(metric) if best else None,
+                {k: v for k, v in best.data.params.items() if k in sampled} if best else {},
+                results.count_states(runs),
+                scores={k: v for k, v in best.data.metrics.items() if k in results.SCORES} if best else {},
+                parent_run_id=tracker.parent_run_id(pair.name),
+                failure=None if best else results.pair_failure(runs),
+            )
+        )
     vit = plan.space.lowest_config().vit
     return SearchSummary(plan.name, tracker.experiment_id, plan.tracking_uri, metric, pairs, vit)
 

@@ -49,13 +49,13 @@ _FIRST_DELAY = 0.05
 _MAX_DELAY = 2.0
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-_DAMAGED_HINT = ("restore it from a backup, or use another --root (splice-tune never repairs or replaces a "
-                 "store)")
+_DAMAGED_HINT = "restore it from a backup, or use another --root (splice-tune never repairs or replaces a store)"
 
 _T = TypeVar("_T")
 
 
 # ----------------------------------------------------------------------------------------------- where
+
 
 def default_tracking_uri(root: Path) -> str:
     """The embedded store: ``sqlite:///<absolute root>/mlflow.db`` (MLflow creates the folder)."""
@@ -101,6 +101,7 @@ def sqlite_file(tracking_uri: str) -> Path | None:
 
 
 # ----------------------------------------------------------------------------------------------- sound
+
 
 def _lock_path(db: Path) -> Path:
     return db.with_name(db.name + ".lock")
@@ -172,6 +173,7 @@ def _damage(db: Path) -> str | None:
 
 # --------------------------------------------------------------------------------------------- reached
 
+
 def is_locked(error: BaseException) -> bool:
     """True when `error` is SQLite reporting that another connection holds the lock."""
     text = str(error).lower()
@@ -216,8 +218,13 @@ def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> 
     runs: list[Run] = []
     page_token = None
     while True:
-        page = retry(client.search_runs, [experiment_id], filter_string=filter_string,
-                     run_view_type=ViewType.ACTIVE_ONLY, page_token=page_token)
+        page = retry(
+            client.search_runs,
+            [experiment_id],
+            filter_string=filter_string,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            page_token=page_token,
+        )
         runs.extend(page)
         page_token = page.token
         if not page_token:
@@ -225,6 +232,7 @@ def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> 
 
 
 # ------------------------------------------------------------------------------------------------- movable
+
 
 def _file_path(location: str) -> Path:
     return Path(unquote(urlparse(location).path))
@@ -244,7 +252,7 @@ def located_under(recorded: str, root: Path) -> str | None:
     parts = _file_path(recorded).parts
     if ARTIFACTS_FOLDER not in parts:
         return None
-    below = parts[len(parts) - parts[::-1].index(ARTIFACTS_FOLDER):]
+    below = parts[len(parts) - parts[::-1].index(ARTIFACTS_FOLDER) :]
     moved = Path(root).resolve().joinpath(ARTIFACTS_FOLDER, *below)
     return moved.as_uri() if moved.exists() else None
 
@@ -268,10 +276,12 @@ class StoreClient(MlflowClient):
         recorded = self.get_run(run_id).info.artifact_uri
         located = located_under(recorded, self.root)
         if located is None and writing:
-            raise BadInput(f"run {run_id}: its artifacts are recorded at {_file_path(recorded)}, "
-                           f"outside --root {self.root}, which has no copy of them (the store was moved or "
-                           f"copied without its {ARTIFACTS_FOLDER} folder?); splice-tune writes only under --root: "
-                           f"copy {ARTIFACTS_FOLDER}/ next to mlflow.db")
+            raise BadInput(
+                f"run {run_id}: its artifacts are recorded at {_file_path(recorded)}, "
+                f"outside --root {self.root}, which has no copy of them (the store was moved or "
+                f"copied without its {ARTIFACTS_FOLDER} folder?); splice-tune writes only under --root: "
+                f"copy {ARTIFACTS_FOLDER}/ next to mlflow.db"
+            )
         return located or recorded
 
     def download_artifacts(self, run_id: str, path: str, dst_path: str | None = None) -> str:

@@ -64,11 +64,16 @@ _T = TypeVar("_T")
 
 def _chunks(items: Sequence[_T], size: int) -> Iterable[Sequence[_T]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
-def log_batch(client: MlflowClient, run_id: str, metrics: Sequence[Metric] = (),
-              params: Sequence[Param] = (), tags: Sequence[RunTag] = ()) -> None:
+def log_batch(
+    client: MlflowClient,
+    run_id: str,
+    metrics: Sequence[Metric] = (),
+    params: Sequence[Param] = (),
+    tags: Sequence[RunTag] = (),
+) -> None:
     """log_batch split to MLflow's per-call limits (1000 entities, 100 params/tags)."""
     for chunk in _chunks(list(params), MAX_PARAMS_TAGS_PER_BATCH):
         retry(client.log_batch, run_id, params=chunk, synchronous=True)
@@ -87,8 +92,13 @@ def new_params(run: Run, params: dict[str, Any]) -> list[Param]:
         if logged is None:
             new.append(Param(key, value))
         elif logged != value:
-            _log.warning("run %s: param %s stays %r (first logged value); ignoring new value %r",
-                         run.info.run_id, key, logged, value)
+            _log.warning(
+                "run %s: param %s stays %r (first logged value); ignoring new value %r",
+                run.info.run_id,
+                key,
+                logged,
+                value,
+            )
     return new
 
 
@@ -99,9 +109,11 @@ def now_ms() -> int:
 
 def deleted_search(search_name: str) -> str:
     """The one line refusing `search_name` because a deleted MLflow experiment still holds that name."""
-    return (f"--name {search_name!r}: an MLflow experiment of that name was deleted and still blocks the name; "
-            f"choose another --name, or restore or permanently delete it (`mlflow experiments restore` / "
-            f"`mlflow gc`)")
+    return (
+        f"--name {search_name!r}: an MLflow experiment of that name was deleted and still blocks the name; "
+        f"choose another --name, or restore or permanently delete it (`mlflow experiments restore` / "
+        f"`mlflow gc`)"
+    )
 
 
 class SearchTracker:
@@ -135,10 +147,16 @@ class SearchTracker:
                 root = Path(artifact_root) if artifact_root is not None else store.artifact_root(db.parent)
                 location = root.resolve().as_uri()
             try:
-                return retry(self.client.create_experiment, self.search_name, artifact_location=location,
-                             tags={TAG_SEARCH: self.search_name,
-                                   # MLflow 3's UI otherwise opens an experiment on its GenAI traces view
-                                   "mlflow.experimentKind": "custom_model_development"})
+                return retry(
+                    self.client.create_experiment,
+                    self.search_name,
+                    artifact_location=location,
+                    tags={
+                        TAG_SEARCH: self.search_name,
+                        # MLflow 3's UI otherwise opens an experiment on its GenAI traces view
+                        "mlflow.experimentKind": "custom_model_development",
+                    },
+                )
             except MlflowException as error:
                 # Another driver created it between our lookup and create: use theirs.
                 if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
@@ -155,13 +173,18 @@ class SearchTracker:
         retry(self.client.set_experiment_tag, self.experiment_id, key, value)
 
     def _find_pair_run(self, pair_name: str) -> Run | None:
-        runs = search_all(self.client, self.experiment_id, tag_filter(
-            **{TAG_KIND: KIND_PAIR, TAG_PAIR: pair_name}))
+        runs = search_all(self.client, self.experiment_id, tag_filter(**{TAG_KIND: KIND_PAIR, TAG_PAIR: pair_name}))
         # Oldest first: if a crash ever left two, every later call keeps choosing the same one.
         return min(runs, key=lambda run: run.info.start_time) if runs else None
 
-    def pair_run(self, pair_name: str, structure_path: Path, appearance_path: Path,
-                 baselines: dict[str, float] | None = None, notes: Sequence[str] = ()) -> str:
+    def pair_run(
+        self,
+        pair_name: str,
+        structure_path: Path,
+        appearance_path: Path,
+        baselines: dict[str, float] | None = None,
+        notes: Sequence[str] = (),
+    ) -> str:
         """Get or create the parent run of a pair, set it RUNNING, and record the pair's inputs.
 
         Logs params ``structure``/``appearance`` (the paths), the baselines as metrics under their own keys
@@ -172,16 +195,23 @@ class SearchTracker:
         """
         run = self._find_pair_run(pair_name)
         if run is None:
-            run = retry(self.client.create_run, self.experiment_id, run_name=pair_name, tags={
-                TAG_KIND: KIND_PAIR, TAG_SEARCH: self.search_name, TAG_PAIR: pair_name})
+            run = retry(
+                self.client.create_run,
+                self.experiment_id,
+                run_name=pair_name,
+                tags={TAG_KIND: KIND_PAIR, TAG_SEARCH: self.search_name, TAG_PAIR: pair_name},
+            )
         elif run.info.status != "RUNNING":
             retry(self.client.update_run, run.info.run_id, status="RUNNING")
         run_id = run.info.run_id
 
         params = new_params(run, {"structure": str(structure_path), "appearance": str(appearance_path)})
         now = now_ms()
-        metrics = [Metric(key, float(value), now, 0) for key, value in (baselines or {}).items()
-                   if run.data.metrics.get(key) != float(value)]
+        metrics = [
+            Metric(key, float(value), now, 0)
+            for key, value in (baselines or {}).items()
+            if run.data.metrics.get(key) != float(value)
+        ]
         tags = [RunTag(MLFLOW_RUN_NOTE, "\n".join(notes))] if notes else []
         log_batch(self.client, run_id, metrics=metrics, params=params, tags=tags)
         self._log_inputs(run_id, Path(structure_path), Path(appearance_path))
@@ -233,13 +263,23 @@ class SearchTracker:
         log_batch(self.client, run_id, metrics=metrics, tags=tags)
         retry(self.client.set_terminated, run_id, status)
 
-    def mark_trial(self, trial_id: str, status: str, *, stopped_early: bool = False, error: str | None = None,
-                   keep_error: bool = False) -> None:
+    def mark_trial(
+        self,
+        trial_id: str,
+        status: str,
+        *,
+        stopped_early: bool = False,
+        error: str | None = None,
+        keep_error: bool = False,
+    ) -> None:
         """End a trial's run from the driver, for what the trial cannot record itself: the scheduler stopped
         it, or its process died. A run that already holds an error tag keeps it when `keep_error` is set
         (the trial's own traceback says more than Ray's summary)."""
-        runs = search_all(self.client, self.experiment_id, tag_filter(
-            **{TAG_KIND: KIND_TRIAL, TAG_SEARCH: self.search_name, TAG_TRIAL: trial_id}))
+        runs = search_all(
+            self.client,
+            self.experiment_id,
+            tag_filter(**{TAG_KIND: KIND_TRIAL, TAG_SEARCH: self.search_name, TAG_TRIAL: trial_id}),
+        )
         if not runs:
             return  # the trial died before it could open its run: nothing recorded, nothing to mark
         run = min(runs, key=lambda found: found.info.start_time)

@@ -13,13 +13,13 @@ import tempfile
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
+import ray
 import torch
 from ray import tune
 
-from splice_model import (EvalEvent, NonFiniteLossError, SpliceConfig, SpliceTrainer, StepEvent, save_checkpoint,
-                          to_pil)
+from splice_model import EvalEvent, NonFiniteLossError, SpliceConfig, SpliceTrainer, StepEvent, save_checkpoint, to_pil
 from splice_tune.spaces import SearchSpace
 from splice_tune.tracking import TAG_NODE
 from splice_tune.trial_logger import TrialLogger
@@ -36,7 +36,7 @@ class TrialSetup:
     tracking_uri: str
     experiment_id: str
     parent_runs: dict[str, str]  # pair -> parent run id
-    images: dict[str, "ray.ObjectRef"]  # pair -> ref to (structure, appearance), uint8 (3, H, W)
+    images: dict[str, ray.ObjectRef]  # pair -> ref to (structure, appearance), uint8 (3, H, W)
     space: SearchSpace
     cpus_per_trial: float
 
@@ -53,64 +53,95 @@ def trial_config(setup: TrialSetup, sampled: dict) -> SpliceConfig:
     return config.replace(device=device)
 
 
-def run_trial(trial: dict, setup: TrialSetup,
-              on_event: Callable[[StepEvent | EvalEvent], None] | None = None) -> None:
+def run_trial(trial: dict, setup: TrialSetup, on_event: Callable[[StepEvent | EvalEvent], None] | None = None) -> None:
     """Ray Tune function trainable. `trial` is what the searcher proposed: pair, sampled params, study trial.
 
     `on_event`, if given, sees every training event first (fault-injection tests use it to fail a trial
     mid-training, after its run exists).
     """
-    import ray
-
-    context = tune.get_context()
     pair = trial["pair"]
     torch.set_num_threads(max(1, int(setup.cpus_per_trial)))
     config = trial_config(setup, trial["params"])
-    checkpoint = tune.get_checkpoint()
-    params = {**config.to_dict(), "pair": pair, "optuna_trial": trial["optuna_trial"],
-              "sampled": ",".join(sorted(trial["params"])) or "-"}
-    logger = TrialLogger(setup.tracking_uri, setup.experiment_id, setup.parent_runs[pair], context.get_trial_id(),
-                         pair, setup.search_name, params,
-                         tags={TAG_NODE: ray.get_runtime_context().get_node_id()},
-                         study_trial=trial["optuna_trial"])
+    logger = _trial_logger(trial, setup, config)
     structure, appearance = (image.float() / 255.0 for image in ray.get(setup.images[pair]))
     try:
         trainer = SpliceTrainer(structure, appearance, config)
-        if checkpoint is not None:  # a retried or resumed trial continues from its last eval
-            with checkpoint.as_directory() as folder:
-                # On the CPU: the augmentation RNG's state must stay there; load_state_dict moves the rest.
-                state = torch.load(Path(folder) / TRAINER_STATE, map_location="cpu", weights_only=True)
-            trainer.load_state_dict(state)
-        events = trainer.events()
-        if trainer.step >= config.steps:
-            # Restored from its final checkpoint (killed right after reporting it): only the record is left.
-            scores, output = trainer.evaluate()
-            events = [EvalEvent(trainer.step, scores, output, final=True)]
-        for event in events:
+        for event in _restored_events(trainer):
             if on_event is not None:
                 on_event(event)
-            if not isinstance(event, EvalEvent):
+            if isinstance(event, EvalEvent):
+                _record_eval(event, trainer, logger, pair)
+            else:
                 logger.log_step(event.step, event.losses)
-                continue
-            image = to_pil(event.output)
-            logger.log_eval(event.step, event.scores, image)
-            with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as artifacts:
-                torch.save(trainer.state_dict(), Path(folder) / TRAINER_STATE)
-                generator_path = save_checkpoint(Path(artifacts) / GENERATOR_FILE, trainer.generator, config,
-                                                 event.step, event.scores)
-                if event.final:
-                    logger.log_final(image, generator_path, event.scores)
-                    logger.finish("FINISHED")
-                else:
-                    logger.log_checkpoint(generator_path)
-                tune.report({**event.scores, "step": event.step, "final": event.final, "pair": pair,
-                             "mlflow_run_id": logger.run_id},
-                            checkpoint=tune.Checkpoint.from_directory(folder))
     except NonFiniteLossError as error:
         # A diverged trial is a result (these params are bad), not a crash to retry.
         logger.mark_stopped_early(reason=str(error))
-        tune.report({setup.space.objective.metric: math.inf, "step": error.step, "final": True, "pair": pair,
-                     "mlflow_run_id": logger.run_id, "diverged": True})
+        tune.report(
+            {
+                setup.space.objective.metric: math.inf,
+                "step": error.step,
+                "final": True,
+                "pair": pair,
+                "mlflow_run_id": logger.run_id,
+                "diverged": True,
+            }
+        )
     except Exception:  # not BaseException: Ray stops a trial by raising SystemExit in it
         logger.fail(traceback.format_exc())
         raise
+
+
+def _trial_logger(trial: dict, setup: TrialSetup, config: SpliceConfig) -> TrialLogger:
+    """The trial's MLflow run (a new one, or the one a retried/resumed study trial already has)."""
+    params = {
+        **config.to_dict(),
+        "pair": trial["pair"],
+        "optuna_trial": trial["optuna_trial"],
+        "sampled": ",".join(sorted(trial["params"])) or "-",
+    }
+    return TrialLogger(
+        setup.tracking_uri,
+        setup.experiment_id,
+        setup.parent_runs[trial["pair"]],
+        tune.get_context().get_trial_id(),
+        trial["pair"],
+        setup.search_name,
+        params,
+        tags={TAG_NODE: ray.get_runtime_context().get_node_id()},
+        study_trial=trial["optuna_trial"],
+    )
+
+
+def _restored_events(trainer: SpliceTrainer) -> Iterable[StepEvent | EvalEvent]:
+    """The trainer's events, continuing from the trial's last checkpoint when Ray restarts or resumes it."""
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            # On the CPU: the augmentation RNG's state must stay there; load_state_dict moves the rest.
+            state = torch.load(Path(folder) / TRAINER_STATE, map_location="cpu", weights_only=True)
+        trainer.load_state_dict(state)
+    if trainer.step >= trainer.config.steps:
+        # Restored from its final checkpoint (killed right after reporting it): only the record is left.
+        scores, output = trainer.evaluate()
+        return [EvalEvent(trainer.step, scores, output, final=True)]
+    return trainer.events()
+
+
+def _record_eval(event: EvalEvent, trainer: SpliceTrainer, logger: TrialLogger, pair: str) -> None:
+    """Log an eval to MLflow, then report it to Ray with a checkpoint (a stop can come right after the report)."""
+    image = to_pil(event.output)
+    logger.log_eval(event.step, event.scores, image)
+    with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as artifacts:
+        torch.save(trainer.state_dict(), Path(folder) / TRAINER_STATE)
+        generator_path = save_checkpoint(
+            Path(artifacts) / GENERATOR_FILE, trainer.generator, trainer.config, event.step, event.scores
+        )
+        if event.final:
+            logger.log_final(image, generator_path, event.scores)
+            logger.finish("FINISHED")
+        else:
+            logger.log_checkpoint(generator_path)
+        tune.report(
+            {**event.scores, "step": event.step, "final": event.final, "pair": pair, "mlflow_run_id": logger.run_id},
+            checkpoint=tune.Checkpoint.from_directory(folder),
+        )

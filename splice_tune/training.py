@@ -14,8 +14,15 @@ from typing import Any
 from rich.console import Console
 
 import splice_model
-from splice_model import (ImageError, NearDuplicatePairError, NonFiniteLossError, SpliceConfig, SpliceTrainer,
-                          WeightsError, load_image)
+from splice_model import (
+    ImageError,
+    NearDuplicatePairError,
+    NonFiniteLossError,
+    SpliceConfig,
+    SpliceTrainer,
+    WeightsError,
+    load_image,
+)
 from splice_model.presets import not_dino_note
 from splice_tune.errors import BadInput, Failure
 from splice_tune.formatting import number
@@ -51,8 +58,10 @@ def run_train(request: TrainRequest, console: Console) -> dict[str, float]:
     try:
         scores = train_with_progress(trainer, console)
     except NonFiniteLossError as error:
-        raise Failure(f"training diverged at step {error.step} (non-finite loss); lower --lr (it was "
-                      f"{config.lr:g}). Nothing written.") from None
+        raise Failure(
+            f"training diverged at step {error.step} (non-finite loss); lower --lr (it was "
+            f"{config.lr:g}). Nothing written."
+        ) from None
     checkpoint = request.checkpoint or request.out.with_suffix(".pt")
     _write(trainer, structure, request, checkpoint, scores)
     line = f"wrote {request.out} and {checkpoint}; " + ", ".join(f"{k} {number(v)}" for k, v in scores.items())
@@ -78,8 +87,9 @@ def _check(request: TrainRequest, config: SpliceConfig):
     problems += image_problems(request.out) + checkpoint_problems(request.checkpoint, request.out)
     problems += at_least("--render-max-side", request.render_max_side, MIN_SIDE)
     if config.vit_weights is not None and not Path(config.vit_weights).is_file():
-        problems.append(f"--vit-weights {config.vit_weights}: no such ViT weights file; pass the path of a DINO "
-                        f".pth checkpoint")
+        problems.append(
+            f"--vit-weights {config.vit_weights}: no such ViT weights file; pass the path of a DINO .pth checkpoint"
+        )
     images = {}
     for path in (request.structure, request.appearance):
         try:
@@ -113,13 +123,14 @@ def _device_problems(device: str) -> list[str]:
 
 
 def _as_flag(problem: str) -> str:
-    """"max_side: must be ..." -> "--max-side: must be ..." (the user typed a flag, not a field)."""
+    """ "max_side: must be ..." -> "--max-side: must be ..." (the user typed a flag, not a field)."""
     name, rest = problem.split(":", 1)
     return f"--{name.replace('_', '-')}:{rest}"
 
 
-def _write(trainer: SpliceTrainer, structure, request: TrainRequest, checkpoint: Path,
-           scores: dict[str, float]) -> None:
+def _write(
+    trainer: SpliceTrainer, structure, request: TrainRequest, checkpoint: Path, scores: dict[str, float]
+) -> None:
     """The rendered image, then the checkpoint; Failure (saying whether the image was written) when either fails."""
     out = request.out
     # Through the package at call time, so a replaced `splice_model.save_checkpoint` (a simulated full disk in

@@ -23,10 +23,27 @@ from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_IMAGES, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH
 
 from splice_tune.store import RETRY_SECONDS, is_locked, retry, search_all, tag_filter
-from splice_tune.tracking import (IMAGE_KEY, KIND_TRIAL, MAX_ERROR_CHARS, SCHEDULER_STOP, TAG_ATTEMPT, TAG_ERROR,
-                                  TAG_INTERRUPTED, TAG_KIND, TAG_PAIR, TAG_SEARCH, TAG_STOP_REASON,
-                                  TAG_STOPPED_EARLY, TAG_STUDY_TRIAL, TAG_TRIAL, TAG_VIT, TERMINAL_STATUSES,
-                                  log_batch, new_params, now_ms)
+from splice_tune.tracking import (
+    IMAGE_KEY,
+    KIND_TRIAL,
+    MAX_ERROR_CHARS,
+    SCHEDULER_STOP,
+    TAG_ATTEMPT,
+    TAG_ERROR,
+    TAG_INTERRUPTED,
+    TAG_KIND,
+    TAG_PAIR,
+    TAG_SEARCH,
+    TAG_STOP_REASON,
+    TAG_STOPPED_EARLY,
+    TAG_STUDY_TRIAL,
+    TAG_TRIAL,
+    TAG_VIT,
+    TERMINAL_STATUSES,
+    log_batch,
+    new_params,
+    now_ms,
+)
 
 
 class TrialLogger:
@@ -37,9 +54,18 @@ class TrialLogger:
     Buffered steps are lost if the process dies before the next flush.
     """
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, trial_id: str,
-                 pair_name: str, search_name: str, params: dict, tags: dict | None = None,
-                 study_trial: int | None = None):
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        trial_id: str,
+        pair_name: str,
+        search_name: str,
+        params: dict,
+        tags: dict | None = None,
+        study_trial: int | None = None,
+    ):
         """Get or create the child run of a trial under `parent_run_id` and set it RUNNING.
 
         The trial is identified by `study_trial` (its number in the pair's Optuna study) when given, and its
@@ -61,8 +87,7 @@ class TrialLogger:
 
         identity = {TAG_STUDY_TRIAL: str(study_trial)} if study_trial is not None else {TAG_TRIAL: trial_id}
         extra_tags.update(identity)
-        runs = search_all(self.client, experiment_id, tag_filter(
-            **{**identity, MLFLOW_PARENT_RUN_ID: parent_run_id}))
+        runs = search_all(self.client, experiment_id, tag_filter(**{**identity, MLFLOW_PARENT_RUN_ID: parent_run_id}))
         if runs:
             run = min(runs, key=lambda found: found.info.start_time)
             attempt = int(run.data.tags.get(TAG_ATTEMPT, "1")) + 1
@@ -72,13 +97,22 @@ class TrialLogger:
                     retry(self.client.delete_tag, run.info.run_id, stale)
             if run.info.status != "RUNNING":
                 retry(self.client.update_run, run.info.run_id, status="RUNNING")
-            log_batch(self.client, run.info.run_id,
-                       tags=[RunTag(key, value) for key, value in {TAG_ATTEMPT: str(attempt),
-                                                                   **extra_tags}.items()])
+            log_batch(
+                self.client,
+                run.info.run_id,
+                tags=[RunTag(key, value) for key, value in {TAG_ATTEMPT: str(attempt), **extra_tags}.items()],
+            )
             self._logged_through = self._last_eval_step(run)
         else:
-            run_tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, TAG_KIND: KIND_TRIAL, TAG_SEARCH: search_name,
-                        TAG_PAIR: pair_name, TAG_TRIAL: trial_id, TAG_ATTEMPT: "1", **extra_tags}
+            run_tags = {
+                MLFLOW_PARENT_RUN_ID: parent_run_id,
+                TAG_KIND: KIND_TRIAL,
+                TAG_SEARCH: search_name,
+                TAG_PAIR: pair_name,
+                TAG_TRIAL: trial_id,
+                TAG_ATTEMPT: "1",
+                **extra_tags,
+            }
             if "vit" in params:
                 run_tags[TAG_VIT] = str(params["vit"])
             # PAIR-t<study trial>: what the UI lists, and the same name after a resume gives Ray new trial ids.
@@ -119,7 +153,7 @@ class TrialLogger:
         while self._pending:
             chunk = self._pending[:MAX_ENTITIES_PER_BATCH]
             retry(self.client.log_batch, self.run_id, metrics=chunk, synchronous=True)
-            del self._pending[:len(chunk)]
+            del self._pending[: len(chunk)]
 
     def _log_image(self, image: PIL.Image.Image, step: int) -> None:
         # log_image writes the files first and a run tag last; only that tag touches the database, but a
@@ -130,8 +164,9 @@ class TrialLogger:
         deadline = time.monotonic() + RETRY_SECONDS
         while True:
             try:
-                self.client.log_image(self.run_id, image, key=IMAGE_KEY, step=step, timestamp=timestamp,
-                                      synchronous=True)
+                self.client.log_image(
+                    self.run_id, image, key=IMAGE_KEY, step=step, timestamp=timestamp, synchronous=True
+                )
                 return
             except (MlflowException, sqlalchemy.exc.OperationalError) as error:
                 if not is_locked(error) or time.monotonic() > deadline:
@@ -155,8 +190,9 @@ class TrialLogger:
         """Write buffered losses and ``final_<score>`` metrics, then artifacts ``output.png`` and
         ``checkpoint/generator.pt`` (copied under that name if `checkpoint_path` is named otherwise)."""
         now = now_ms()
-        self._pending.extend(Metric(f"final_{key}", float(value), now, self._last_step)
-                             for key, value in scores.items())
+        self._pending.extend(
+            Metric(f"final_{key}", float(value), now, self._last_step) for key, value in scores.items()
+        )
         self._flush()
         checkpoint_path = Path(checkpoint_path)
         with tempfile.TemporaryDirectory() as tmp:
@@ -179,12 +215,15 @@ class TrialLogger:
         """
         if len(error) > MAX_ERROR_CHARS:
             marker = "[...truncated]\n"
-            error = marker + error[-(MAX_ERROR_CHARS - len(marker)):]
+            error = marker + error[-(MAX_ERROR_CHARS - len(marker)) :]
         retry(self.client.set_tag, self.run_id, TAG_ERROR, error, synchronous=True)
         self.finish("FAILED")
 
     def mark_stopped_early(self, reason: str = SCHEDULER_STOP) -> None:
         """Tag the run as stopped early (with why) and end it KILLED."""
-        log_batch(self.client, self.run_id, tags=[RunTag(TAG_STOPPED_EARLY, "true"),
-                                                   RunTag(TAG_STOP_REASON, reason[:MAX_ERROR_CHARS])])
+        log_batch(
+            self.client,
+            self.run_id,
+            tags=[RunTag(TAG_STOPPED_EARLY, "true"), RunTag(TAG_STOP_REASON, reason[:MAX_ERROR_CHARS])],
+        )
         self.finish("KILLED")

@@ -124,8 +124,9 @@ def _error_text(text: str) -> str:
 
 # Ray Tune's log lines that splice-tune replaces with its own: its resume hint names Tuner.restore, where a
 # user runs `splice-tune search ... --resume`, and the summary says which trials did not complete.
-_RAY_REPLACED = {"ray.tune.tune": ("Stop signal received", "Experiment has been interrupted",
-                                   "Trials did not complete")}
+_RAY_REPLACED = {
+    "ray.tune.tune": ("Stop signal received", "Experiment has been interrupted", "Trials did not complete")
+}
 # Each failed trial's traceback, kept in MLflow (tag splice_tune.error); printed only with --verbose.
 _RAY_TRACEBACKS = {"ray.tune.execution.tune_controller": ("Trial task failed",)}
 

@@ -31,14 +31,25 @@ _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 def server_command(root: Path, host: str, port: int) -> list[str]:
     """The `mlflow server` command line for the store under `root`."""
-    return [sys.executable, "-m", "mlflow", "server",
-            "--backend-store-uri", results.store_uri(None, root),
-            # Where experiments created from the UI (or by a search pointed at this server) keep artifacts:
-            # beside the searches' own, so the layout under ROOT stays the same.
-            "--default-artifact-root", store.artifact_root(root).as_uri(),
-            "--host", host, "--port", str(port),
-            # One user browsing: one worker starts faster and holds less memory than MLflow's default 4.
-            "--workers", "1"]
+    return [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        results.store_uri(None, root),
+        # Where experiments created from the UI (or by a search pointed at this server) keep artifacts:
+        # beside the searches' own, so the layout under ROOT stays the same.
+        "--default-artifact-root",
+        store.artifact_root(root).as_uri(),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        # One user browsing: one worker starts faster and holds less memory than MLflow's default 4.
+        "--workers",
+        "1",
+    ]
 
 
 def serve_ui(root: Path, host: str = "127.0.0.1", port: int = 5000, console: Console | None = None) -> int:
@@ -61,9 +72,12 @@ def serve_ui(root: Path, host: str = "127.0.0.1", port: int = 5000, console: Con
         _announce(root, url)
         console.print(f"MLflow UI for {root}: [bold]{url}[/]  (Ctrl-C to stop)", highlight=False)
         if host not in _LOOPBACK:
-            console.print(f"[yellow]note:[/] listening on {host}: anyone who can reach this machine on port {port} "
-                          f"can read and change your runs; MLflow only accepts localhost and private-network "
-                          f"host names unless its --allowed-hosts says otherwise", highlight=False)
+            console.print(
+                f"[yellow]note:[/] listening on {host}: anyone who can reach this machine on port {port} "
+                f"can read and change your runs; MLflow only accepts localhost and private-network "
+                f"host names unless its --allowed-hosts says otherwise",
+                highlight=False,
+            )
         code = process.wait()
         console.print(f"[red]error:[/] the MLflow server stopped by itself (exit code {code})", highlight=False)
         return 1
@@ -111,8 +125,7 @@ def _check_port(host: str, port: int) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror:
-        raise BadInput(f"--host {host}: not an address of this machine; use 127.0.0.1 (or 0.0.0.0 for all)") \
-            from None
+        raise BadInput(f"--host {host}: not an address of this machine; use 127.0.0.1 (or 0.0.0.0 for all)") from None
     family, _, _, _, address = infos[0]
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         # The server sets SO_REUSEADDR too, so a port only in TIME_WAIT is free for it as for us.
@@ -120,11 +133,14 @@ def _check_port(host: str, port: int) -> None:
         try:
             probe.bind(address)
         except PermissionError:
-            raise BadInput(f"--port {port}: not allowed for this user (ports below 1024 need root); use "
-                           f"e.g. --port 5000") from None
+            raise BadInput(
+                f"--port {port}: not allowed for this user (ports below 1024 need root); use e.g. --port 5000"
+            ) from None
         except OSError as error:
-            raise BadInput(f"--port {port}: cannot listen on {host}:{port} ({error.strerror}); it is probably "
-                           f"in use: choose another --port or stop what uses it") from None
+            raise BadInput(
+                f"--port {port}: cannot listen on {host}:{port} ({error.strerror}); it is probably "
+                f"in use: choose another --port or stop what uses it"
+            ) from None
 
 
 def _wait_ready(process: subprocess.Popen, url: str) -> bool:

@@ -72,8 +72,17 @@ def image_paths(tmp_path, structure_image, appearance_image) -> tuple:
 @pytest.fixture
 def tiny_config() -> SpliceConfig:
     """random_tiny8 ViT at a 48-px short side, images capped at 64 px: a step takes milliseconds on a CPU."""
-    return SpliceConfig(vit="random_tiny8", max_side=64, vit_size=48, vit_max_side=96, steps=12, eval_every=5,
-                        full_image_every=4, device="cpu", seed=0)
+    return SpliceConfig(
+        vit="random_tiny8",
+        max_side=64,
+        vit_size=48,
+        vit_max_side=96,
+        steps=12,
+        eval_every=5,
+        full_image_every=4,
+        device="cpu",
+        seed=0,
+    )
 
 
 # ------------------------------------------------------------------------------------------ one real search
@@ -132,7 +141,8 @@ def finished_search(tmp_path_factory, ray_session) -> FinishedSearch:
 
     folder = tmp_path_factory.mktemp("search")
     pairs_csv, space = write_search_inputs(folder)
-    request = SearchRequest(pairs_csv=pairs_csv, space=str(space), name="test-search",
-                            root=folder / "splice-runs", quiet=True)
+    request = SearchRequest(
+        pairs_csv=pairs_csv, space=str(space), name="test-search", root=folder / "splice-runs", quiet=True
+    )
     summary = run_search(request)
     return FinishedSearch(folder, request, summary, summary.tracking_uri)

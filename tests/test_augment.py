@@ -9,8 +9,14 @@ import pytest
 import torch
 
 from splice_model import SpliceConfig
-from splice_model.augment import (augment_appearance, augment_structure, color_jitter, gaussian_blur,
-                                  random_flip, random_square_crop)
+from splice_model.augment import (
+    augment_appearance,
+    augment_structure,
+    color_jitter,
+    gaussian_blur,
+    random_flip,
+    random_square_crop,
+)
 from splice_model.images import to_tensor
 
 ALL_ON = SpliceConfig(flip_p=0.5, jitter_p=1.0, blur_p=1.0)
@@ -31,7 +37,7 @@ def find_crop(crop: torch.Tensor, image: torch.Tensor) -> tuple[int, int] | None
     side_h, side_w = crop.shape[-2:]
     for top in range(image.shape[-2] - side_h + 1):
         for left in range(image.shape[-1] - side_w + 1):
-            if torch.equal(image[..., top:top + side_h, left:left + side_w], crop):
+            if torch.equal(image[..., top : top + side_h, left : left + side_w], crop):
                 return top, left
     return None
 
@@ -53,12 +59,16 @@ def test_same_seed_same_augmentation_different_seed_differs(image, augment):
     assert not same(draws(step, image, 1), draws(step, image, 2))
 
 
-@pytest.mark.parametrize("step", [
-    lambda x, g: random_square_crop(x, 0.5, g),
-    lambda x, g: random_flip(x, 0.5, g),
-    lambda x, g: color_jitter(x, 1.0, g),
-    lambda x, g: gaussian_blur(x, 2.0, g),
-], ids=["crop", "flip", "jitter", "blur"])
+@pytest.mark.parametrize(
+    "step",
+    [
+        lambda x, g: random_square_crop(x, 0.5, g),
+        lambda x, g: random_flip(x, 0.5, g),
+        lambda x, g: color_jitter(x, 1.0, g),
+        lambda x, g: gaussian_blur(x, 2.0, g),
+    ],
+    ids=["crop", "flip", "jitter", "blur"],
+)
 def test_each_step_is_seeded(image, step):
     assert same(draws(step, image, 5), draws(step, image, 5))
     assert not same(draws(step, image, 5), draws(step, image, 6))

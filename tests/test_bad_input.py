@@ -33,10 +33,10 @@ from typing import Callable
 import numpy as np
 import pytest
 import torch
+from conftest import make_appearance_image, make_structure_image
 from PIL import Image
 
 import splice_model.images
-from conftest import make_appearance_image, make_structure_image
 
 # ------------------------------------------------------------------------------------------ inputs
 
@@ -83,6 +83,7 @@ def write_valid_inputs(work: Path) -> None:
 
 # Small builders the cases combine: each takes the working folder.
 
+
 def text(name: str, content: str | bytes) -> Callable[[Path], None]:
     def build(work: Path) -> None:
         path = work / name
@@ -91,6 +92,7 @@ def text(name: str, content: str | bytes) -> Callable[[Path], None]:
             path.write_bytes(content)
         else:
             path.write_text(content, encoding="utf-8")
+
     return build
 
 
@@ -106,6 +108,7 @@ def truncated(name: str, source: str = "a.png") -> Callable[[Path], None]:
     def build(work: Path) -> None:
         whole = (work / source).read_bytes()
         (work / name).write_bytes(whole[: len(whole) // 2])
+
     return build
 
 
@@ -120,12 +123,20 @@ def resaved(name: str, source: str = "s.png", **save) -> Callable[[Path], None]:
 
 def png_claiming(name: str, width: int, height: int) -> Callable[[Path], None]:
     """A PNG whose header claims width x height (a decompression bomb) but holds a few bytes of data."""
+
     def build(work: Path) -> None:
         ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-        chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data
-                                    + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-        (work / name).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-                                  + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+        (work / name).write_bytes(
+            b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b"")
+        )
+
     return build
 
 
@@ -195,199 +206,430 @@ NAME100 = "n" * 100
 
 CASES = [
     # ---------------------------------------------------------------- pairs.csv: the file
-    Case("csv-missing", ["search", "nosuch.csv", "--space", "space.yaml"],
-         [("nosuch.csv: no such file", "check the path to the pairs CSV")]),
-    Case("csv-is-directory", ["search", "adir", "--space", "space.yaml"],
-         [("adir: is a directory", "give the pairs CSV file inside it")], [folder("adir")]),
+    Case(
+        "csv-missing",
+        ["search", "nosuch.csv", "--space", "space.yaml"],
+        [("nosuch.csv: no such file", "check the path to the pairs CSV")],
+    ),
+    Case(
+        "csv-is-directory",
+        ["search", "adir", "--space", "space.yaml"],
+        [("adir: is a directory", "give the pairs CSV file inside it")],
+        [folder("adir")],
+    ),
     csv_case("csv-empty", "", ("pairs.csv: is empty", "pair,structure,appearance")),
     csv_case("csv-header-only", HEADER, ("pairs.csv:1: has a header but no pairs", "add one line per pair")),
-    csv_case("csv-missing-column", "pair,structure\ncows,s.png\n",
-             ("pairs.csv:1: column 'appearance' is missing", "pair,structure,appearance")),
-    csv_case("csv-extra-column", "pair,structure,appearance,notes\ncows,s.png,a.png,x\n",
-             ("pairs.csv:1: column 'notes' is not known", "pair,structure,appearance")),
-    csv_case("csv-misspelled-column", "pair,structure,apperance\ncows,s.png,a.png\n",
-             ("pairs.csv:1: column 'apperance' is not known", "did you mean 'appearance'?")),
-    csv_case("csv-not-utf8", HEADER.encode() + b"caf\xe9,s.png,a.png\n",
-             ("pairs.csv:2: is not UTF-8", "save the file as UTF-8")),
+    csv_case(
+        "csv-missing-column",
+        "pair,structure\ncows,s.png\n",
+        ("pairs.csv:1: column 'appearance' is missing", "pair,structure,appearance"),
+    ),
+    csv_case(
+        "csv-extra-column",
+        "pair,structure,appearance,notes\ncows,s.png,a.png,x\n",
+        ("pairs.csv:1: column 'notes' is not known", "pair,structure,appearance"),
+    ),
+    csv_case(
+        "csv-misspelled-column",
+        "pair,structure,apperance\ncows,s.png,a.png\n",
+        ("pairs.csv:1: column 'apperance' is not known", "did you mean 'appearance'?"),
+    ),
+    csv_case(
+        "csv-not-utf8",
+        HEADER.encode() + b"caf\xe9,s.png,a.png\n",
+        ("pairs.csv:2: is not UTF-8", "save the file as UTF-8"),
+    ),
     # ---------------------------------------------------------------- pairs.csv: rows
     csv_case("row-blank-field", HEADER + "cows,,a.png\n", ("pairs.csv:2: field 'structure' is empty", "fill it in")),
     csv_case("row-too-few-fields", HEADER + "cows,s.png\n", ("pairs.csv:2: has 2 fields, expected 3",)),
-    csv_case("row-duplicate-name", HEADER + "cows,s.png,a.png\ncows,a.png,s.png\n",
-             ("pairs.csv:3: pair 'cows' appears twice (first on line 2)", "must be unique")),
-    csv_case("name-dotdot-evil", HEADER + "../evil,s.png,a.png\n",
-             ("pairs.csv:2: pair name '../evil'", "path separator", "use letters, digits")),
+    csv_case(
+        "row-duplicate-name",
+        HEADER + "cows,s.png,a.png\ncows,a.png,s.png\n",
+        ("pairs.csv:3: pair 'cows' appears twice (first on line 2)", "must be unique"),
+    ),
+    csv_case(
+        "name-dotdot-evil",
+        HEADER + "../evil,s.png,a.png\n",
+        ("pairs.csv:2: pair name '../evil'", "path separator", "use letters, digits"),
+    ),
     csv_case("name-slash", HEADER + "a/b,s.png,a.png\n", ("pairs.csv:2: pair name 'a/b'", "path separator")),
-    csv_case("name-hidden", HEADER + ".hidden,s.png,a.png\n",
-             ("pairs.csv:2: pair name '.hidden' starts with '.'", "start it with a letter or digit")),
-    csv_case("name-control-char", HEADER + "co\x07ws,s.png,a.png\n",
-             ("pairs.csv:2: pair name 'co\\x07ws' contains a control character", "use letters, digits")),
+    csv_case(
+        "name-hidden",
+        HEADER + ".hidden,s.png,a.png\n",
+        ("pairs.csv:2: pair name '.hidden' starts with '.'", "start it with a letter or digit"),
+    ),
+    csv_case(
+        "name-control-char",
+        HEADER + "co\x07ws,s.png,a.png\n",
+        ("pairs.csv:2: pair name 'co\\x07ws' contains a control character", "use letters, digits"),
+    ),
     # \v, \f, \x1c-\x1e, \x85 are line breaks to str.splitlines() but not to a CSV file or an editor.
-    csv_case("name-vertical-tab", HEADER + "co\x0bws,s.png,a.png\n",
-             ("pairs.csv:2: pair name 'co\\x0bws' contains a control character",)),
-    csv_case("name-100-chars", HEADER + f"{NAME100},s.png,a.png\n",
-             ("pairs.csv:2: pair name", "is 100 characters long; use at most 64")),
+    csv_case(
+        "name-vertical-tab",
+        HEADER + "co\x0bws,s.png,a.png\n",
+        ("pairs.csv:2: pair name 'co\\x0bws' contains a control character",),
+    ),
+    csv_case(
+        "name-100-chars",
+        HEADER + f"{NAME100},s.png,a.png\n",
+        ("pairs.csv:2: pair name", "is 100 characters long; use at most 64"),
+    ),
     # ---------------------------------------------------------------- pairs.csv: images
-    csv_case("image-missing", HEADER + "cows,nosuch.png,a.png\n",
-             ("pairs.csv:2: structure 'nosuch.png'", "no such file", "check the path")),
-    csv_case("image-is-directory", HEADER + "cows,s.png,pics\n",
-             ("pairs.csv:2: appearance 'pics'", "is a directory", "name a .png/.jpg file"), setup=[folder("pics")]),
-    csv_case("image-truncated-png", HEADER + "cows,s.png,cut.png\n",
-             ("pairs.csv:2: appearance 'cut.png'", "corrupt or truncated image", "re-export"),
-             setup=[truncated("cut.png")]),
-    csv_case("image-text-as-png", HEADER + "cows,notes.png,a.png\n",
-             ("pairs.csv:2: structure 'notes.png'", "not an image Pillow can read", "use PNG, JPEG"),
-             setup=[text("notes.png", "this is not an image\n")]),
-    csv_case("image-4x4", HEADER + "cows,s.png,tiny.png\n",
-             ("pairs.csv:2: appearance 'tiny.png'", "4x4 is too small", "at least 16 pixels"),
-             setup=[picture("tiny.png", (4, 4))]),
-    csv_case("image-over-pixel-cap", HEADER + "cows,s.png,big.png\n",
-             ("pairs.csv:2: appearance 'big.png'", "60x60 is over the 2,500-pixel limit", "downscale"),
-             setup=[picture("big.png", (60, 60))], patch=_low_pixel_cap),
-    csv_case("image-decompression-bomb", HEADER + "cows,s.png,bomb.png\n",
-             ("pairs.csv:2: appearance 'bomb.png'", "900,000,000 pixels is over the 256,000,000-pixel limit",
-              "downscale"),
-             setup=[png_claiming("bomb.png", 30000, 30000)]),
+    csv_case(
+        "image-missing",
+        HEADER + "cows,nosuch.png,a.png\n",
+        ("pairs.csv:2: structure 'nosuch.png'", "no such file", "check the path"),
+    ),
+    csv_case(
+        "image-is-directory",
+        HEADER + "cows,s.png,pics\n",
+        ("pairs.csv:2: appearance 'pics'", "is a directory", "name a .png/.jpg file"),
+        setup=[folder("pics")],
+    ),
+    csv_case(
+        "image-truncated-png",
+        HEADER + "cows,s.png,cut.png\n",
+        ("pairs.csv:2: appearance 'cut.png'", "corrupt or truncated image", "re-export"),
+        setup=[truncated("cut.png")],
+    ),
+    csv_case(
+        "image-text-as-png",
+        HEADER + "cows,notes.png,a.png\n",
+        ("pairs.csv:2: structure 'notes.png'", "not an image Pillow can read", "use PNG, JPEG"),
+        setup=[text("notes.png", "this is not an image\n")],
+    ),
+    csv_case(
+        "image-4x4",
+        HEADER + "cows,s.png,tiny.png\n",
+        ("pairs.csv:2: appearance 'tiny.png'", "4x4 is too small", "at least 16 pixels"),
+        setup=[picture("tiny.png", (4, 4))],
+    ),
+    csv_case(
+        "image-over-pixel-cap",
+        HEADER + "cows,s.png,big.png\n",
+        ("pairs.csv:2: appearance 'big.png'", "60x60 is over the 2,500-pixel limit", "downscale"),
+        setup=[picture("big.png", (60, 60))],
+        patch=_low_pixel_cap,
+    ),
+    csv_case(
+        "image-decompression-bomb",
+        HEADER + "cows,s.png,bomb.png\n",
+        ("pairs.csv:2: appearance 'bomb.png'", "900,000,000 pixels is over the 256,000,000-pixel limit", "downscale"),
+        setup=[png_claiming("bomb.png", 30000, 30000)],
+    ),
     # 400 MP: above our 256 MP cap but below twice it, so our check (not PIL's) refuses it, with its size.
-    csv_case("image-over-cap-20000x20000", HEADER + "cows,s.png,bomb.png\n",
-             ("pairs.csv:2: appearance 'bomb.png'", "20000x20000 is over the 256,000,000-pixel limit", "downscale"),
-             setup=[png_claiming("bomb.png", 20000, 20000)]),
+    csv_case(
+        "image-over-cap-20000x20000",
+        HEADER + "cows,s.png,bomb.png\n",
+        ("pairs.csv:2: appearance 'bomb.png'", "20000x20000 is over the 256,000,000-pixel limit", "downscale"),
+        setup=[png_claiming("bomb.png", 20000, 20000)],
+    ),
     # Over twice a (patched) cap: PIL's own guard, moved to our cap, refuses it first; the count is still given.
-    csv_case("image-over-twice-the-cap", HEADER + "cows,s.png,big.png\n",
-             ("pairs.csv:2: appearance 'big.png'", "10,000 pixels is over the 2,500-pixel limit", "downscale"),
-             setup=[picture("big.png", (100, 100))], patch=_low_pixel_cap),
-    csv_case("same-file-twice", HEADER + "cows,s.png,s.png\n",
-             ("pairs.csv:2: structure and appearance are the same image", "give two different files")),
-    csv_case("identical-bytes-two-names", HEADER + "cows,s.png,twin.png\n",
-             ("pairs.csv:2: structure and appearance are the same image",), setup=[copied("twin.png")]),
+    csv_case(
+        "image-over-twice-the-cap",
+        HEADER + "cows,s.png,big.png\n",
+        ("pairs.csv:2: appearance 'big.png'", "10,000 pixels is over the 2,500-pixel limit", "downscale"),
+        setup=[picture("big.png", (100, 100))],
+        patch=_low_pixel_cap,
+    ),
+    csv_case(
+        "same-file-twice",
+        HEADER + "cows,s.png,s.png\n",
+        ("pairs.csv:2: structure and appearance are the same image", "give two different files"),
+    ),
+    csv_case(
+        "identical-bytes-two-names",
+        HEADER + "cows,s.png,twin.png\n",
+        ("pairs.csv:2: structure and appearance are the same image",),
+        setup=[copied("twin.png")],
+    ),
     # Same pixels, other bytes: only the baseline check (ViT features) can tell.
-    csv_case("same-pixels-other-bytes", HEADER + "cows,s.png,twin.png\n",
-             ("pairs.csv:2", "cows", "(near-)duplicates", "use two different images"),
-             setup=[resaved("twin.png", compress_level=0)]),
+    csv_case(
+        "same-pixels-other-bytes",
+        HEADER + "cows,s.png,twin.png\n",
+        ("pairs.csv:2", "cows", "(near-)duplicates", "use two different images"),
+        setup=[resaved("twin.png", compress_level=0)],
+    ),
     # A photo-sized picture (downscaled to max_side like any real photo) and its JPEG q95 copy.
-    csv_case("near-duplicate-jpeg-q95", HEADER + "cows,big.png,twin.jpg\n",
-             ("pairs.csv:2", "cows", "(near-)duplicates", "use two different images"),
-             setup=[lambda work: structure_picture((192, 160)).save(work / "big.png"),
-                    resaved("twin.jpg", source="big.png", quality=95)]),
+    csv_case(
+        "near-duplicate-jpeg-q95",
+        HEADER + "cows,big.png,twin.jpg\n",
+        ("pairs.csv:2", "cows", "(near-)duplicates", "use two different images"),
+        setup=[
+            lambda work: structure_picture((192, 160)).save(work / "big.png"),
+            resaved("twin.jpg", source="big.png", quality=95),
+        ],
+    ),
     # ---------------------------------------------------------------- pairs.csv: all problems at once
-    csv_case("many-problems-at-once",
-             HEADER + "cows,,a.png\ncows,s.png,a.png\na/b,s.png,a.png\nok,nosuch.png,a.png\nsmall,tiny.png,a.png\n"
-                      "broken,s.png,cut.png\n",
-             ("pairs.csv:2: field 'structure' is empty",),
-             ("pairs.csv:3: pair 'cows' appears twice",),
-             ("pairs.csv:4: pair name 'a/b'",),
-             ("pairs.csv:5: structure 'nosuch.png'", "no such file"),
-             ("pairs.csv:6: structure 'tiny.png'", "too small"),
-             ("pairs.csv:7: appearance 'cut.png'", "corrupt or truncated"),
-             setup=[picture("tiny.png", (4, 4)), truncated("cut.png")]),
-    Case("csv-and-space-problems-together", SEARCH + ["--max-concurrent", "0"],
-         [("pairs.csv:2: structure 'nosuch.png'",), (f"space.yaml:{LINE_TRIALS}: budget.trials_per_pair",),
-          ("--max-concurrent",)],
-         [text("pairs.csv", HEADER + "cows,nosuch.png,a.png\n"), space_with("trials_per_pair: 2", "trials_per_pair: 0")]),
+    csv_case(
+        "many-problems-at-once",
+        HEADER + "cows,,a.png\ncows,s.png,a.png\na/b,s.png,a.png\nok,nosuch.png,a.png\nsmall,tiny.png,a.png\n"
+        "broken,s.png,cut.png\n",
+        ("pairs.csv:2: field 'structure' is empty",),
+        ("pairs.csv:3: pair 'cows' appears twice",),
+        ("pairs.csv:4: pair name 'a/b'",),
+        ("pairs.csv:5: structure 'nosuch.png'", "no such file"),
+        ("pairs.csv:6: structure 'tiny.png'", "too small"),
+        ("pairs.csv:7: appearance 'cut.png'", "corrupt or truncated"),
+        setup=[picture("tiny.png", (4, 4)), truncated("cut.png")],
+    ),
+    Case(
+        "csv-and-space-problems-together",
+        SEARCH + ["--max-concurrent", "0"],
+        [
+            ("pairs.csv:2: structure 'nosuch.png'",),
+            (f"space.yaml:{LINE_TRIALS}: budget.trials_per_pair",),
+            ("--max-concurrent",),
+        ],
+        [text("pairs.csv", HEADER + "cows,nosuch.png,a.png\n"), space_with("trials_per_pair: 2", "trials_per_pair: 0")],
+    ),
     # ---------------------------------------------------------------- search space
     space_case("yaml-not-yaml", "fixed:\n", "fixed: [unclosed\n", ("space.yaml:", "not valid YAML", "fix the syntax")),
-    space_case("yaml-unknown-section", "budget:", "budgte:",
-               (f"space.yaml:{LINE_BUDGET}: budgte: is not a known section", "did you mean 'budget'?")),
-    space_case("yaml-unknown-fixed-key", "  steps: 10", "  stpes: 10",
-               (f"space.yaml:{LINE_STEPS}: fixed.stpes: is not a Splice setting", "did you mean 'steps'?")),
-    space_case("yaml-unknown-param", "  alpha: {", "  alpah: {",
-               (f"space.yaml:{LINE_ALPHA}: params.alpah: is not a Splice setting", "did you mean 'alpha'?")),
-    space_case("yaml-low-above-high", "low: 0.05, high: 0.3", "low: 0.5, high: 0.3",
-               (f"space.yaml:{LINE_ALPHA}: params.alpha.low: low (0.5) must be below high (0.3)",)),
-    space_case("yaml-log-low-zero", "low: 0.05, high: 0.3", "low: 0.0, high: 0.3",
-               (f"space.yaml:{LINE_ALPHA}: params.alpha.low: must be > 0 when log: true", "raise low or drop log")),
-    space_case("yaml-empty-categorical", "  alpha: {type: float, low: 0.05, high: 0.3, log: true}",
-               "  lr: {type: categorical, choices: []}",
-               (f"space.yaml:{LINE_ALPHA}: params.lr.choices: has 0 choice(s)", "give at least two")),
-    space_case("yaml-wrong-type", "  steps: 10", "  steps: ten",
-               (f"space.yaml:{LINE_STEPS}: fixed.steps: must be a whole number", "'ten'")),
-    space_case("yaml-trials-per-pair-0", "trials_per_pair: 2", "trials_per_pair: 0",
-               (f"space.yaml:{LINE_TRIALS}: budget.trials_per_pair: must be a whole number >= 1",)),
-    space_case("yaml-unknown-vit", "vit: random_tiny8", "vit: random_tiny9",
-               (f"space.yaml:{LINE_VIT}: fixed.vit: unknown ViT preset 'random_tiny9'", "did you mean 'random_tiny8'?")),
-    space_case("yaml-bad-device", "  steps: 10\n", "  steps: 10\n  device: gpu\n",
-               (f"space.yaml:{LINE_STEPS + 1}: fixed.device: 'gpu' is not a device", "cuda:N")),
-    space_case("yaml-vit-weights-missing", "  vit: random_tiny8\n", "  vit: dino_vits16\n  vit_weights: missing.pth\n",
-               (f"space.yaml:{LINE_VIT + 1}: fixed.vit_weights: weights file 'missing.pth' not found",),
-               max_seconds=10),
-    space_case("yaml-dino-not-cached-offline", "  vit: random_tiny8\n", "  vit: dino_vits16\n",
-               ("space.yaml", "dino_vits16", "could not be downloaded", "vit_weights"),
-               patch=_offline, max_seconds=10),
+    space_case(
+        "yaml-unknown-section",
+        "budget:",
+        "budgte:",
+        (f"space.yaml:{LINE_BUDGET}: budgte: is not a known section", "did you mean 'budget'?"),
+    ),
+    space_case(
+        "yaml-unknown-fixed-key",
+        "  steps: 10",
+        "  stpes: 10",
+        (f"space.yaml:{LINE_STEPS}: fixed.stpes: is not a Splice setting", "did you mean 'steps'?"),
+    ),
+    space_case(
+        "yaml-unknown-param",
+        "  alpha: {",
+        "  alpah: {",
+        (f"space.yaml:{LINE_ALPHA}: params.alpah: is not a Splice setting", "did you mean 'alpha'?"),
+    ),
+    space_case(
+        "yaml-low-above-high",
+        "low: 0.05, high: 0.3",
+        "low: 0.5, high: 0.3",
+        (f"space.yaml:{LINE_ALPHA}: params.alpha.low: low (0.5) must be below high (0.3)",),
+    ),
+    space_case(
+        "yaml-log-low-zero",
+        "low: 0.05, high: 0.3",
+        "low: 0.0, high: 0.3",
+        (f"space.yaml:{LINE_ALPHA}: params.alpha.low: must be > 0 when log: true", "raise low or drop log"),
+    ),
+    space_case(
+        "yaml-empty-categorical",
+        "  alpha: {type: float, low: 0.05, high: 0.3, log: true}",
+        "  lr: {type: categorical, choices: []}",
+        (f"space.yaml:{LINE_ALPHA}: params.lr.choices: has 0 choice(s)", "give at least two"),
+    ),
+    space_case(
+        "yaml-wrong-type",
+        "  steps: 10",
+        "  steps: ten",
+        (f"space.yaml:{LINE_STEPS}: fixed.steps: must be a whole number", "'ten'"),
+    ),
+    space_case(
+        "yaml-trials-per-pair-0",
+        "trials_per_pair: 2",
+        "trials_per_pair: 0",
+        (f"space.yaml:{LINE_TRIALS}: budget.trials_per_pair: must be a whole number >= 1",),
+    ),
+    space_case(
+        "yaml-unknown-vit",
+        "vit: random_tiny8",
+        "vit: random_tiny9",
+        (f"space.yaml:{LINE_VIT}: fixed.vit: unknown ViT preset 'random_tiny9'", "did you mean 'random_tiny8'?"),
+    ),
+    space_case(
+        "yaml-bad-device",
+        "  steps: 10\n",
+        "  steps: 10\n  device: gpu\n",
+        (f"space.yaml:{LINE_STEPS + 1}: fixed.device: 'gpu' is not a device", "cuda:N"),
+    ),
+    space_case(
+        "yaml-vit-weights-missing",
+        "  vit: random_tiny8\n",
+        "  vit: dino_vits16\n  vit_weights: missing.pth\n",
+        (f"space.yaml:{LINE_VIT + 1}: fixed.vit_weights: weights file 'missing.pth' not found",),
+        max_seconds=10,
+    ),
+    space_case(
+        "yaml-dino-not-cached-offline",
+        "  vit: random_tiny8\n",
+        "  vit: dino_vits16\n",
+        ("space.yaml", "dino_vits16", "could not be downloaded", "vit_weights"),
+        patch=_offline,
+        max_seconds=10,
+    ),
     # Aliases share their anchor's node: a self-reference or nested aliases must not recurse or explode.
-    space_case("yaml-self-referencing-alias", "fixed:\n", "fixed: &fixed\n  itself: *fixed\n",
-               ("space.yaml:3: fixed.itself: is not a Splice setting",)),
-    Case("yaml-billion-laughs", SEARCH,
-         [(f"space.yaml:{LINE_TRIALS + 1}: laughs: is not a known section", "sections are")],
-         [text("space.yaml", SPACE + "laughs:\n  - &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-             f"  - &{name} [{', '.join([f'*{previous}'] * 9)}]\n" for previous, name in zip("abcdefg", "bcdefgh")))],
-         max_seconds=10),
-    Case("space-not-shipped", ["search", "pairs.csv", "--space", "nosuchname"],
-         [("search space 'nosuchname' is not shipped", "quick", "pass the path of a .yaml file")]),
-    Case("space-file-missing", ["search", "pairs.csv", "--space", "nosuch.yaml"],
-         [("nosuch.yaml: no such file", "shipped space")]),
+    space_case(
+        "yaml-self-referencing-alias",
+        "fixed:\n",
+        "fixed: &fixed\n  itself: *fixed\n",
+        ("space.yaml:3: fixed.itself: is not a Splice setting",),
+    ),
+    Case(
+        "yaml-billion-laughs",
+        SEARCH,
+        [(f"space.yaml:{LINE_TRIALS + 1}: laughs: is not a known section", "sections are")],
+        [
+            text(
+                "space.yaml",
+                SPACE
+                + "laughs:\n  - &a [x, x, x, x, x, x, x, x, x]\n"
+                + "".join(
+                    f"  - &{name} [{', '.join([f'*{previous}'] * 9)}]\n" for previous, name in zip("abcdefg", "bcdefgh")
+                ),
+            )
+        ],
+        max_seconds=10,
+    ),
+    Case(
+        "space-not-shipped",
+        ["search", "pairs.csv", "--space", "nosuchname"],
+        [("search space 'nosuchname' is not shipped", "quick", "pass the path of a .yaml file")],
+    ),
+    Case(
+        "space-file-missing",
+        ["search", "pairs.csv", "--space", "nosuch.yaml"],
+        [("nosuch.yaml: no such file", "shipped space")],
+    ),
     # ---------------------------------------------------------------- search flags
     flag_case("cpus-per-trial-0", ["--cpus-per-trial", "0"], ("--cpus-per-trial", "must be > 0")),
     flag_case("cpus-per-trial-negative", ["--cpus-per-trial", "-1"], ("--cpus-per-trial", "must be > 0", "-1")),
     flag_case("gpus-per-trial-negative", ["--gpus-per-trial", "-1"], ("--gpus-per-trial", "must be >= 0")),
-    flag_case("gpus-per-trial-without-gpu", ["--gpus-per-trial", "1"],
-              ("--gpus-per-trial", "this machine has no GPU", "leave it at 0"), marks=(NO_GPU,)),
+    flag_case(
+        "gpus-per-trial-without-gpu",
+        ["--gpus-per-trial", "1"],
+        ("--gpus-per-trial", "this machine has no GPU", "leave it at 0"),
+        marks=(NO_GPU,),
+    ),
     flag_case("max-concurrent-0", ["--max-concurrent", "0"], ("--max-concurrent", "must be >= 1")),
     flag_case("max-failures-negative", ["--max-failures", "-1"], ("--max-failures", "must be >= 0")),
     flag_case("name-unsafe", ["--name", "bad name/x"], ("--name 'bad name/x'", "use letters, digits")),
     flag_case("resume-nothing-to-resume", ["--resume"], ("--resume: no search to resume", "--name")),
-    flag_case("resume-no-such-name", ["--resume", "--name", "nosuch"],
-              ("--resume: no search named 'nosuch'", "check --name")),
+    flag_case(
+        "resume-no-such-name", ["--resume", "--name", "nosuch"], ("--resume: no search named 'nosuch'", "check --name")
+    ),
     # More than this machine has: known without starting a local Ray (os.cpu_count(), torch.cuda).
     flag_case("cpus-per-trial-more-than-machine", ["--cpus-per-trial", "4096"], ("--cpus-per-trial 4096",)),
-    flag_case("tracking-uri-unknown-scheme", ["--tracking-uri", "nosuchscheme://x"],
-              ("--tracking-uri nosuchscheme://x", "http")),
+    flag_case(
+        "tracking-uri-unknown-scheme",
+        ["--tracking-uri", "nosuchscheme://x"],
+        ("--tracking-uri nosuchscheme://x", "http"),
+    ),
     # MLflow's own variable stands in for --tracking-uri (every command that takes the flag reads it).
-    flag_case("tracking-uri-from-environment", [], ("--tracking-uri nosuchscheme://x", "http"),
-              patch=lambda monkeypatch, work: monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://x")),
-    flag_case("set-unknown-field", ["--set", "nosuchfield=1"],
-              ("--set nosuchfield=1", "'nosuchfield' is not a setting")),
+    flag_case(
+        "tracking-uri-from-environment",
+        [],
+        ("--tracking-uri nosuchscheme://x", "http"),
+        patch=lambda monkeypatch, work: monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://x"),
+    ),
+    flag_case(
+        "set-unknown-field", ["--set", "nosuchfield=1"], ("--set nosuchfield=1", "'nosuchfield' is not a setting")
+    ),
     flag_case("set-misspelled-field", ["--set", "stpes=5"], ("--set stpes=5", "did you mean 'steps'?")),
     flag_case("set-not-a-number", ["--set", "steps=abc"], ("--set steps=abc", "steps", "must be a whole number")),
     flag_case("set-no-equals", ["--set", "steps"], ("--set steps", "expected key=value")),
     # ---------------------------------------------------------------- splice-tune train
-    train_case("train-missing-structure", ["nosuch.png", "a.png", "--vit", "random_tiny8"],
-               ("nosuch.png", "no such file", "check the path"), absent=("CSV",)),
-    train_case("train-corrupt-appearance", ["s.png", "cut.png", "--vit", "random_tiny8"],
-               ("cut.png", "corrupt or truncated image"), setup=[truncated("cut.png")]),
-    train_case("train-both-images-bad", ["nosuch.png", "cut.png", "--vit", "random_tiny8"],
-               ("nosuch.png", "no such file"), ("cut.png", "corrupt or truncated image"),
-               setup=[truncated("cut.png")]),
-    train_case("train-out-not-an-image", TRAIN[1:] + ["--out", "result.txt"],
-               ("--out result.txt", "use an image file name ending in", ".png")),
-    train_case("train-out-folder-missing", TRAIN[1:] + ["--out", "nosuchdir/out.png"],
-               ("--out nosuchdir/out.png", "folder nosuchdir does not exist", "create it first")),
+    train_case(
+        "train-missing-structure",
+        ["nosuch.png", "a.png", "--vit", "random_tiny8"],
+        ("nosuch.png", "no such file", "check the path"),
+        absent=("CSV",),
+    ),
+    train_case(
+        "train-corrupt-appearance",
+        ["s.png", "cut.png", "--vit", "random_tiny8"],
+        ("cut.png", "corrupt or truncated image"),
+        setup=[truncated("cut.png")],
+    ),
+    train_case(
+        "train-both-images-bad",
+        ["nosuch.png", "cut.png", "--vit", "random_tiny8"],
+        ("nosuch.png", "no such file"),
+        ("cut.png", "corrupt or truncated image"),
+        setup=[truncated("cut.png")],
+    ),
+    train_case(
+        "train-out-not-an-image",
+        TRAIN[1:] + ["--out", "result.txt"],
+        ("--out result.txt", "use an image file name ending in", ".png"),
+    ),
+    train_case(
+        "train-out-folder-missing",
+        TRAIN[1:] + ["--out", "nosuchdir/out.png"],
+        ("--out nosuchdir/out.png", "folder nosuchdir does not exist", "create it first"),
+    ),
     train_case("train-alpha-negative", TRAIN[1:] + ["--alpha", "-1"], ("--alpha", "must be >= 0", "-1")),
-    train_case("train-unknown-vit", ["s.png", "a.png", "--vit", "nosuch"],
-               ("--vit: unknown ViT preset 'nosuch'", "random_tiny8")),
-    train_case("train-device-unknown", TRAIN[1:] + ["--device", "foo"],
-               ("--device: 'foo' is not a device", "cpu, cuda")),
-    train_case("train-device-cuda-without-gpu", TRAIN[1:] + ["--device", "cuda"],
-               ("--device cuda: this machine has no CUDA GPU", "--device cpu"), marks=(NO_GPU,)),
-    train_case("train-device-not-for-training", TRAIN[1:] + ["--device", "meta"],
-               ("--device meta: training runs on cpu, cuda or mps",)),
-    train_case("train-out-is-a-directory", TRAIN[1:] + ["--out", "adir"],
-               ("--out adir: is a directory", "name an image file"), setup=[folder("adir")]),
-    train_case("train-checkpoint-is-a-directory", TRAIN[1:] + ["--checkpoint", "adir"],
-               ("--checkpoint adir: is a directory", "name a file"), setup=[folder("adir")]),
-    train_case("train-default-checkpoint-is-a-directory", TRAIN[1:] + ["--out", "res.png"],
-               ("--out res.png: the checkpoint's default path res.pt is a directory", "--checkpoint FILE"),
-               setup=[folder("res.pt")]),
-    train_case("train-checkpoint-folder-missing", TRAIN[1:] + ["--checkpoint", "nosuchdir/g.pt"],
-               ("--checkpoint nosuchdir/g.pt: folder nosuchdir does not exist", "create it first")),
-    train_case("train-render-max-side-0", TRAIN[1:] + ["--render-max-side", "0"],
-               ("--render-max-side: must be >= 16, got 0",)),
-    train_case("train-render-max-side-negative", TRAIN[1:] + ["--render-max-side", "-5"],
-               ("--render-max-side: must be >= 16, got -5",)),
-    train_case("train-vit-weights-missing", ["s.png", "a.png", "--vit-weights", "missing.pth"],
-               ("missing.pth", "no such ViT weights file"), max_seconds=10),
-    train_case("train-dino-not-cached-offline", ["s.png", "a.png", "--vit", "dino_vits16"],
-               ("dino_vits16", "could not be downloaded", "--vit-weights"), patch=_offline, max_seconds=10),
-    train_case("train-same-image-twice", ["s.png", "twin.png", "--vit", "random_tiny8"],
-               ("s.png", "twin.png", "(near-)duplicates"), setup=[copied("twin.png")]),
+    train_case(
+        "train-unknown-vit",
+        ["s.png", "a.png", "--vit", "nosuch"],
+        ("--vit: unknown ViT preset 'nosuch'", "random_tiny8"),
+    ),
+    train_case(
+        "train-device-unknown", TRAIN[1:] + ["--device", "foo"], ("--device: 'foo' is not a device", "cpu, cuda")
+    ),
+    train_case(
+        "train-device-cuda-without-gpu",
+        TRAIN[1:] + ["--device", "cuda"],
+        ("--device cuda: this machine has no CUDA GPU", "--device cpu"),
+        marks=(NO_GPU,),
+    ),
+    train_case(
+        "train-device-not-for-training",
+        TRAIN[1:] + ["--device", "meta"],
+        ("--device meta: training runs on cpu, cuda or mps",),
+    ),
+    train_case(
+        "train-out-is-a-directory",
+        TRAIN[1:] + ["--out", "adir"],
+        ("--out adir: is a directory", "name an image file"),
+        setup=[folder("adir")],
+    ),
+    train_case(
+        "train-checkpoint-is-a-directory",
+        TRAIN[1:] + ["--checkpoint", "adir"],
+        ("--checkpoint adir: is a directory", "name a file"),
+        setup=[folder("adir")],
+    ),
+    train_case(
+        "train-default-checkpoint-is-a-directory",
+        TRAIN[1:] + ["--out", "res.png"],
+        ("--out res.png: the checkpoint's default path res.pt is a directory", "--checkpoint FILE"),
+        setup=[folder("res.pt")],
+    ),
+    train_case(
+        "train-checkpoint-folder-missing",
+        TRAIN[1:] + ["--checkpoint", "nosuchdir/g.pt"],
+        ("--checkpoint nosuchdir/g.pt: folder nosuchdir does not exist", "create it first"),
+    ),
+    train_case(
+        "train-render-max-side-0", TRAIN[1:] + ["--render-max-side", "0"], ("--render-max-side: must be >= 16, got 0",)
+    ),
+    train_case(
+        "train-render-max-side-negative",
+        TRAIN[1:] + ["--render-max-side", "-5"],
+        ("--render-max-side: must be >= 16, got -5",),
+    ),
+    train_case(
+        "train-vit-weights-missing",
+        ["s.png", "a.png", "--vit-weights", "missing.pth"],
+        ("missing.pth", "no such ViT weights file"),
+        max_seconds=10,
+    ),
+    train_case(
+        "train-dino-not-cached-offline",
+        ["s.png", "a.png", "--vit", "dino_vits16"],
+        ("dino_vits16", "could not be downloaded", "--vit-weights"),
+        patch=_offline,
+        max_seconds=10,
+    ),
+    train_case(
+        "train-same-image-twice",
+        ["s.png", "twin.png", "--vit", "random_tiny8"],
+        ("s.png", "twin.png", "(near-)duplicates"),
+        setup=[copied("twin.png")],
+    ),
 ]
 
 
@@ -416,8 +658,9 @@ def check_report(stderr: str, stdout: str, case: Case) -> None:
     report = "\n".join(lines)
     assert all(line.startswith("error: ") for line in lines), f"every stderr line must be one problem:\n{report}"
     for fragments in case.expect:
-        assert any(all(f in line for f in fragments) for line in lines), \
+        assert any(all(f in line for f in fragments) for line in lines), (
             f"no error line holds all of {fragments}; got:\n{report}"
+        )
     assert len(lines) == len(case.expect), f"expected {len(case.expect)} error line(s), got:\n{report}"
     for fragment in case.absent:
         assert fragment not in report, f"{fragment!r} does not apply here; got:\n{report}"
@@ -473,8 +716,9 @@ def run_main(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> int:
 
 
 @pytest.mark.parametrize("case", [pytest.param(case, id=case.id, marks=case.marks) for case in CASES])
-def test_bad_input_is_reported_and_nothing_starts(case: Case, work: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture) -> None:
+def test_bad_input_is_reported_and_nothing_starts(
+    case: Case, work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     import mlflow
     import ray
 
@@ -535,7 +779,7 @@ def test_convertible_modes_are_notes_not_errors(work: Path) -> None:
     base.convert("L").save(work / "gray.png")
     base.quantize(colors=64).save(work / "palette.png")
     base.convert("CMYK").save(work / "cmyk.jpg", quality=95)
-    gray16 = (np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+    gray16 = np.asarray(base.convert("L"), dtype=np.uint16) * 257
     Image.fromarray(gray16).save(work / "gray16.png")
     modes = {"rgba.png": "RGBA", "gray.png": "L", "palette.png": "P", "cmyk.jpg": "CMYK", "gray16.png": "I;16"}
     for name, mode in modes.items():
@@ -564,25 +808,46 @@ SCRIPT = Path(sys.executable).with_name("splice-tune")
 
 
 @pytest.mark.skipif(not SCRIPT.exists(), reason="console script not installed in this environment")
-@pytest.mark.parametrize("args, setup, expect", [
-    pytest.param(["search", "bad.csv", "--space", "space.yaml"],
-                 [text("bad.csv", HEADER + "cows,nosuch.png,a.png\na/b,s.png,cut.png\n"), truncated("cut.png")],
-                 [("bad.csv:2: structure 'nosuch.png'", "no such file"), ("bad.csv:3: pair name 'a/b'",),
-                  ("bad.csv:3: appearance 'cut.png'", "corrupt or truncated")],
-                 id="search-bad-csv"),
-    pytest.param(["search", "pairs.csv", "--space", "space.yaml", "--cpus-per-trial", "0"],
-                 [space_with("steps: 10", "steps: ten")],
-                 [(f"space.yaml:{LINE_STEPS}: fixed.steps", "whole number"), ("--cpus-per-trial", "> 0")],
-                 id="search-bad-space-and-flag"),
-    # Real processes, so that opening a pipe (which blocks forever) fails the test by its timeout.
-    pytest.param(["search", "pipe.csv", "--space", "space.yaml"], [fifo("pipe.csv")],
-                 [("pipe.csv: is not a regular file", "give the pairs CSV file")], id="search-csv-is-fifo"),
-    pytest.param(["search", "pairs.csv", "--space", "space.yaml"],
-                 [fifo("pipe.png"), text("pairs.csv", HEADER + "cows,s.png,pipe.png\n")],
-                 [("pairs.csv:2: appearance 'pipe.png'", "is not a regular file")], id="search-image-is-fifo"),
-    pytest.param(["train", "s.png", "cut.png", "--vit", "random_tiny8"], [truncated("cut.png")],
-                 [("cut.png", "corrupt or truncated image")], id="train-corrupt-image"),
-])
+@pytest.mark.parametrize(
+    "args, setup, expect",
+    [
+        pytest.param(
+            ["search", "bad.csv", "--space", "space.yaml"],
+            [text("bad.csv", HEADER + "cows,nosuch.png,a.png\na/b,s.png,cut.png\n"), truncated("cut.png")],
+            [
+                ("bad.csv:2: structure 'nosuch.png'", "no such file"),
+                ("bad.csv:3: pair name 'a/b'",),
+                ("bad.csv:3: appearance 'cut.png'", "corrupt or truncated"),
+            ],
+            id="search-bad-csv",
+        ),
+        pytest.param(
+            ["search", "pairs.csv", "--space", "space.yaml", "--cpus-per-trial", "0"],
+            [space_with("steps: 10", "steps: ten")],
+            [(f"space.yaml:{LINE_STEPS}: fixed.steps", "whole number"), ("--cpus-per-trial", "> 0")],
+            id="search-bad-space-and-flag",
+        ),
+        # Real processes, so that opening a pipe (which blocks forever) fails the test by its timeout.
+        pytest.param(
+            ["search", "pipe.csv", "--space", "space.yaml"],
+            [fifo("pipe.csv")],
+            [("pipe.csv: is not a regular file", "give the pairs CSV file")],
+            id="search-csv-is-fifo",
+        ),
+        pytest.param(
+            ["search", "pairs.csv", "--space", "space.yaml"],
+            [fifo("pipe.png"), text("pairs.csv", HEADER + "cows,s.png,pipe.png\n")],
+            [("pairs.csv:2: appearance 'pipe.png'", "is not a regular file")],
+            id="search-image-is-fifo",
+        ),
+        pytest.param(
+            ["train", "s.png", "cut.png", "--vit", "random_tiny8"],
+            [truncated("cut.png")],
+            [("cut.png", "corrupt or truncated image")],
+            id="train-corrupt-image",
+        ),
+    ],
+)
 def test_console_script_exits_2_without_traceback(args: list[str], setup, expect: list[Line], work: Path) -> None:
     for build in setup:
         build(work)

@@ -34,20 +34,43 @@ def test_gpu_check_quick_on_cpu_prints_every_section():
     drift = next(row[2] for row in rows if row[0] == "| drift")
     assert all(name in drift for name in ("structure_score", "appearance_score", "splice_score"))
     packing = [row for row in rows if row[0] == "| packing"]
-    assert [row[1] for row in packing] == ["1 trial(s) at once (--gpus-per-trial 1)",
-                                           "2 trial(s) at once (--gpus-per-trial 0.5)", "best packing"]
+    assert [row[1] for row in packing] == [
+        "1 trial(s) at once (--gpus-per-trial 1)",
+        "2 trial(s) at once (--gpus-per-trial 0.5)",
+        "best packing",
+    ]
     assert "skipped" not in table and "failed" not in table
 
 
 def test_gpu_check_refuses_unknown_mode():
-    done = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--modes", "fp8"], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--modes", "fp8"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "--modes: unknown fp8" in done.stderr
 
 
 @pytest.mark.slow
 def test_compare_step_times_two_settings_side_by_side():
-    out = run("benchmarks/compare_step.py", "--vit", "random_tiny8", "--short-side", "64", "--a-set", "amp=false",
-              "--b-set", "amp=true", "--rounds", "1", "--steps", "1", "--warmup", "1")
+    out = run(
+        "benchmarks/compare_step.py",
+        "--vit",
+        "random_tiny8",
+        "--short-side",
+        "64",
+        "--a-set",
+        "amp=false",
+        "--b-set",
+        "amp=true",
+        "--rounds",
+        "1",
+        "--steps",
+        "1",
+        "--warmup",
+        "1",
+    )
     assert "A: " in out and "working tree amp=false" in out and "working tree amp=true" in out
     assert "B vs A: " in out

@@ -42,6 +42,7 @@ SCRIPT = Path(sys.executable).parent / "splice-tune"
 
 # ------------------------------------------------------------------------------------------------ helpers
 
+
 def run_cli(args: list[str], capsys, monkeypatch, columns: int = 250) -> tuple[int, str, str]:
     """Run `splice-tune ARGS` in-process: (exit code, stdout, stderr)."""
     monkeypatch.setattr(sys, "argv", ["splice-tune", *map(str, args)])
@@ -63,10 +64,16 @@ def experiment_id(tracking_uri: str) -> str:
 def finished_trials(tracking_uri: str, pair: str) -> list:
     """The pair's FINISHED, not stopped-early child runs, found with plain MLflow queries."""
     client = MlflowClient(tracking_uri)
-    runs = client.search_runs([experiment_id(tracking_uri)], max_results=1000,
-                              filter_string=f"tags.`splice_tune.pair` = '{pair}' and attributes.status = 'FINISHED'")
-    return [run for run in runs if "mlflow.parentRunId" in run.data.tags
-            and run.data.tags.get("splice_tune.stopped_early") != "true"]
+    runs = client.search_runs(
+        [experiment_id(tracking_uri)],
+        max_results=1000,
+        filter_string=f"tags.`splice_tune.pair` = '{pair}' and attributes.status = 'FINISHED'",
+    )
+    return [
+        run
+        for run in runs
+        if "mlflow.parentRunId" in run.data.tags and run.data.tags.get("splice_tune.stopped_early") != "true"
+    ]
 
 
 def lowest(runs: list, metric: str):
@@ -94,10 +101,13 @@ def store_copy(finished_search, tmp_path):
     shutil.copy(source / "mlflow.db", root / "mlflow.db")
     shutil.copytree(source / "mlartifacts", root / "mlartifacts")
     with store_database(root) as database:
-        database.execute("UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)",
-                         (str(source), str(root.resolve())))
-        database.execute("UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)",
-                         (str(source), str(root.resolve())))
+        database.execute(
+            "UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)",
+            (str(source), str(root.resolve())),
+        )
+        database.execute(
+            "UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)", (str(source), str(root.resolve()))
+        )
     # MLflow caches each run's artifact location per process by run id alone; the copy has the same run ids,
     # so without this its artifacts would be read from (and written to) the original store.
     artifact_repos.clear()
@@ -123,8 +133,10 @@ def set_param(root: Path, run_id: str, key: str, value: str) -> None:
 
 
 def parent_run_id(tracking_uri: str, pair: str) -> str:
-    runs = MlflowClient(tracking_uri).search_runs([experiment_id(tracking_uri)], filter_string=(
-        f"tags.`splice_tune.kind` = 'pair' and tags.`splice_tune.pair` = '{pair}'"))
+    runs = MlflowClient(tracking_uri).search_runs(
+        [experiment_id(tracking_uri)],
+        filter_string=(f"tags.`splice_tune.kind` = 'pair' and tags.`splice_tune.pair` = '{pair}'"),
+    )
     return runs[0].info.run_id
 
 
@@ -135,6 +147,7 @@ def free_port() -> int:
 
 
 # --------------------------------------------------------------------------------------------------- best
+
 
 @pytest.mark.parametrize("by", ["splice", "structure"])
 def test_best_renders_the_winning_generator_at_full_resolution(by, finished_search, tmp_path, monkeypatch, capsys):
@@ -152,8 +165,10 @@ def test_best_renders_the_winning_generator_at_full_resolution(by, finished_sear
     # No UI serves this store: the links name the port `splice-tune ui` would use, and how to start it.
     experiment = experiment_id(finished_search.tracking_uri)
     assert f"MLflow run: http://127.0.0.1:5000/#/experiments/{experiment}/runs/{winner.info.run_id}\n" in out
-    assert (f"MLflow, every trial: http://127.0.0.1:5000/#/experiments/{experiment}/runs  (start the UI with: "
-            f"splice-tune ui --root {store_root(finished_search)})\n") in out
+    assert (
+        f"MLflow, every trial: http://127.0.0.1:5000/#/experiments/{experiment}/runs  (start the UI with: "
+        f"splice-tune ui --root {store_root(finished_search)})\n"
+    ) in out
     structure_path = finished_search.folder / "cows_structure.png"
     written = Image.open(tmp_path / "cows_best.png")
     assert written.size == Image.open(structure_path).size == (192, 128)
@@ -163,8 +178,11 @@ def test_best_renders_the_winning_generator_at_full_resolution(by, finished_sear
 
 def test_best_all_writes_every_pair_into_out_dir(finished_search, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(["best", "--all", "--out-dir", "winners", "--max-side", 96, "--tracking-uri",
-                              finished_search.tracking_uri], capsys, monkeypatch)
+    code, out, err = run_cli(
+        ["best", "--all", "--out-dir", "winners", "--max-side", 96, "--tracking-uri", finished_search.tracking_uri],
+        capsys,
+        monkeypatch,
+    )
     assert code == 0, err
     assert sorted(path.name for path in (tmp_path / "winners").iterdir()) == ["cows_best.png", "fruits_best.png"]
     assert Image.open(tmp_path / "winners" / "cows_best.png").size == (96, 64)  # 192x128 capped at 96
@@ -172,8 +190,9 @@ def test_best_all_writes_every_pair_into_out_dir(finished_search, tmp_path, monk
 
 def test_best_json_for_scripts(finished_search, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run_cli(["best", "--all", "--json", "--out-dir", "winners", "--root", store_root(finished_search)],
-                             capsys, monkeypatch)
+    code, out, err = run_cli(
+        ["best", "--all", "--json", "--out-dir", "winners", "--root", store_root(finished_search)], capsys, monkeypatch
+    )
     assert code == 0, err
     document = json.loads(out)  # stdout holds the JSON document only; the human description went to stderr
     assert "winner by splice_score" in err
@@ -217,8 +236,10 @@ def test_best_bad_input_exits_2_and_writes_nothing(case, finished_search, tmp_pa
     args, expected = {
         "unknown pair": (["--pair", "cowz", "--root", root], ["cowz", "cows, fruits", "did you mean 'cows'"]),
         "unknown search": (["--pair", "cows", "--search", "nope", "--root", root], ["nope", SEARCH]),
-        "no store": (["--pair", "cows", "--root", tmp_path / "nowhere"], ["nowhere", "no MLflow store",
-                                                                         "splice-tune search"]),
+        "no store": (
+            ["--pair", "cows", "--root", tmp_path / "nowhere"],
+            ["nowhere", "no MLflow store", "splice-tune search"],
+        ),
         "--out with --all": (["--all", "--out", "x.png", "--root", root], ["--out", "--out-dir"]),
     }[case]
     code, out, err = run_cli(["best", *args], capsys, monkeypatch)
@@ -229,15 +250,17 @@ def test_best_bad_input_exits_2_and_writes_nothing(case, finished_search, tmp_pa
 
 
 def test_console_script_reports_a_missing_store_with_exit_2(tmp_path):
-    completed = subprocess.run([SCRIPT, "best", "--pair", "cows"], cwd=tmp_path, capture_output=True, text=True,
-                               timeout=120)
+    completed = subprocess.run(
+        [SCRIPT, "best", "--pair", "cows"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert completed.returncode == 2
     assert "no MLflow store" in completed.stderr and "Traceback" not in completed.stderr
     assert list(tmp_path.iterdir()) == []
 
 
 def test_best_renders_the_logged_input_not_an_edited_file_and_falls_back_to_the_path(
-        finished_search, store_copy, tmp_path, monkeypatch, capsys):
+    finished_search, store_copy, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     root, uri = store_copy
     parent = parent_run_id(uri, "cows")
@@ -274,8 +297,10 @@ def test_best_without_a_finished_trial_suggests_and_does_retrain(store_copy, tmp
     with store_database(root) as database:  # every cows trial stopped early
         for run in finished_trials(uri, "cows"):
             database.execute("UPDATE runs SET status = 'KILLED' WHERE run_uuid = ?", (run.info.run_id,))
-            database.execute("INSERT INTO tags (key, value, run_uuid) VALUES ('splice_tune.stopped_early', 'true', ?)",
-                             (run.info.run_id,))
+            database.execute(
+                "INSERT INTO tags (key, value, run_uuid) VALUES ('splice_tune.stopped_early', 'true', ?)",
+                (run.info.run_id,),
+            )
     code, _, err = run_cli(["best", "--pair", "cows", "--root", root], capsys, monkeypatch)
     assert code == 2 and "no finished trial" in err and "--retrain-steps" in err
     assert sorted(path.name for path in tmp_path.iterdir()) == ["store"]
@@ -296,8 +321,9 @@ def test_best_retraining_that_diverges_is_one_error_line_exit_1(finished_search,
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(splice_tune.best, "train_with_progress", diverge)
-    code, out, err = run_cli(["best", "--pair", "cows", "--root", store_root(finished_search), "--retrain-steps", 2],
-                             capsys, monkeypatch)
+    code, out, err = run_cli(
+        ["best", "--pair", "cows", "--root", store_root(finished_search), "--retrain-steps", 2], capsys, monkeypatch
+    )
     assert code == 1 and "Traceback" not in out + err, err
     [line] = [line for line in err.splitlines() if line.startswith("error:")]
     assert "settings diverged (non-finite loss at step 1" in line and "try another --retrain-steps" in line, line
@@ -331,6 +357,7 @@ def test_a_moved_store_renders_and_reports_inside_its_new_root(store_copy, tmp_p
 
 # ------------------------------------------------------------------------------------------------- report
 
+
 def test_pareto_front_keeps_only_non_dominated_points():
     points = [(0.1, 0.9), (0.2, 0.5), (0.3, 0.6), (0.5, 0.1), (0.4, 0.4), (0.1, 0.95)]
     assert pareto_front(points) == [0, 1, 4, 3]
@@ -354,8 +381,12 @@ def red_pixels(figure, folder: Path) -> int:
 
 def test_pareto_plot_draws_the_front_of_a_trial_that_beats_all_others(tmp_path):
     winner = trial_row("cows-t0", 0.01, 0.1)
-    rows = [winner, trial_row("cows-t1", 0.02, 0.2), trial_row("cows-t2", 0.03, 0.15),
-            trial_row("cows-t3", 0.04, 0.3, state="stopped early")]
+    rows = [
+        winner,
+        trial_row("cows-t1", 0.02, 0.2),
+        trial_row("cows-t2", 0.03, 0.15),
+        trial_row("cows-t3", 0.04, 0.3, state="stopped early"),
+    ]
     figure = pareto_figure(rows, winner, {"structure_base": 0.05, "appearance_base": 0.4}, "one dominates")
     [front] = [line for line in figure.axes[0].get_lines() if line.get_label().startswith("Pareto front")]
     xs, ys = front.get_data()
@@ -369,10 +400,13 @@ def test_pareto_plot_keeps_the_copy_line_in_view_or_says_where_it_is(tmp_path):
     rows = [trial_row("t0", 0.01, 0.1), trial_row("t1", 0.02, 0.05)]
     # Bases large next to every score: the line runs beyond the axes' far corner.
     figure = pareto_figure(rows, rows[1], {"structure_base": 0.5, "appearance_base": 0.6}, "all beat it")
-    assert "splice_score = 1 (as good as copying an input): beyond these axes, every trial here beats it" in \
-        legend_texts(figure)
-    assert not any(len(line.get_xdata()) for line in figure.axes[0].get_lines() if "splice_score = 1" in
-                   line.get_label())
+    assert (
+        "splice_score = 1 (as good as copying an input): beyond these axes, every trial here beats it"
+        in legend_texts(figure)
+    )
+    assert not any(
+        len(line.get_xdata()) for line in figure.axes[0].get_lines() if "splice_score = 1" in line.get_label()
+    )
     # Bases within reach: the line is drawn, from (0, appearance_base) to (structure_base, 0).
     figure = pareto_figure(rows, rows[1], {"structure_base": 0.02, "appearance_base": 0.1}, "in view")
     [line] = [line for line in figure.axes[0].get_lines() if line.get_label().startswith("splice_score = 1")]
@@ -410,13 +444,15 @@ def test_report_writes_and_logs_plots_sheets_and_page(store_copy, tmp_path, monk
 
 def test_report_unknown_pair_exits_2_and_writes_nothing(finished_search, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    code, _, err = run_cli(["report", "--pair", "fruit", "--root", store_root(finished_search), "--out-dir", "out"],
-                           capsys, monkeypatch)
+    code, _, err = run_cli(
+        ["report", "--pair", "fruit", "--root", store_root(finished_search), "--out-dir", "out"], capsys, monkeypatch
+    )
     assert code == 2 and "fruit" in err and "did you mean 'fruits'" in err
     assert list(tmp_path.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------------------------------- ls
+
 
 def test_ls_shows_the_search_its_pairs_and_trial_counts(finished_search, monkeypatch, capsys):
     code, out, err = run_cli(["ls", "--root", store_root(finished_search)], capsys, monkeypatch)
@@ -457,10 +493,17 @@ def test_ls_json_for_scripts(finished_search, monkeypatch, capsys):
     assert search["vit_note"].startswith("NOT DINO (random-weight ViT random_tiny8)")
     assert datetime.datetime.fromisoformat(search["created"]).tzinfo is not None
     for pair, result in zip(search["pairs"], finished_search.summary.pairs):
-        assert pair == {"pair": result.pair, "trials": sum(result.counts.values()),
-                        "finished": result.counts["finished"], "stopped_early": result.counts["stopped early"],
-                        "failed": result.counts["failed"], "running": 0, "interrupted": 0,
-                        "best_splice_score": result.score, "best_run_id": result.run_id}
+        assert pair == {
+            "pair": result.pair,
+            "trials": sum(result.counts.values()),
+            "finished": result.counts["finished"],
+            "stopped_early": result.counts["stopped early"],
+            "failed": result.counts["failed"],
+            "running": 0,
+            "interrupted": 0,
+            "best_splice_score": result.score,
+            "best_run_id": result.run_id,
+        }
 
 
 def test_ls_against_an_unreachable_server_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
@@ -506,8 +549,9 @@ def damage(db: Path, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["truncated", "random-bytes", "empty"])
 def test_a_damaged_store_is_one_line_exit_2_and_stays_untouched(how, finished_search, tmp_path, monkeypatch, capsys):
-    import splice_tune.driver
     from conftest import write_search_inputs
+
+    import splice_tune.driver
 
     monkeypatch.chdir(tmp_path)
     write_search_inputs(tmp_path)
@@ -533,6 +577,7 @@ def test_a_damaged_store_is_one_line_exit_2_and_stays_untouched(how, finished_se
 
 
 # ----------------------------------------------------------------------------------------------------- ui
+
 
 def test_ui_refuses_a_missing_store_and_a_busy_port(finished_search, tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(["ui", "--root", tmp_path / "nowhere"], capsys, monkeypatch)
@@ -564,17 +609,22 @@ def test_ui_serves_the_search_over_http_on_localhost(store_copy, tmp_path, monke
                     assert time.monotonic() < deadline, "the UI did not answer in 90 s"
                     time.sleep(0.5)
             request = urllib.request.Request(
-                f"{base}/api/2.0/mlflow/runs/search", method="POST", headers={"Content-Type": "application/json"},
-                data=json.dumps({"experiment_ids": [experiment_id(uri)], "max_results": 100}).encode())
+                f"{base}/api/2.0/mlflow/runs/search",
+                method="POST",
+                headers={"Content-Type": "application/json"},
+                data=json.dumps({"experiment_ids": [experiment_id(uri)], "max_results": 100}).encode(),
+            )
             with urllib.request.urlopen(request, timeout=30) as response:
                 runs = json.load(response)["runs"]
-            kinds = sorted(tag["value"] for run in runs for tag in run["data"]["tags"]
-                           if tag["key"] == "splice_tune.kind")
+            kinds = sorted(
+                tag["value"] for run in runs for tag in run["data"]["tags"] if tag["key"] == "splice_tune.kind"
+            )
             assert len(runs) == 8 and kinds == ["pair"] * 2 + ["trial"] * 6
             # While it serves, `best` links there (its port) and has no advice to start a UI.
             assert results.serving_ui(root) == base
-            code, out, err = run_cli(["best", "--pair", "fruits", "--root", root, "--out", tmp_path / "f.png"],
-                                     capsys, monkeypatch)
+            code, out, err = run_cli(
+                ["best", "--pair", "fruits", "--root", root, "--out", tmp_path / "f.png"], capsys, monkeypatch
+            )
             assert code == 0, err
             assert f"MLflow run: {base}/#/experiments/{experiment_id(uri)}/runs/" in out
             assert f"MLflow, every trial: {base}/#/experiments/{experiment_id(uri)}/runs\n" in out

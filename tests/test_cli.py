@@ -16,10 +16,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import make_appearance_image, make_structure_image
 
 import splice_model
 import splice_model.train
-from conftest import make_appearance_image, make_structure_image
 from splice_tune.cli import _print_summary, main
 from splice_tune.formatting import number
 
@@ -51,10 +51,12 @@ def error_lines(err: str) -> list[str]:
 def test_train_writes_image_and_checkpoint_scores_from_the_final_eval(work, monkeypatch, capsys):
     calls = []
     real_evaluate = splice_model.train.SpliceTrainer.evaluate
-    monkeypatch.setattr(splice_model.train.SpliceTrainer, "evaluate",
-                        lambda self: calls.append(self.step) or real_evaluate(self))
-    code, _, err = run_cli(["train", "s.png", "a.png", *TINY, "--steps", "4", "--eval-every", "2", "--out", "o.png"],
-                           capsys, monkeypatch)
+    monkeypatch.setattr(
+        splice_model.train.SpliceTrainer, "evaluate", lambda self: calls.append(self.step) or real_evaluate(self)
+    )
+    code, _, err = run_cli(
+        ["train", "s.png", "a.png", *TINY, "--steps", "4", "--eval-every", "2", "--out", "o.png"], capsys, monkeypatch
+    )
     assert code == 0, err
     assert calls == [2, 4]  # the loop's evals only: the final one is not repeated after the loop
     assert (work / "o.png").is_file() and (work / "o.pt").is_file()
@@ -92,10 +94,13 @@ class _Validated(Exception):
     pass
 
 
-@pytest.mark.parametrize("flags, vit_size, vit_max_side", [
-    (["--vit-size", "500"], 500, 500),  # above the default cap (480): the cap follows
-    (["--vit-size", "112"], 112, 480),  # below it: the cap stays
-])
+@pytest.mark.parametrize(
+    "flags, vit_size, vit_max_side",
+    [
+        (["--vit-size", "500"], 500, 500),  # above the default cap (480): the cap follows
+        (["--vit-size", "112"], 112, 480),  # below it: the cap stays
+    ],
+)
 def test_train_vit_size_raises_the_long_side_cap(work, capsys, monkeypatch, flags, vit_size, vit_max_side):
     seen = {}
 
@@ -112,10 +117,16 @@ def test_train_vit_size_raises_the_long_side_cap(work, capsys, monkeypatch, flag
 
 
 def _summary(metric: str, **extra) -> SimpleNamespace:
-    pair = SimpleNamespace(pair="cows", score=0.5, counts={"finished": 2, "stopped early": 1, "failed": 0},
-                           params={"alpha": "0.123456"}, run_id="abc123")
-    return SimpleNamespace(name="demo", experiment_id="1", tracking_uri="sqlite:///x.db", metric=metric,
-                           pairs=[pair], **extra)
+    pair = SimpleNamespace(
+        pair="cows",
+        score=0.5,
+        counts={"finished": 2, "stopped early": 1, "failed": 0},
+        params={"alpha": "0.123456"},
+        run_id="abc123",
+    )
+    return SimpleNamespace(
+        name="demo", experiment_id="1", tracking_uri="sqlite:///x.db", metric=metric, pairs=[pair], **extra
+    )
 
 
 def test_summary_names_the_metric_in_the_best_hint_and_warns_about_random_vits(capsys, monkeypatch):
@@ -141,8 +152,13 @@ SCRIPT = Path(sys.executable).with_name("splice-tune")
 
 def script(args: list[str], **env: str) -> subprocess.CompletedProcess:
     """The installed console script, as a shell or a user runs it."""
-    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **env})
+    return subprocess.run(
+        [str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **env},
+    )
 
 
 def test_version_prints_the_installed_version():
@@ -151,15 +167,19 @@ def test_version_prints_the_installed_version():
     assert done.stdout == f"splice-tune {importlib.metadata.version('splice-tune')}\n"
 
 
-@pytest.mark.parametrize("words, expected", [
-    ("splice-tune se", ["search"]),
-    ("splice-tune best --by s", ["splice", "structure"]),
-    ("splice-tune search pairs.csv --space ", ["default", "paper", "quick"]),
-    ("splice-tune train s.png a.png --vit random", ["random_tiny8"]),
-])
+@pytest.mark.parametrize(
+    "words, expected",
+    [
+        ("splice-tune se", ["search"]),
+        ("splice-tune best --by s", ["splice", "structure"]),
+        ("splice-tune search pairs.csv --space ", ["default", "paper", "quick"]),
+        ("splice-tune train s.png a.png --vit random", ["random_tiny8"]),
+    ],
+)
 def test_shell_completion_completes_commands_and_choices(words, expected):
-    done = script([], _SPLICE_TUNE_COMPLETE="complete_bash", COMP_WORDS=words,
-                  COMP_CWORD=str(len(words.split(" ")) - 1))
+    done = script(
+        [], _SPLICE_TUNE_COMPLETE="complete_bash", COMP_WORDS=words, COMP_CWORD=str(len(words.split(" ")) - 1)
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == expected
     shown = script(["--show-completion", "bash"])
@@ -185,8 +205,15 @@ def test_help_shows_flags_as_flags_and_lists_choices():
     best = help_rows(["best"])
     train = help_rows(["train"])
     ls = help_rows(["ls"])
-    for flag in (root["--version"], search["--resume"], search["--quiet"], best["--all"], best["--json"],
-                 ls["--json"], train["--help"]):
+    for flag in (
+        root["--version"],
+        search["--resume"],
+        search["--quiet"],
+        best["--all"],
+        best["--json"],
+        ls["--json"],
+        train["--help"],
+    ):
         assert not flag.startswith("<"), f"a flag takes no value, yet --help gives it a type: {flag}"
     assert best["--by"].startswith("<splice|structure|appearance>")
     assert search["--space"].startswith("<default|paper|quick|FILE.yaml>")
@@ -212,11 +239,25 @@ def test_tracking_uri_option_reads_mlflow_tracking_uri():
         assert "[env var: MLFLOW_TRACKING_URI]" in row, done.stdout
 
 
-@pytest.mark.parametrize("value, shown", [
-    (0.123456, "0.1235"), (2.5e-06, "2.5e-06"), (123456.7, "123500"), (9999.7, "10000"), (1.0, "1"),
-    (0.0, "0"), (float("inf"), "inf"), (None, "-"), (60, "60"), ("2000", "2000"), ("0.00123456", "0.001235"),
-    ("random_tiny8", "random_tiny8"), ("None", "None"), ("[0.95, 1.0]", "[0.95, 1.0]"),
-])
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        (0.123456, "0.1235"),
+        (2.5e-06, "2.5e-06"),
+        (123456.7, "123500"),
+        (9999.7, "10000"),
+        (1.0, "1"),
+        (0.0, "0"),
+        (float("inf"), "inf"),
+        (None, "-"),
+        (60, "60"),
+        ("2000", "2000"),
+        ("0.00123456", "0.001235"),
+        ("random_tiny8", "random_tiny8"),
+        ("None", "None"),
+        ("[0.95, 1.0]", "[0.95, 1.0]"),
+    ],
+)
 def test_numbers_for_people_have_4_significant_digits(value, shown):
     assert number(value) == shown
 
@@ -254,6 +295,9 @@ def test_without_a_terminal_progress_lines_replace_the_live_table():
             assert time.monotonic() < deadline, log.file.getvalue()
             time.sleep(0.05)
     lines = [line for line in log.file.getvalue().splitlines() if "search progress" in line]
-    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] search progress: elapsed \d:\d\d:\d\d, ETA \d:\d\d:\d\d \| cows 1/3 "
-                        r"done, 1 running, 0 stopped, 0 failed, best splice_score 0\.8765", lines[-1]), lines[-1]
+    assert re.fullmatch(
+        r"\[\d\d:\d\d:\d\d\] search progress: elapsed \d:\d\d:\d\d, ETA \d:\d\d:\d\d \| cows 1/3 "
+        r"done, 1 running, 0 stopped, 0 failed, best splice_score 0\.8765",
+        lines[-1],
+    ), lines[-1]
     assert "\x1b[" not in log.file.getvalue()  # a log gets no cursor movements

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import write_search_inputs
 from mlflow import MlflowClient
 
-from conftest import write_search_inputs
 from splice_tune import tracking
 
 SPLICE_TUNE = str(Path(sys.executable).parent / "splice-tune")
@@ -106,8 +106,15 @@ def test_address_with_the_sqlite_default_is_refused(inputs, monkeypatch, capsys)
 def test_unreachable_cluster_and_server_are_one_line_each(inputs, monkeypatch, capsys):
     ray_port, mlflow_port = _free_port(), _free_port()
     started = time.monotonic()
-    lines = _refused(monkeypatch, capsys, inputs, "--address", f"127.0.0.1:{ray_port}",
-                     "--tracking-uri", f"http://127.0.0.1:{mlflow_port}")
+    lines = _refused(
+        monkeypatch,
+        capsys,
+        inputs,
+        "--address",
+        f"127.0.0.1:{ray_port}",
+        "--tracking-uri",
+        f"http://127.0.0.1:{mlflow_port}",
+    )
     assert len(lines) == 2, lines
     assert f"--address 127.0.0.1:{ray_port}: nothing answers at 127.0.0.1:{ray_port}" in lines[0]
     assert f"--tracking-uri http://127.0.0.1:{mlflow_port}: nothing answers" in lines[1]
@@ -115,23 +122,34 @@ def test_unreachable_cluster_and_server_are_one_line_each(inputs, monkeypatch, c
 
 
 def test_ray_client_and_database_uris_are_refused_on_a_cluster(inputs, monkeypatch, capsys):
-    lines = _refused(monkeypatch, capsys, inputs, "--address", "ray://head:10001",
-                     "--tracking-uri", "postgresql://user@127.0.0.1/mlflow")
+    lines = _refused(
+        monkeypatch,
+        capsys,
+        inputs,
+        "--address",
+        "ray://head:10001",
+        "--tracking-uri",
+        "postgresql://user@127.0.0.1/mlflow",
+    )
     assert len(lines) == 2, lines
     assert "Ray Client (ray://) addresses are not supported" in lines[0]
     assert "--tracking-uri postgresql://user@127.0.0.1/mlflow: on a cluster use an MLflow server" in lines[1]
 
 
-@pytest.mark.parametrize("resume, restorable, expected", [
-    (False, True, "--name 's3-search': a search of that name exists under s3://bucket/ray"),
-    (True, False, "--resume: no search named 's3-search' under s3://bucket/ray"),
-])
+@pytest.mark.parametrize(
+    "resume, restorable, expected",
+    [
+        (False, True, "--name 's3-search': a search of that name exists under s3://bucket/ray"),
+        (True, False, "--resume: no search named 's3-search' under s3://bucket/ray"),
+    ],
+)
 def test_remote_storage_existence_is_asked_of_ray(inputs, monkeypatch, capsys, resume, restorable, expected):
     from ray import tune
 
     asked = []
-    monkeypatch.setattr(tune.Tuner, "can_restore", lambda path, storage_filesystem=None: asked.append(path)
-                        or restorable)
+    monkeypatch.setattr(
+        tune.Tuner, "can_restore", lambda path, storage_filesystem=None: asked.append(path) or restorable
+    )
     flags = ["--storage", "s3://bucket/ray/", "--name", "s3-search"] + (["--resume"] if resume else [])
     [line] = _refused(monkeypatch, capsys, inputs, *flags)
     assert asked == ["s3://bucket/ray/s3-search"]
@@ -154,14 +172,19 @@ def test_a_trial_must_fit_on_one_node(monkeypatch):
 
     from splice_tune.cluster import resource_problem
 
-    nodes = [{"Alive": True, "Resources": {"CPU": 1.0}}, {"Alive": True, "Resources": {"CPU": 1.0, "GPU": 1.0}},
-             {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 1.0}},
+        {"Alive": True, "Resources": {"CPU": 1.0, "GPU": 1.0}},
+        {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}},
+    ]
     monkeypatch.setattr(ray, "nodes", lambda: nodes)
     assert resource_problem(1, 0.25, "the cluster") is None, "a quarter of the one GPU fits"
     # Two CPUs in total, but no node has two: Ray could never place the trial. The dead node does not count.
     problem = resource_problem(2, 0, "the cluster")
-    assert problem == ("--cpus-per-trial 2 --gpus-per-trial 0: no node of the cluster has that much (the largest "
-                       "has 1 CPUs and 1 GPUs); lower them or add a node that has it")
+    assert problem == (
+        "--cpus-per-trial 2 --gpus-per-trial 0: no node of the cluster has that much (the largest "
+        "has 1 CPUs and 1 GPUs); lower them or add a node that has it"
+    )
 
 
 # ------------------------------------------------------------------- slow: a real cluster and server
@@ -199,8 +222,9 @@ def ray_cluster(env, tmp_path_factory) -> str:
     """A two-node Ray cluster (one CPU per node) in a helper process; yields its address."""
     log = tmp_path_factory.mktemp("ray-cluster") / "helper.log"
     with open(log, "w") as stderr:
-        helper = subprocess.Popen([sys.executable, "-c", CLUSTER_HELPER], stdout=subprocess.PIPE, stderr=stderr,
-                                  env=env, text=True)
+        helper = subprocess.Popen(
+            [sys.executable, "-c", CLUSTER_HELPER], stdout=subprocess.PIPE, stderr=stderr, env=env, text=True
+        )
     try:
         ready, _, _ = select.select([helper.stdout], [], [], START_TIMEOUT_S)
         address = helper.stdout.readline().strip() if ready else ""
@@ -220,9 +244,27 @@ def mlflow_server(env, tmp_path_factory) -> tuple[str, Path]:
     with open(folder / "server.log", "w") as log:
         # Its own session, so the whole group (the server and its worker processes) can be stopped.
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers",
-             "1", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination",
-             str(artifacts)], stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{folder / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(artifacts),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -264,10 +306,28 @@ def cluster_search(ray_cluster, mlflow_server, env, tmp_path_factory) -> Cluster
     tracking_uri, artifacts = mlflow_server
     work = tmp_path_factory.mktemp("cluster-search")
     write_search_inputs(work)
-    command = [SPLICE_TUNE, "search", "pairs.csv", "--space", "space.yaml", "--address", ray_cluster,
-               "--tracking-uri", tracking_uri, "--storage", str(work.parent / f"{work.name}-ray"),
-               "--cpus-per-trial", "1", "--name", "cluster-test", "--quiet",
-               "--set", "budget.max_concurrent=2", "--set", "budget.trials_per_pair=2"]
+    command = [
+        SPLICE_TUNE,
+        "search",
+        "pairs.csv",
+        "--space",
+        "space.yaml",
+        "--address",
+        ray_cluster,
+        "--tracking-uri",
+        tracking_uri,
+        "--storage",
+        str(work.parent / f"{work.name}-ray"),
+        "--cpus-per-trial",
+        "1",
+        "--name",
+        "cluster-test",
+        "--quiet",
+        "--set",
+        "budget.max_concurrent=2",
+        "--set",
+        "budget.trials_per_pair=2",
+    ]
     result = _run(command, work, env)
     assert result.returncode == 0, _show(result)
     return ClusterSearch(work, tracking_uri, artifacts, command, env)
@@ -287,9 +347,28 @@ def test_cluster_too_small_is_refused_before_anything_is_logged(ray_cluster, mlf
     # This machine has no GPU, but with --address the cluster's nodes are what counts: none has a GPU either.
     tracking_uri, _ = mlflow_server
     write_search_inputs(tmp_path, pairs=("cows",))
-    result = _run([SPLICE_TUNE, "search", "pairs.csv", "--space", "space.yaml", "--address", ray_cluster,
-                   "--tracking-uri", tracking_uri, "--storage", str(tmp_path / "ray"), "--gpus-per-trial", "0.25",
-                   "--name", "too-small", "--quiet"], tmp_path, env)
+    result = _run(
+        [
+            SPLICE_TUNE,
+            "search",
+            "pairs.csv",
+            "--space",
+            "space.yaml",
+            "--address",
+            ray_cluster,
+            "--tracking-uri",
+            tracking_uri,
+            "--storage",
+            str(tmp_path / "ray"),
+            "--gpus-per-trial",
+            "0.25",
+            "--name",
+            "too-small",
+            "--quiet",
+        ],
+        tmp_path,
+        env,
+    )
     assert result.returncode == 2, _show(result)
     assert "--cpus-per-trial 1 --gpus-per-trial 0.25: no node of the Ray cluster at" in result.stderr
     assert "Traceback" not in result.stderr
@@ -306,8 +385,7 @@ def test_trials_on_both_nodes_log_everything_through_the_server(cluster_search):
     for run in children:
         assert run.info.artifact_uri.startswith("mlflow-artifacts:"), "artifacts go through the server"
         assert client.list_artifacts(run.info.run_id, "images"), "an output image per eval"
-        assert "checkpoint/generator.pt" in {info.path for info in client.list_artifacts(run.info.run_id,
-                                                                                           "checkpoint")}
+        assert "checkpoint/generator.pt" in {info.path for info in client.list_artifacts(run.info.run_id, "checkpoint")}
     nodes = {run.data.tags[tracking.TAG_NODE] for run in children}
     assert len(nodes) == 2, f"trials ran on {len(nodes)} node(s), expected both: {nodes}"
     assert any(cluster_search.artifacts.rglob("generator.pt")), "the server stored the files"
@@ -317,8 +395,22 @@ def test_trials_on_both_nodes_log_everything_through_the_server(cluster_search):
 @pytest.mark.slow
 def test_best_renders_from_the_server(cluster_search, tmp_path):
     out = tmp_path / "cows_best.png"
-    result = _run([SPLICE_TUNE, "best", "--pair", "cows", "--search", "cluster-test", "--tracking-uri",
-                   cluster_search.tracking_uri, "--out", str(out)], cluster_search.work, cluster_search.env)
+    result = _run(
+        [
+            SPLICE_TUNE,
+            "best",
+            "--pair",
+            "cows",
+            "--search",
+            "cluster-test",
+            "--tracking-uri",
+            cluster_search.tracking_uri,
+            "--out",
+            str(out),
+        ],
+        cluster_search.work,
+        cluster_search.env,
+    )
     assert result.returncode == 0, _show(result)
     assert out.stat().st_size > 0
     assert not (cluster_search.work / "splice-runs" / "mlflow.db").exists()

@@ -54,8 +54,7 @@ def test_layer_channels_follow_paper_a1(generator):
     assert [level[0].in_channels for level in convs] == [3, *channels[:-1]]
     assert [level[-1].out_channels for level in convs] == channels
     assert all(level[0].stride == (2, 2) and level[0].kernel_size == (3, 3) for level in convs)
-    decoder_out = [[m for m in level.modules() if isinstance(m, nn.Conv2d)][-1].out_channels
-                   for level in generator.up]
+    decoder_out = [[m for m in level.modules() if isinstance(m, nn.Conv2d)][-1].out_channels for level in generator.up]
     assert decoder_out == channels
     skips = [next(m for m in s.modules() if isinstance(m, nn.Conv2d)) for s in generator.skip]
     assert all(conv.kernel_size == (1, 1) for conv in skips)
@@ -82,8 +81,7 @@ def test_render_caps_long_side(generator, structure_image):
 
 def test_checkpoint_round_trip(tmp_path, generator):
     config = SpliceConfig(alpha=0.3, lr=1e-3, vit="random_tiny8", seed=7)
-    path = save_checkpoint(tmp_path / "sub" / "gen.pt", generator, config, step=42,
-                           scores={"splice_score": 0.5})
+    path = save_checkpoint(tmp_path / "sub" / "gen.pt", generator, config, step=42, scores={"splice_score": 0.5})
     loaded, loaded_config, meta = load_checkpoint(path)
     image = torch.rand(1, 3, 45, 61)
     with torch.no_grad():
@@ -99,8 +97,17 @@ class NotATensor:
 
 def test_checkpoint_with_custom_object_is_refused(tmp_path, generator):
     path = tmp_path / "evil.pt"
-    torch.save({"format": CHECKPOINT_FORMAT, "generator": generator.state_dict(),
-                "config": SpliceConfig().to_dict(), "step": 1, "scores": {}, "extra": NotATensor()}, path)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "generator": generator.state_dict(),
+            "config": SpliceConfig().to_dict(),
+            "step": 1,
+            "scores": {},
+            "extra": NotATensor(),
+        },
+        path,
+    )
     with pytest.raises(CheckpointError, match="evil.pt"):
         load_checkpoint(path)
 

@@ -70,8 +70,12 @@ BAD_ROWS = [
     ("blank-name", HEADER + ",a.png,b.png\n", 2, "field 'pair' is empty"),
     ("too-few-fields", HEADER + "cows,a.png\n", 2, "has 2 fields, expected 3"),
     ("too-many-fields", HEADER + "cows,a.png,b.png,c.png\n", 2, "has 4 fields, expected 3"),
-    ("duplicate-name", HEADER + "cows,a.png,b.png\ncows,b.png,c.png\n", 3,
-     "pair 'cows' appears twice (first on line 2); pair names must be unique"),
+    (
+        "duplicate-name",
+        HEADER + "cows,a.png,b.png\ncows,b.png,c.png\n",
+        3,
+        "pair 'cows' appears twice (first on line 2); pair names must be unique",
+    ),
     ("duplicate-name-case", HEADER + "cows,a.png,b.png\nCows,b.png,c.png\n", 3, "only in case"),
     ("name-slash", HEADER + "a/b,a.png,b.png\n", 2, "path separator"),
     ("name-backslash", HEADER + "a\\b,a.png,b.png\n", 2, "path separator"),
@@ -110,15 +114,27 @@ BAD_FILES = [
     ("header-only", HEADER, ":1", "has a header but no pairs"),
     ("header-and-comments", HEADER + "# cows,a.png,b.png\n", ":1", "has a header but no pairs"),
     ("not-utf8", HEADER.encode() + b"cows,a.png,b.png\ncaf\xe9,a.png,b.png\n", ":3", "is not UTF-8"),
-    ("misspelled-column", "pair,structur,appearance\ncows,a.png,b.png\n", ":1",
-     "column 'structur' is not known; did you mean 'structure'?"),
+    (
+        "misspelled-column",
+        "pair,structur,appearance\ncows,a.png,b.png\n",
+        ":1",
+        "column 'structur' is not known; did you mean 'structure'?",
+    ),
     ("extra-column", "pair,structure,appearance,notes\ncows,a.png,b.png,x\n", ":1", "column 'notes' is not known"),
     ("missing-column", "pair,structure\ncows,a.png\n", ":1", "column 'appearance' is missing"),
-    ("duplicate-column", "pair,structure,structure,appearance\ncows,a.png,a.png,b.png\n", ":1",
-     "column 'structure' appears twice"),
+    (
+        "duplicate-column",
+        "pair,structure,structure,appearance\ncows,a.png,a.png,b.png\n",
+        ":1",
+        "column 'structure' appears twice",
+    ),
     ("no-header", "cows,a.png,b.png\n", ":1", "is not a header"),
-    ("capitalised-header", "Pair,Structure,Appearance\ncows,a.png,b.png\n", ":1",
-     "column 'Structure' is not known; did you mean 'structure'?"),
+    (
+        "capitalised-header",
+        "Pair,Structure,Appearance\ncows,a.png,b.png\n",
+        ":1",
+        "column 'Structure' is not known; did you mean 'structure'?",
+    ),
 ]
 
 
@@ -145,8 +161,9 @@ def test_directory_as_csv(tmp_path: Path) -> None:
 
 
 def test_every_problem_is_reported_at_once(folder: Path) -> None:
-    csv_path = write_csv(folder, HEADER + "cows,missing.png,b.png\nbad/name,a.png,b.png\n"
-                         "ok,a.png,b.png\nok,text.png,tiny.png\n")
+    csv_path = write_csv(
+        folder, HEADER + "cows,missing.png,b.png\nbad/name,a.png,b.png\nok,a.png,b.png\nok,text.png,tiny.png\n"
+    )
     problems = problems_of(csv_path)
     assert [p.split(": ")[0] for p in problems] == [f"{csv_path}:{n}" for n in (2, 3, 5, 5, 5)]
 
@@ -167,8 +184,19 @@ def test_unsupported_mode(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert problems[0].endswith("gray.png': image mode 'L' is not supported; save it as 8-bit RGB")
 
 
-@pytest.mark.parametrize("mode, suffix", [("RGBA", "png"), ("L", "png"), ("P", "png"), ("LA", "png"),
-                                          ("1", "png"), ("CMYK", "jpg"), ("I;16", "png"), ("F", "tiff")])
+@pytest.mark.parametrize(
+    "mode, suffix",
+    [
+        ("RGBA", "png"),
+        ("L", "png"),
+        ("P", "png"),
+        ("LA", "png"),
+        ("1", "png"),
+        ("CMYK", "jpg"),
+        ("I;16", "png"),
+        ("F", "tiff"),
+    ],
+)
 def test_convertible_modes_become_notes(folder: Path, mode: str, suffix: str) -> None:
     make_image(folder / f"odd.{suffix}", mode)
     csv_path = write_csv(folder, HEADER + f"cows,odd.{suffix},b.png\n")
@@ -182,28 +210,35 @@ def test_good_file(folder: Path) -> None:
     (folder / "images").mkdir()
     make_image(folder / "images" / "big.png", size=(700, 300), colour=9)
     absolute = folder / "c.png"
-    text = ("\ufeff# pairs for the test\n\n"
-            "appearance , pair,structure\n"  # any column order, spaces around names
-            "b.png,cows,a.png\n"
-            "  # indented comment\n"
-            f'"{absolute}",horses, images/big.png \n'
-            "c.png,cows-2.v1_x,b.png\n")
+    text = (
+        "\ufeff# pairs for the test\n\n"
+        "appearance , pair,structure\n"  # any column order, spaces around names
+        "b.png,cows,a.png\n"
+        "  # indented comment\n"
+        f'"{absolute}",horses, images/big.png \n'
+        "c.png,cows-2.v1_x,b.png\n"
+    )
     csv_path = write_csv(folder, text)
     before = listing(folder)
     pairs = read_pairs(csv_path, min_side=MIN_SIDE, max_side=512)
     assert listing(folder) == before
     assert pairs == [
         Pair("cows", folder / "a.png", folder / "b.png", [], f"{csv_path}:4"),
-        Pair("horses", folder / "images" / "big.png", absolute,
-             [f"{csv_path}:6: structure 'images/big.png': 700x300 will be downscaled to max side 512"],
-             f"{csv_path}:6"),
+        Pair(
+            "horses",
+            folder / "images" / "big.png",
+            absolute,
+            [f"{csv_path}:6: structure 'images/big.png': 700x300 will be downscaled to max side 512"],
+            f"{csv_path}:6",
+        ),
         Pair("cows-2.v1_x", folder / "b.png", folder / "c.png", [], f"{csv_path}:7"),
     ]
     assert all(p.structure.is_absolute() and p.appearance.is_absolute() for p in pairs)
 
 
-def test_paths_are_relative_to_the_csv_folder(folder: Path, monkeypatch: pytest.MonkeyPatch,
-                                             tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_paths_are_relative_to_the_csv_folder(
+    folder: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
     [pair] = read_pairs(write_csv(folder, HEADER + "cows,a.png,b.png\n"), min_side=MIN_SIDE, max_side=None)
     assert pair.structure == folder / "a.png"

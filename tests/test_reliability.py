@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 import ray.cloudpickle
+from conftest import write_search_inputs
 from mlflow import MlflowClient
 
-from conftest import write_search_inputs
 from splice_model import NonFiniteLossError
 from splice_tune import store, tracking
 from splice_tune.driver import SearchRequest, run_search
@@ -51,6 +51,7 @@ def write_space(folder: Path, steps: int, trials: int, concurrent: int) -> Path:
 def faulty_trial(trial: dict, setup) -> None:
     """Study trial 0 of 'fruits' raises at step 3; study trial 0 of 'cows' has its process SIGKILLed;
     study trial 1 of 'cows' diverges (its loss turns NaN) at step 3."""
+
     def fault(event) -> None:
         if event.step != 3:
             return
@@ -69,15 +70,24 @@ def child_runs(tracking_uri: str, search: str) -> list:
     experiment = client.get_experiment_by_name(search)
     if experiment is None:
         return []
-    return [run for run in client.search_runs([experiment.experiment_id], max_results=1000)
-            if run.data.tags.get(tracking.TAG_KIND) == "trial"]
+    return [
+        run
+        for run in client.search_runs([experiment.experiment_id], max_results=1000)
+        if run.data.tags.get(tracking.TAG_KIND) == "trial"
+    ]
 
 
 def test_failing_and_diverging_trials_are_recorded_and_the_search_completes(tmp_path, ray_session):
     write_search_inputs(tmp_path)
     space = write_space(tmp_path, steps=20, trials=3, concurrent=2)
-    request = SearchRequest(pairs_csv=tmp_path / "pairs.csv", space=str(space), name="faults",
-                            root=tmp_path / "splice-runs", max_failures=1, quiet=True)
+    request = SearchRequest(
+        pairs_csv=tmp_path / "pairs.csv",
+        space=str(space),
+        name="faults",
+        root=tmp_path / "splice-runs",
+        max_failures=1,
+        quiet=True,
+    )
     summary = run_search(request, trainable=faulty_trial)
 
     runs = child_runs(summary.tracking_uri, "faults")
@@ -105,8 +115,9 @@ def test_failing_and_diverging_trials_are_recorded_and_the_search_completes(tmp_
 
 def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "splice_tune.cli", *args]
-    return subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
 
 
 def _wait_finished(tracking_uri: str, count: int, process: subprocess.Popen, timeout: float = 240) -> None:
@@ -156,8 +167,13 @@ def test_interrupted_search_resumes_to_exactly_its_budget(tmp_path):
         _kill_group(second)
 
     # 3. Resume again, to the end.
-    third = subprocess.run([sys.executable, "-m", "splice_tune.cli", *args, "--resume"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=600)
+    third = subprocess.run(
+        [sys.executable, "-m", "splice_tune.cli", *args, "--resume"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert third.returncode == 0, third.stdout + third.stderr
 
     runs = child_runs(tracking_uri, "resume-test")
@@ -210,12 +226,18 @@ def test_ctrl_c_while_every_trial_runs_exits_130_and_resumes(tmp_path, monkeypat
     assert len(runs) == 2 and all(run.info.status == "KILLED" for run in runs), [r.info.status for r in runs]
     assert all(run.data.tags.get(tracking.TAG_INTERRUPTED) == "true" for run in runs)
     client = MlflowClient(tracking_uri)
-    [parent] = client.search_runs([client.get_experiment_by_name("all-running").experiment_id],
-                                  filter_string="tags.`splice_tune.kind` = 'pair'")
+    [parent] = client.search_runs(
+        [client.get_experiment_by_name("all-running").experiment_id], filter_string="tags.`splice_tune.kind` = 'pair'"
+    )
     assert parent.info.status == "KILLED"
 
-    again = subprocess.run([sys.executable, "-m", "splice_tune.cli", *args, "--resume"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=600)
+    again = subprocess.run(
+        [sys.executable, "-m", "splice_tune.cli", *args, "--resume"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     runs = child_runs(tracking_uri, "all-running")
     assert sorted(run.data.tags[tracking.TAG_STUDY_TRIAL] for run in runs) == ["0", "1"]
@@ -239,8 +261,9 @@ def lr_pinned_trial(trial: dict, setup) -> None:
     run_trial(trial, sane, on_event=fault)
 
 
-def test_a_search_where_every_trial_fails_says_why_in_a_few_lines_and_exits_1(tmp_path, ray_session, monkeypatch,
-                                                                              capfd):
+def test_a_search_where_every_trial_fails_says_why_in_a_few_lines_and_exits_1(
+    tmp_path, ray_session, monkeypatch, capfd
+):
     import splice_tune.driver
     from splice_tune.cli import main
 
@@ -248,8 +271,9 @@ def test_a_search_where_every_trial_fails_says_why_in_a_few_lines_and_exits_1(tm
     space = write_space(tmp_path, steps=20, trials=3, concurrent=2)
     space.write_text(space.read_text().replace("params: {", "params: {lr: {type: float, low: 1.0e-4, high: 1.0e-2}, "))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(splice_tune.driver, "run_search",
-                        functools.partial(splice_tune.driver.run_search, trainable=lr_pinned_trial))
+    monkeypatch.setattr(
+        splice_tune.driver, "run_search", functools.partial(splice_tune.driver.run_search, trainable=lr_pinned_trial)
+    )
     monkeypatch.setenv("COLUMNS", "200")
 
     def cli(*args: str) -> tuple[int, str]:
@@ -259,16 +283,29 @@ def test_a_search_where_every_trial_fails_says_why_in_a_few_lines_and_exits_1(tm
         out, err = capfd.readouterr()
         return exit_info.value.code, out + err
 
-    code, output = cli("search", "pairs.csv", "--space", "space.yaml", "--name", "all-fail", "--quiet",
-                       "--set", "lr=1e300", "--max-failures", "0")
+    code, output = cli(
+        "search",
+        "pairs.csv",
+        "--space",
+        "space.yaml",
+        "--name",
+        "all-fail",
+        "--quiet",
+        "--set",
+        "lr=1e300",
+        "--max-failures",
+        "0",
+    )
     assert code == 1, output
     for noise in ("Traceback", "ActorDiedError", "Trials did not complete"):
         assert noise not in output, output
     assert len(output.splitlines()) < 30, output
     assert "--set lr=1e300: lr is sampled by space.yaml; it is now fixed at 1e300" in output
     [failure] = [line for line in output.splitlines() if line.startswith("error: pair cows")]
-    assert ("no trial finished: 2 trials failed (RuntimeError: value cannot be converted to type float without "
-            "overflow), 1 trial failed (worker process died" in failure), failure
+    assert (
+        "no trial finished: 2 trials failed (RuntimeError: value cannot be converted to type float without "
+        "overflow), 1 trial failed (worker process died" in failure
+    ), failure
     assert "/#/experiments/" in failure
 
     tracking_uri = store.default_tracking_uri(tmp_path / "splice-runs")
@@ -277,8 +314,9 @@ def test_a_search_where_every_trial_fails_says_why_in_a_few_lines_and_exits_1(tm
     assert runs["0"].data.tags[tracking.TAG_ERROR].startswith("worker process died (")
     assert "Traceback" in runs["1"].data.tags[tracking.TAG_ERROR], "the full traceback stays in MLflow"
     client = MlflowClient(tracking_uri)
-    [parent] = client.search_runs([client.get_experiment_by_name("all-fail").experiment_id],
-                                  filter_string="tags.`splice_tune.kind` = 'pair'")
+    [parent] = client.search_runs(
+        [client.get_experiment_by_name("all-fail").experiment_id], filter_string="tags.`splice_tune.kind` = 'pair'"
+    )
     assert parent.info.status == "FAILED"
 
     code, output = cli("best", "--pair", "cows", "--search", "all-fail")

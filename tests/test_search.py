@@ -8,9 +8,9 @@ import re
 from collections import defaultdict
 
 import pytest
+from conftest import write_search_inputs
 from mlflow import MlflowClient
 
-from conftest import write_search_inputs
 from splice_model import CONFIG_FIELDS
 from splice_tune import tracking
 from splice_tune.search import PairSearcher, evals_per_trial
@@ -83,8 +83,9 @@ def test_summary_names_each_pairs_best_finished_trial(finished_search, runs):
     _, _, children = runs
     summary = {result.pair: result for result in finished_search.summary.pairs}
     for pair in ("cows", "fruits"):
-        finished = [run for run in children if run.data.tags[tracking.TAG_PAIR] == pair
-                    and run.info.status == "FINISHED"]
+        finished = [
+            run for run in children if run.data.tags[tracking.TAG_PAIR] == pair and run.info.status == "FINISHED"
+        ]
         best = min(finished, key=lambda run: run.data.metrics["splice_score"])
         assert summary[pair].run_id == best.info.run_id
         assert summary[pair].score == pytest.approx(best.data.metrics["splice_score"])
@@ -115,12 +116,20 @@ def test_without_a_terminal_a_search_prints_progress_lines(tmp_path, ray_session
 
     pairs_csv, space = write_search_inputs(tmp_path, pairs=("cows",))
     log = Console(file=io.StringIO(), force_terminal=False, width=100)
-    request = SearchRequest(pairs_csv=pairs_csv, space=str(space), name="logged", root=tmp_path / "splice-runs",
-                            overrides=["budget.trials_per_pair=2", "scheduler.type=none"], progress_every=0.5)
+    request = SearchRequest(
+        pairs_csv=pairs_csv,
+        space=str(space),
+        name="logged",
+        root=tmp_path / "splice-runs",
+        overrides=["budget.trials_per_pair=2", "scheduler.type=none"],
+        progress_every=0.5,
+    )
     run_search(request, console=log)
     lines = [line for line in log.file.getvalue().splitlines() if "search progress:" in line]
-    pattern = re.compile(r"\[\d\d:\d\d:\d\d\] search progress: elapsed \d:\d\d:\d\d, ETA (-|\d:\d\d:\d\d) \| "
-                         r"cows (\d)/2 done, (\d) running, 0 stopped, 0 failed, best splice_score (-|[\d.]+)")
+    pattern = re.compile(
+        r"\[\d\d:\d\d:\d\d\] search progress: elapsed \d:\d\d:\d\d, ETA (-|\d:\d\d:\d\d) \| "
+        r"cows (\d)/2 done, (\d) running, 0 stopped, 0 failed, best splice_score (-|[\d.]+)"
+    )
     matches = [pattern.fullmatch(line) for line in lines]
     assert lines and all(matches), log.file.getvalue()
     assert any(match.group(2) == "1" and match.group(3) == "1" for match in matches), lines  # mid-search
@@ -143,7 +152,8 @@ def test_the_callback_reaches_its_session_only_while_the_run_lasts():
 def test_searcher_keeps_pairs_apart_and_respects_the_budget(tmp_path):
     (tmp_path / "space.yaml").write_text(
         "params: {alpha: {type: float, low: 0.01, high: 1.0, log: true}}\nbudget: {trials_per_pair: 3}\n"
-        "sampler: {type: random, seed: 0}\n")
+        "sampler: {type: random, seed: 0}\n"
+    )
     space = load_space(tmp_path / "space.yaml")
     searcher = PairSearcher(["a", "b"], space)
     proposals = [searcher.suggest(f"trial_{i}") for i in range(7)]
@@ -174,7 +184,8 @@ def test_searcher_keeps_pairs_apart_and_respects_the_budget(tmp_path):
 
 def test_evals_per_trial_takes_the_longest_run_and_the_most_frequent_evals(tmp_path):
     (tmp_path / "space.yaml").write_text(
-        "fixed: {steps: 250}\nparams: {eval_every: {type: categorical, choices: [100, 40]}}\n")
+        "fixed: {steps: 250}\nparams: {eval_every: {type: categorical, choices: [100, 40]}}\n"
+    )
     assert evals_per_trial(load_space(tmp_path / "space.yaml")) == 7  # ceil(250 / 40)
     (tmp_path / "sampled.yaml").write_text("params: {steps: {type: int, low: 100, high: 300}}\n")
     assert evals_per_trial(load_space(tmp_path / "sampled.yaml")) == 3  # ceil(300 / 100): eval_every keeps its default

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import write_search_inputs
+
 from splice_tune import store, tracking
 from splice_tune.driver import SearchRequest, plan_search
 from splice_tune.errors import BadInput
@@ -19,8 +19,9 @@ def inputs(tmp_path):
 
 
 def request(folder, root, **changes) -> SearchRequest:
-    return SearchRequest(pairs_csv=folder / "pairs.csv", space=str(folder / "space.yaml"), name="s1", root=root,
-                         quiet=True, **changes)
+    return SearchRequest(
+        pairs_csv=folder / "pairs.csv", space=str(folder / "space.yaml"), name="s1", root=root, quiet=True, **changes
+    )
 
 
 def test_a_name_mlflow_already_holds_is_refused_even_without_ray_state(inputs):
@@ -48,7 +49,8 @@ def test_resume_refuses_changed_inputs_and_says_which(inputs):
     assert refused.value.problems == [
         f"--resume: the search space {folder / 'space.yaml'} (with its --set values) differs from what search "
         f"'s1' started with; resume with the inputs search 's1' started with, or start a new search with "
-        f"another --name"]
+        f"another --name"
+    ]
 
     (folder / "pairs.csv").write_text("pair,structure,appearance\ncows,cows_structure.png,cows_appearance.png\n")
     with pytest.raises(BadInput, match=r"^--resume: the pairs file .*pairs.csv lists other pairs or image paths"):
@@ -66,7 +68,8 @@ def test_resume_refuses_an_image_whose_content_changed(inputs):
         plan_search(request(folder, root, resume=True))
     assert refused.value.problems == [
         f"--resume: {folder / 'pairs.csv'}:3: appearance image {image.resolve()} has changed since search 's1' "
-        f"started (its content differs); put the original back, or start a new search with another --name"]
+        f"started (its content differs); put the original back, or start a new search with another --name"
+    ]
 
 
 def test_resume_needs_the_store_the_search_used(inputs):

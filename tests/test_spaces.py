@@ -79,7 +79,12 @@ def test_quick_space_is_small() -> None:
     space = load_space("quick")
     config = space.config_for({"alpha": 0.1, "beta": 0.1, "lr": 1e-3, "jitter_strength": 1.0, "blur_p": 0.2})
     assert (config.vit, config.steps, config.eval_every, config.max_side, config.vit_size) == (
-        "random_tiny8", 60, 20, 96, 64)
+        "random_tiny8",
+        60,
+        20,
+        96,
+        64,
+    )
     assert space.budget == Budget(trials_per_pair=3, max_concurrent=2)
     assert space.min_image_side() == 16
 
@@ -124,8 +129,16 @@ def test_defaults_for_missing_sections(tmp_path: Path) -> None:
 def test_config_for_merges_defaults_fixed_and_sampled(tmp_path: Path) -> None:
     space = load_space(write_space(tmp_path, SMALL))
     config = space.config_for({"alpha": 0.3, "blur_p": 0.25, "max_side": 96, "vit_size": 96, "beta": 1})
-    assert config == SpliceConfig(vit="random_tiny8", steps=60, eval_every=20,  # fixed
-                                  alpha=0.3, blur_p=0.25, max_side=96, vit_size=96, beta=1.0)  # sampled
+    assert config == SpliceConfig(
+        vit="random_tiny8",
+        steps=60,
+        eval_every=20,  # fixed
+        alpha=0.3,
+        blur_p=0.25,
+        max_side=96,
+        vit_size=96,
+        beta=1.0,
+    )  # sampled
     assert isinstance(config.beta, float)  # an int range on a float setting still gives a float
     with pytest.raises(ValueError):
         space.config_for({"alpha": 0.3})
@@ -134,13 +147,15 @@ def test_config_for_merges_defaults_fixed_and_sampled(tmp_path: Path) -> None:
 
 
 def test_yaml_12_floats_and_int_as_float(tmp_path: Path) -> None:
-    space = load_space(write_space(tmp_path, "fixed: {lr: 5e-4, alpha: 1, steps: 10, eval_every: 5}\n"
-                                             "budget: {trials_per_pair: 1}\n"))
+    space = load_space(
+        write_space(tmp_path, "fixed: {lr: 5e-4, alpha: 1, steps: 10, eval_every: 5}\nbudget: {trials_per_pair: 1}\n")
+    )
     assert space.fixed["lr"] == 5e-4 and space.fixed["alpha"] == 1.0 and isinstance(space.fixed["alpha"], float)
 
 
-def test_vit_weights_resolved_against_the_yaml_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_vit_weights_resolved_against_the_yaml_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "vit.pth").write_bytes(b"x")
     monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
@@ -160,8 +175,9 @@ def test_values_a_setting_can_take(tmp_path: Path) -> None:
     assert space.values("alpha") == (0.02, 0.5) and space.values("max_side") == (64, 128)  # a range: its bounds
     assert space.values("vit_size") == (64, 96)  # categorical: its choices
     assert space.values("steps") == (60,) and space.values("lr") == (SpliceConfig.lr,)  # fixed, default
-    assert space.lowest_config() == space.config_for({"alpha": 0.02, "blur_p": 0.0, "max_side": 64, "vit_size": 64,
-                                                      "beta": 0})
+    assert space.lowest_config() == space.config_for(
+        {"alpha": 0.02, "blur_p": 0.0, "max_side": 64, "vit_size": 64, "beta": 0}
+    )
 
 
 def test_min_image_side_follows_the_largest_patch(tmp_path: Path) -> None:
@@ -180,8 +196,17 @@ def test_to_dict_round_trips(tmp_path: Path) -> None:
 
 
 def test_overrides(tmp_path: Path) -> None:
-    space = load_space(write_space(tmp_path, SMALL), ["steps=50", "vit_weights=null", "budget.trials_per_pair=5",
-                                                      "scheduler.type=none", "alpha=0.2", "fixed.seed=3"])
+    space = load_space(
+        write_space(tmp_path, SMALL),
+        [
+            "steps=50",
+            "vit_weights=null",
+            "budget.trials_per_pair=5",
+            "scheduler.type=none",
+            "alpha=0.2",
+            "fixed.seed=3",
+        ],
+    )
     assert space.fixed["steps"] == 50 and space.fixed["vit_weights"] is None and space.fixed["seed"] == 3
     assert space.budget.trials_per_pair == 5 and space.scheduler.type == "none"
     assert "alpha" not in space.params and space.fixed["alpha"] == 0.2  # setting a sampled parameter pins it
@@ -190,8 +215,9 @@ def test_overrides(tmp_path: Path) -> None:
 def test_pinning_a_sampled_parameter_says_so(tmp_path: Path) -> None:
     path = write_space(tmp_path, SMALL)
     space = load_space(path, ["alpha=1e6", "steps=50"])
-    assert space.notes == (f"--set alpha=1e6: alpha is sampled by {path}; it is now fixed at 1e6 for "
-                           f"every trial and no longer searched",)
+    assert space.notes == (
+        f"--set alpha=1e6: alpha is sampled by {path}; it is now fixed at 1e6 for every trial and no longer searched",
+    )
     assert load_space(path, ["steps=50"]).notes == ()  # a fixed setting changes silently, as asked
 
 
@@ -249,51 +275,106 @@ BAD_SPACES = [
     ("unknown-vit", "fixed:\n  vit: dino_vitb9\n", 2, "unknown ViT preset 'dino_vitb9'; did you mean 'dino_vitb8'?"),
     ("missing-weights", "fixed:\n  vit_weights: nope.pth\n", 2, "weights file 'nope.pth' not found"),
     ("unknown-param", "params:\n  alfa: {type: float, low: 0.1, high: 0.2}\n", 2, "did you mean 'alpha'?"),
-    ("fixed-and-sampled", "fixed: {alpha: 0.1}\nparams:\n  alpha: {type: float, low: 0.1, high: 0.2}\n", 3,
-     "params.alpha: is both fixed and sampled"),
+    (
+        "fixed-and-sampled",
+        "fixed: {alpha: 0.1}\nparams:\n  alpha: {type: float, low: 0.1, high: 0.2}\n",
+        3,
+        "params.alpha: is both fixed and sampled",
+    ),
     ("param-not-mapping", "params:\n  alpha: 0.1\n", 2, "params.alpha: must be a mapping like"),
     ("param-no-type", "params:\n  alpha: {low: 0.1, high: 0.2}\n", 2, "params.alpha.type: is missing"),
     ("param-bad-type", "params:\n  alpha: {type: flaot, low: 0.1, high: 0.2}\n", 2, "did you mean 'float'?"),
-    ("param-unknown-option", "params:\n  alpha: {type: float, low: 0.1, hihg: 0.2}\n", 2,
-     "params.alpha.hihg: is not an option of a float parameter; did you mean 'high'?"),
+    (
+        "param-unknown-option",
+        "params:\n  alpha: {type: float, low: 0.1, hihg: 0.2}\n",
+        2,
+        "params.alpha.hihg: is not an option of a float parameter; did you mean 'high'?",
+    ),
     ("param-missing-high", "params:\n  alpha: {type: float, low: 0.1}\n", 2, "params.alpha.high: is missing"),
-    ("low-above-high", "params:\n  alpha:\n    type: float\n    low: 0.5\n    high: 0.02\n", 4,
-     "params.alpha.low: low (0.5) must be below high (0.02)"),
+    (
+        "low-above-high",
+        "params:\n  alpha:\n    type: float\n    low: 0.5\n    high: 0.02\n",
+        4,
+        "params.alpha.low: low (0.5) must be below high (0.02)",
+    ),
     ("low-equals-high", "params:\n  alpha: {type: float, low: 0.1, high: 0.1}\n", 2, "move it to fixed"),
-    ("log-nonpositive", "params:\n  alpha: {type: float, low: 0.0, high: 0.5, log: true}\n", 2,
-     "must be > 0 when log: true"),
-    ("log-not-bool", "params:\n  alpha: {type: float, low: 0.1, high: 0.5, log: 'yes'}\n", 2,
-     "params.alpha.log: must be true or false"),
-    ("step-with-log", "params:\n  alpha: {type: float, low: 0.1, high: 0.5, log: true, step: 0.1}\n", 2,
-     "params.alpha.step: cannot be combined with log"),
-    ("step-not-multiple", "params:\n  alpha: {type: float, low: 0.1, high: 0.5, step: 0.3}\n", 2,
-     "is not a multiple of step 0.3"),
+    (
+        "log-nonpositive",
+        "params:\n  alpha: {type: float, low: 0.0, high: 0.5, log: true}\n",
+        2,
+        "must be > 0 when log: true",
+    ),
+    (
+        "log-not-bool",
+        "params:\n  alpha: {type: float, low: 0.1, high: 0.5, log: 'yes'}\n",
+        2,
+        "params.alpha.log: must be true or false",
+    ),
+    (
+        "step-with-log",
+        "params:\n  alpha: {type: float, low: 0.1, high: 0.5, log: true, step: 0.1}\n",
+        2,
+        "params.alpha.step: cannot be combined with log",
+    ),
+    (
+        "step-not-multiple",
+        "params:\n  alpha: {type: float, low: 0.1, high: 0.5, step: 0.3}\n",
+        2,
+        "is not a multiple of step 0.3",
+    ),
     ("step-negative", "params:\n  alpha: {type: float, low: 0.1, high: 0.5, step: -0.1}\n", 2, "must be > 0"),
-    ("string-bound", "params:\n  alpha: {type: float, low: low, high: 0.5}\n", 2,
-     "params.alpha.low: must be a number, got text 'low'"),
+    (
+        "string-bound",
+        "params:\n  alpha: {type: float, low: low, high: 0.5}\n",
+        2,
+        "params.alpha.low: must be a number, got text 'low'",
+    ),
     ("bool-bound", "params:\n  alpha: {type: float, low: false, high: 0.5}\n", 2, "must be a number, got false"),
-    ("int-param-float-bounds", "params:\n  steps: {type: int, low: 10.5, high: 20}\n", 2,
-     "params.steps.low: must be a whole number, got 10.5"),
+    (
+        "int-param-float-bounds",
+        "params:\n  steps: {type: int, low: 10.5, high: 20}\n",
+        2,
+        "params.steps.low: must be a whole number, got 10.5",
+    ),
     ("float-param-int-setting", "params:\n  steps: {type: float, low: 10, high: 20}\n", 2, "use type: int"),
     ("range-on-text-setting", "params:\n  vit: {type: int, low: 1, high: 2}\n", 2, "use type: categorical"),
-    ("bound-invalid-value", "params:\n  flip_p: {type: float, low: 0.0, high: 1.5}\n", 2,
-     "params.flip_p.high: is a probability, must be in [0, 1], got 1.5"),
+    (
+        "bound-invalid-value",
+        "params:\n  flip_p: {type: float, low: 0.0, high: 1.5}\n",
+        2,
+        "params.flip_p.high: is a probability, must be in [0, 1], got 1.5",
+    ),
     ("empty-categorical", "params:\n  vit_size: {type: categorical, choices: []}\n", 2, "has 0 choice(s)"),
     ("categorical-not-list", "params:\n  vit_size: {type: categorical, choices: 64}\n", 2, "must be a list"),
-    ("categorical-duplicates", "params:\n  vit_size:\n    type: categorical\n    choices:\n      - 64\n      - 64\n",
-     6, "params.vit_size.choices[1]: 64 is listed twice"),
-    ("categorical-bad-vit", "params:\n  vit: {type: categorical, choices: [dino_vits8, dino_vitx8]}\n", 2,
-     "unknown ViT preset 'dino_vitx8'"),
-    ("categorical-wrong-type", "params:\n  vit_size: {type: categorical, choices: [64, big]}\n", 2,
-     "params.vit_size.choices[1]: must be a whole number, got text 'big'"),
-    ("categorical-invalid-value", "params:\n  blur_p: {type: categorical, choices: [0.1, 3.0]}\n", 2,
-     "params.blur_p.choices[1]: is a probability"),
+    (
+        "categorical-duplicates",
+        "params:\n  vit_size:\n    type: categorical\n    choices:\n      - 64\n      - 64\n",
+        6,
+        "params.vit_size.choices[1]: 64 is listed twice",
+    ),
+    (
+        "categorical-bad-vit",
+        "params:\n  vit: {type: categorical, choices: [dino_vits8, dino_vitx8]}\n",
+        2,
+        "unknown ViT preset 'dino_vitx8'",
+    ),
+    (
+        "categorical-wrong-type",
+        "params:\n  vit_size: {type: categorical, choices: [64, big]}\n",
+        2,
+        "params.vit_size.choices[1]: must be a whole number, got text 'big'",
+    ),
+    (
+        "categorical-invalid-value",
+        "params:\n  blur_p: {type: categorical, choices: [0.1, 3.0]}\n",
+        2,
+        "params.blur_p.choices[1]: is a probability",
+    ),
     ("trials-zero", "budget:\n  trials_per_pair: 0\n", 2, "budget.trials_per_pair: must be a whole number >= 1"),
     ("trials-negative", "budget: {trials_per_pair: -2}\n", 1, "must be a whole number >= 1"),
     ("concurrent-zero", "budget:\n  max_concurrent: 0\n", 2, "budget.max_concurrent: must be a whole number >= 1"),
     ("unknown-budget-key", "budget:\n  trials: 3\n", 2, "budget.trials: is not a budget setting"),
-    ("no-params-many-trials", "fixed: {steps: 10}\nbudget:\n  trials_per_pair: 4\n", 3,
-     "nothing is sampled"),
+    ("no-params-many-trials", "fixed: {steps: 10}\nbudget:\n  trials_per_pair: 4\n", 3, "nothing is sampled"),
     ("unknown-scheduler", "scheduler:\n  type: hyperband\n", 2, "scheduler.type: 'hyperband' is not known"),
     ("grace-zero", "scheduler:\n  grace_period: 0\n", 2, "scheduler.grace_period: must be a whole number >= 1"),
     ("reduction-one", "scheduler:\n  reduction_factor: 1\n", 2, "scheduler.reduction_factor: must be >= 2"),
@@ -313,11 +394,19 @@ def test_bad_spaces_name_file_line_and_field(tmp_path: Path, text: str, line: in
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
-    path = write_space(tmp_path, "fixed:\n  stpes: 10\nparams:\n  flip_p: {type: float, low: 0.0, high: 1.5}\n"
-                                 "budget:\n  trials_per_pair: 0\nsampler: {type: tpee}\n")
+    path = write_space(
+        tmp_path,
+        "fixed:\n  stpes: 10\nparams:\n  flip_p: {type: float, low: 0.0, high: 1.5}\n"
+        "budget:\n  trials_per_pair: 0\nsampler: {type: tpee}\n",
+    )
     problems = problems_of(path, ["steps=abc"], folder=tmp_path)
     assert [p.split(": ")[0] for p in problems] == [
-        f"{path}:2", "--set steps=abc", f"{path}:4", f"{path}:6", f"{path}:7"]
+        f"{path}:2",
+        "--set steps=abc",
+        f"{path}:4",
+        f"{path}:6",
+        f"{path}:7",
+    ]
 
 
 @pytest.mark.parametrize("content, words", [("", "is empty"), (b"fixed:\n  vit: caf\xe9\n", "is not UTF-8")])
@@ -352,8 +441,10 @@ def test_search_space_is_frozen() -> None:
 
 def test_no_params_reports_the_default_budget_once(tmp_path: Path) -> None:
     path = write_space(tmp_path, "fixed:\n  steps: 10\n")
-    assert problems_of(path) == [f"{path}:1: budget.trials_per_pair: is 8 (the default) but nothing is sampled "
-                                 f"(params is empty), so every trial would be the same run; set it to 1 or add params"]
+    assert problems_of(path) == [
+        f"{path}:1: budget.trials_per_pair: is 8 (the default) but nothing is sampled "
+        f"(params is empty), so every trial would be the same run; set it to 1 or add params"
+    ]
     path = write_space(tmp_path, "fixed:\n  steps: 10\nbudget:\n  trials_per_pair: 0\n")
     assert len(problems_of(path)) == 1  # the invalid value only, not also "nothing is sampled"
 
@@ -362,7 +453,10 @@ def test_installed_spaces_are_found_under_the_prefix(tmp_path: Path) -> None:
     """A wheel install has no search_spaces/ beside the package: PREFIX/share/splice-tune/search_spaces."""
     from splice_tune.spaces import shipped_spaces_dir
 
-    repo, installed = tmp_path / "repo" / "search_spaces", tmp_path / "prefix" / "share" / "splice-tune" / "search_spaces"
+    repo, installed = (
+        tmp_path / "repo" / "search_spaces",
+        tmp_path / "prefix" / "share" / "splice-tune" / "search_spaces",
+    )
     installed.mkdir(parents=True)
     assert shipped_spaces_dir(repo, [tmp_path / "elsewhere", tmp_path / "prefix"]) == installed
     repo.mkdir(parents=True)
@@ -391,10 +485,12 @@ def test_config_refuses_unknown_vit() -> None:
 
 def test_device_problems_name_the_yaml_line_or_the_override(tmp_path: Path) -> None:
     assert problems_of("quick", ["device=foo"]) == [
-        "--set device=foo: fixed.device: 'foo' is not a device; use auto, cpu, cuda, cuda:N (a GPU index) or mps"]
+        "--set device=foo: fixed.device: 'foo' is not a device; use auto, cpu, cuda, cuda:N (a GPU index) or mps"
+    ]
     path = write_space(tmp_path, "fixed:\n  vit: random_tiny8\n  device: gpu\nbudget:\n  trials_per_pair: 1\n")
-    assert problems_of(path, folder=tmp_path) == [f"{path}:3: fixed.device: 'gpu' is not a device; use auto, cpu, "
-                                                  f"cuda, cuda:N (a GPU index) or mps"]
+    assert problems_of(path, folder=tmp_path) == [
+        f"{path}:3: fixed.device: 'gpu' is not a device; use auto, cpu, cuda, cuda:N (a GPU index) or mps"
+    ]
     assert load_space("quick", ["device=cuda:3"]).fixed["device"] == "cuda:3"  # no GPU needed to plan it
     # An unknown ViT is reported once (by the space's own check, which suggests the closest name).
     [problem] = problems_of("quick", ["vit=random_tiny9"])

@@ -62,17 +62,27 @@ def store(tmp_path, empty_database):
     _image((10, 20, 30)).save(structure)
     Image.new("L", (30, 40), 128).save(appearance)  # grayscale: must come back as RGB PNG
     tracker = SearchTracker(uri, "search-1", artifact_root=root / "mlartifacts")
-    parent = tracker.pair_run("cows", structure, appearance,
-                              baselines={"structure_base": 0.4, "appearance_base": 0.25},
-                              notes=["ViT weights are random (offline preset)"])
-    return {"root": root, "uri": uri, "tracker": tracker, "parent": parent, "client": MlflowClient(uri),
-            "structure": structure, "appearance": appearance}
+    parent = tracker.pair_run(
+        "cows",
+        structure,
+        appearance,
+        baselines={"structure_base": 0.4, "appearance_base": 0.25},
+        notes=["ViT weights are random (offline preset)"],
+    )
+    return {
+        "root": root,
+        "uri": uri,
+        "tracker": tracker,
+        "parent": parent,
+        "client": MlflowClient(uri),
+        "structure": structure,
+        "appearance": appearance,
+    }
 
 
 def _logger(store, trial_id="trial_0001", params=PARAMS, tags=None) -> TrialLogger:
     tracker = store["tracker"]
-    return TrialLogger(store["uri"], tracker.experiment_id, store["parent"], trial_id, "cows", "search-1",
-                       params, tags)
+    return TrialLogger(store["uri"], tracker.experiment_id, store["parent"], trial_id, "cows", "search-1", params, tags)
 
 
 def _run_evals(logger: TrialLogger, evals: int, steps_per_eval: int, offset: float = 0.0) -> list[int]:
@@ -87,8 +97,11 @@ def _run_evals(logger: TrialLogger, evals: int, steps_per_eval: int, offset: flo
 
 
 def _image_steps(client: MlflowClient, run_id: str) -> list[int]:
-    return sorted(int(match.group(1)) for info in client.list_artifacts(run_id, "images")
-                  if (match := IMAGE_STEP.match(info.path)))
+    return sorted(
+        int(match.group(1))
+        for info in client.list_artifacts(run_id, "images")
+        if (match := IMAGE_STEP.match(info.path))
+    )
 
 
 def test_tracking_uri_defaults(tmp_path, monkeypatch):
@@ -114,7 +127,9 @@ def test_experiment_and_pair_run_layout(store):
     assert run.data.params == {"structure": str(store["structure"]), "appearance": str(store["appearance"])}
     assert run.data.metrics == {"structure_base": 0.4, "appearance_base": 0.25}
     assert sorted(info.path for info in client.list_artifacts(parent, "inputs")) == [
-        "inputs/appearance.png", "inputs/structure.png"]
+        "inputs/appearance.png",
+        "inputs/structure.png",
+    ]
     local = Path(client.download_artifacts(parent, "inputs/appearance.png", str(store["root"].parent)))
     with Image.open(local) as logged:
         assert (logged.format, logged.mode, logged.size) == ("PNG", "RGB", (30, 40))
@@ -136,7 +151,11 @@ def test_trial_run_layout(store, tmp_path):
     assert tags["mlflow.parentRunId"] == store["parent"]
     assert (tags[TAG_KIND], tags[TAG_PAIR], tags[TAG_SEARCH]) == ("trial", "cows", "search-1")
     assert (tags[TAG_TRIAL], tags[TAG_VIT], tags[TAG_NODE], tags[TAG_ATTEMPT]) == (
-        "trial_0001", "tiny_random", "node-abc", "1")
+        "trial_0001",
+        "tiny_random",
+        "node-abc",
+        "1",
+    )
     assert run.data.params == {key: str(value) for key, value in PARAMS.items()}
 
     for key in LOSSES:
@@ -144,14 +163,12 @@ def test_trial_run_layout(store, tmp_path):
         assert sorted(metric.step for metric in history) == list(range(1, 16))
     for key in SCORES:
         assert sorted(metric.step for metric in client.get_metric_history(logger.run_id, key)) == eval_steps
-    assert [(m.step, m.value) for m in client.get_metric_history(logger.run_id, "final_splice_score")] == [
-        (15, 0.3)]
+    assert [(m.step, m.value) for m in client.get_metric_history(logger.run_id, "final_splice_score")] == [(15, 0.3)]
     assert _image_steps(client, logger.run_id) == eval_steps
 
     top = {info.path for info in client.list_artifacts(logger.run_id)}
     assert {"output.png", "checkpoint", "images"} <= top
-    assert [info.path for info in client.list_artifacts(logger.run_id, "checkpoint")] == [
-        "checkpoint/generator.pt"]
+    assert [info.path for info in client.list_artifacts(logger.run_id, "checkpoint")] == ["checkpoint/generator.pt"]
     downloaded = client.download_artifacts(logger.run_id, "checkpoint/generator.pt", str(tmp_path))
     assert Path(downloaded).read_bytes() == b"generator weights"
 
@@ -202,8 +219,9 @@ def test_a_restarted_trial_does_not_log_the_steps_it_replays_twice(store):
 
     assert again.run_id == first.run_id
     for key in LOSSES:
-        assert [m.step for m in sorted(client.get_metric_history(again.run_id, key), key=lambda m: m.step)] == \
-            list(range(1, 16)), key
+        assert [m.step for m in sorted(client.get_metric_history(again.run_id, key), key=lambda m: m.step)] == list(
+            range(1, 16)
+        ), key
     for key in SCORES:
         assert sorted(m.step for m in client.get_metric_history(again.run_id, key)) == [5, 10, 15], key
     assert _image_steps(client, again.run_id) == [5, 10, 15]
@@ -240,8 +258,9 @@ def test_search_tracker_and_pair_run_are_reused_on_resume(store):
     assert resumed.experiment_id == tracker.experiment_id
     moved = store["root"].parent / "moved.png"  # the user moved the file between the runs
     moved.write_bytes(store["appearance"].read_bytes())
-    again = resumed.pair_run("cows", store["structure"], moved,
-                             baselines={"structure_base": 0.4, "appearance_base": 0.25})
+    again = resumed.pair_run(
+        "cows", store["structure"], moved, baselines={"structure_base": 0.4, "appearance_base": 0.25}
+    )
     assert again == store["parent"]
     run = store["client"].get_run(again)
     assert run.info.status == "RUNNING"
@@ -292,8 +311,10 @@ def test_the_winner_and_its_record_on_the_pair_run(store):
     assert results.winner(trials, states=results.STATES).data.tags[TAG_TRIAL] == "killed"
     assert results.winner([run for run in finished if run.data.tags[TAG_TRIAL] == "no-score"]) is None
 
-    tracker.finish_pair("cows", summary={"best_trial_run_id": winner.info.run_id, "splice_score": 0.2,
-                                         "alpha": 0.2, "vit": "tiny_random"})
+    tracker.finish_pair(
+        "cows",
+        summary={"best_trial_run_id": winner.info.run_id, "splice_score": 0.2, "alpha": 0.2, "vit": "tiny_random"},
+    )
     parent = client.get_run(store["parent"])
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["best_trial_run_id"] == winner.info.run_id
@@ -357,10 +378,10 @@ def test_retry_rides_out_a_real_lock_and_passes_other_errors(tmp_path):
 WRITERS, EVALS, STEPS_PER_EVAL = 8, 20, 15
 
 
-def _concurrent_writer(uri: str, experiment_id: str, parent: str, index: int,
-                       ready: multiprocessing.synchronize.Barrier) -> None:
-    logger = TrialLogger(uri, experiment_id, parent, f"writer_{index}", "cows", "search-1",
-                         {**PARAMS, "index": index})
+def _concurrent_writer(
+    uri: str, experiment_id: str, parent: str, index: int, ready: multiprocessing.synchronize.Barrier
+) -> None:
+    logger = TrialLogger(uri, experiment_id, parent, f"writer_{index}", "cows", "search-1", {**PARAMS, "index": index})
     ready.wait()  # start together so the writes really contend for the database lock
     _run_evals(logger, EVALS, STEPS_PER_EVAL, offset=index)
     logger.finish("FINISHED")
@@ -371,9 +392,12 @@ def test_concurrent_writers_lose_nothing(store):
     client, tracker = store["client"], store["tracker"]
     context = multiprocessing.get_context("spawn")
     ready = context.Barrier(WRITERS, timeout=120)
-    processes = [context.Process(target=_concurrent_writer,
-                                 args=(store["uri"], tracker.experiment_id, store["parent"], index, ready))
-                 for index in range(WRITERS)]
+    processes = [
+        context.Process(
+            target=_concurrent_writer, args=(store["uri"], tracker.experiment_id, store["parent"], index, ready)
+        )
+        for index in range(WRITERS)
+    ]
     for process in processes:
         process.start()
     for process in processes:
@@ -390,7 +414,8 @@ def test_concurrent_writers_lose_nothing(store):
         for position, key in enumerate(LOSSES):
             history = client.get_metric_history(run.info.run_id, key)
             assert sorted((m.step, m.value) for m in history) == [
-                (step, index + 1.0 / step + position) for step in range(1, EVALS * STEPS_PER_EVAL + 1)]
+                (step, index + 1.0 / step + position) for step in range(1, EVALS * STEPS_PER_EVAL + 1)
+            ]
         for key in SCORES:
             assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == eval_steps
         assert _image_steps(client, run.info.run_id) == eval_steps

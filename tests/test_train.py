@@ -9,8 +9,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from splice_model import (EvalEvent, NearDuplicatePairError, NonFiniteLossError, PairScorer, SpliceTrainer,
-                          StepEvent, build_vit, load_features, train_pair)
+from splice_model import (
+    EvalEvent,
+    NearDuplicatePairError,
+    NonFiniteLossError,
+    PairScorer,
+    SpliceTrainer,
+    StepEvent,
+    build_vit,
+    load_features,
+    train_pair,
+)
 from splice_model.images import as_image_tensor
 
 
@@ -38,6 +47,7 @@ def test_loss_decreases(structure_image, appearance_image, tiny_config):
 
 # --- scores -------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def features(tiny_config):
     return load_features(tiny_config)
@@ -47,8 +57,7 @@ def tensors(config, *images):
     return [as_image_tensor(image, config.max_side) for image in images]
 
 
-def test_structure_image_scores_zero_structure_and_one_splice(features, tiny_config, structure_image,
-                                                               appearance_image):
+def test_structure_image_scores_zero_structure_and_one_splice(features, tiny_config, structure_image, appearance_image):
     """Copying the structure image is a trivial output: perfect structure, appearance = baseline -> 1.0."""
     structure, appearance = tensors(tiny_config, structure_image, appearance_image)
     scorer = PairScorer(features, structure, appearance, tiny_config.vit_size, tiny_config.vit_max_side)
@@ -58,8 +67,7 @@ def test_structure_image_scores_zero_structure_and_one_splice(features, tiny_con
     assert scores["splice_score"] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_appearance_image_scores_one_splice(features, tiny_config, structure_image,
-                                            appearance_image_structure_size):
+def test_appearance_image_scores_one_splice(features, tiny_config, structure_image, appearance_image_structure_size):
     """Copying the appearance image (same size as the structure image) is the other trivial output -> 1.0."""
     structure, appearance = tensors(tiny_config, structure_image, appearance_image_structure_size)
     scorer = PairScorer(features, structure, appearance, tiny_config.vit_size, tiny_config.vit_max_side)
@@ -71,13 +79,14 @@ def test_appearance_image_scores_one_splice(features, tiny_config, structure_ima
 
 
 def test_same_image_twice_is_refused(features, tiny_config, structure_image):
-    structure, = tensors(tiny_config, structure_image)
+    (structure,) = tensors(tiny_config, structure_image)
     scorer = PairScorer(features, structure, structure.clone(), tiny_config.vit_size, tiny_config.vit_max_side)
     with pytest.raises(NearDuplicatePairError, match="cows"):
         scorer.check_baselines("cows")
 
 
 # --- gradients and ViT passes ---------------------------------------------------------------------------
+
 
 def test_gradients_reach_only_the_generator(trainer):
     trainer.train_step()
@@ -87,8 +96,9 @@ def test_gradients_reach_only_the_generator(trainer):
 
 
 def test_vit_forward_passes_per_phase(structure_image, appearance_image, tiny_config):
-    """The cost model of docs/design.md ("ViT pass budget"): setup 2 no-grad passes; a regular step 1 no-grad (targets) + 1 with
-    grad (outputs), both batches of 2; a full-image step one more grad pass; an eval 1 no-grad pass."""
+    """The cost model of docs/design.md ("ViT pass budget"): setup 2 no-grad passes; a regular step 1 no-grad
+    (targets) + 1 with grad (outputs), both batches of 2; a full-image step one more grad pass; an eval 1 no-grad
+    pass."""
     features = build_vit(tiny_config.vit)  # own instance: the hook must not leak into the shared cache
     calls = []
     features.register_forward_pre_hook(lambda module, args: calls.append((torch.is_grad_enabled(), len(args[0]))))
@@ -116,6 +126,7 @@ def test_full_image_terms_only_on_full_image_steps(trainer):
 
 # --- determinism -------------------------------------------------------------------------------------------
 
+
 def run(structure_image, appearance_image, config):
     result = train_pair(structure_image, appearance_image, config)
     return result.generator.state_dict(), result.scores, result.evaluations
@@ -135,6 +146,7 @@ def test_same_seed_is_bit_identical_other_seed_differs(structure_image, appearan
 
 # --- control flow: stopping, divergence, evaluation cadence ------------------------------------------------
 
+
 def test_callback_stops_at_an_eval(structure_image, appearance_image, tiny_config):
     seen = []
 
@@ -151,8 +163,12 @@ def test_callback_stops_at_an_eval(structure_image, appearance_image, tiny_confi
 
 def test_callback_stops_between_evals(structure_image, appearance_image, tiny_config):
     """Stopped on a plain step: the result is evaluated at the weights it stopped with."""
-    result = train_pair(structure_image, appearance_image, tiny_config,
-                        callback=lambda event: isinstance(event, StepEvent) and event.step == 3)
+    result = train_pair(
+        structure_image,
+        appearance_image,
+        tiny_config,
+        callback=lambda event: isinstance(event, StepEvent) and event.step == 3,
+    )
     assert result.stopped and result.steps_done == 3
     assert set(result.scores) == {"structure_score", "appearance_score", "splice_score"}
     assert result.output.shape == (3, 50, 64)
@@ -179,8 +195,12 @@ def test_eval_cadence_and_output_shape(structure_image, appearance_image, tiny_c
     """Evals every eval_every steps plus the last step (once, even when it is a multiple); outputs have the
     structure image's size after the max_side cap (72x56 -> 64x50)."""
     events = []
-    result = train_pair(structure_image, appearance_image, tiny_config.replace(steps=steps, eval_every=eval_every),
-                        callback=events.append)
+    result = train_pair(
+        structure_image,
+        appearance_image,
+        tiny_config.replace(steps=steps, eval_every=eval_every),
+        callback=events.append,
+    )
     evals = [e for e in events if isinstance(e, EvalEvent)]
     assert [e.step for e in evals] == expected
     assert [e.final for e in evals] == [False] * (len(expected) - 1) + [True]
@@ -195,11 +215,13 @@ def test_eval_cadence_and_output_shape(structure_image, appearance_image, tiny_c
 
 # --- precision ----------------------------------------------------------------------------------------
 
+
 def _linear_input_dtypes(trainer: SpliceTrainer) -> set[torch.dtype]:
     """The dtypes the ViT's first linear layer computes in during one training step."""
     seen = set()
     handle = trainer.features.model.blocks[0].attn.qkv.register_forward_hook(
-        lambda module, inputs, output: seen.add(output.dtype))
+        lambda module, inputs, output: seen.add(output.dtype)
+    )
     trainer.train_step()
     handle.remove()
     return seen
@@ -229,8 +251,9 @@ def test_amp_false_is_exact_fp32_and_true_forces_bf16(monkeypatch, structure_ima
     assert output.dtype == torch.float32 and all(isinstance(v, float) for v in scores.values())
 
 
-@pytest.mark.parametrize("amp, problem", [("auto", None), (True, None), (False, None), ("bf16", "amp: must be"),
-                                          (1, "amp: must be")])
+@pytest.mark.parametrize(
+    "amp, problem", [("auto", None), (True, None), (False, None), ("bf16", "amp: must be"), (1, "amp: must be")]
+)
 def test_amp_values(tiny_config, amp, problem):
     problems = tiny_config.replace(amp=amp).validate()
     assert (problems == []) if problem is None else problems[0].startswith(problem)

@@ -48,14 +48,22 @@ def random_dino_state(seed: int = 0, embed: int = EMBED, depth: int = DEPTH, pat
     }
     for i in range(depth):
         b = f"blocks.{i}."
-        state.update({
-            b + "norm1.weight": rand(embed, offset=1.0), b + "norm1.bias": rand(embed),
-            b + "attn.qkv.weight": rand(3 * embed, embed, scale=0.2), b + "attn.qkv.bias": rand(3 * embed),
-            b + "attn.proj.weight": rand(embed, embed), b + "attn.proj.bias": rand(embed),
-            b + "norm2.weight": rand(embed, offset=1.0), b + "norm2.bias": rand(embed),
-            b + "mlp.fc1.weight": rand(4 * embed, embed), b + "mlp.fc1.bias": rand(4 * embed),
-            b + "mlp.fc2.weight": rand(embed, 4 * embed), b + "mlp.fc2.bias": rand(embed),
-        })
+        state.update(
+            {
+                b + "norm1.weight": rand(embed, offset=1.0),
+                b + "norm1.bias": rand(embed),
+                b + "attn.qkv.weight": rand(3 * embed, embed, scale=0.2),
+                b + "attn.qkv.bias": rand(3 * embed),
+                b + "attn.proj.weight": rand(embed, embed),
+                b + "attn.proj.bias": rand(embed),
+                b + "norm2.weight": rand(embed, offset=1.0),
+                b + "norm2.bias": rand(embed),
+                b + "mlp.fc1.weight": rand(4 * embed, embed),
+                b + "mlp.fc1.bias": rand(4 * embed),
+                b + "mlp.fc2.weight": rand(embed, 4 * embed),
+                b + "mlp.fc2.bias": rand(embed),
+            }
+        )
     return state
 
 
@@ -94,8 +102,9 @@ def dino_reference(state: dict, images: torch.Tensor, patch: int, heads: int) ->
         attn = ((q @ k.transpose(-2, -1)) * (d // heads) ** -0.5).softmax(dim=-1)
         x = x + F.linear((attn @ v).transpose(1, 2).reshape(B, T, d), p("attn.proj.weight"), p("attn.proj.bias"))
         y = F.layer_norm(x, (d,), p("norm2.weight"), p("norm2.bias"), eps=1e-6)
-        x = x + F.linear(F.gelu(F.linear(y, p("mlp.fc1.weight"), p("mlp.fc1.bias"))),
-                         p("mlp.fc2.weight"), p("mlp.fc2.bias"))
+        x = x + F.linear(
+            F.gelu(F.linear(y, p("mlp.fc1.weight"), p("mlp.fc1.bias"))), p("mlp.fc2.weight"), p("mlp.fc2.bias")
+        )
         keys = k.transpose(1, 2).reshape(B, T, d)  # heads concatenated, CLS included
     unit = F.normalize(keys, dim=-1)
     return {"cls": x[:, 0], "keys": keys, "selfsim": unit @ unit.transpose(1, 2)}
@@ -152,8 +161,15 @@ def test_dino_training_checkpoint_loads(tmp_path, test_preset, dino_checkpoint, 
     network = {prefix + k: v for k, v in state.items()}
     network[prefix.replace("backbone.", "head.") + "last_layer.weight"] = torch.zeros(8, EMBED)
     path = tmp_path / f"checkpoint_{wrapper}.pth"
-    torch.save({wrapper: network, "epoch": 100, "optimizer": {"state": {}, "param_groups": []},
-                "args": argparse.Namespace(arch="vit_tiny", patch_size=PATCH, lr=5e-4)}, path)
+    torch.save(
+        {
+            wrapper: network,
+            "epoch": 100,
+            "optimizer": {"state": {}, "param_groups": []},
+            "args": argparse.Namespace(arch="vit_tiny", patch_size=PATCH, lr=5e-4),
+        },
+        path,
+    )
     features = build_vit(test_preset, weights=path)
     assert_features_match(features, state, torch.rand(1, 3, 224, 304, generator=torch.Generator().manual_seed(2)))
 
@@ -192,6 +208,7 @@ def hub_preset(monkeypatch, tmp_path):
 def test_offline_uncached_preset_says_pass_vit_weights(monkeypatch, hub_preset):
     def no_network(url, dst, *args, **kwargs):
         raise urllib.error.URLError("no network (test)")
+
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     with pytest.raises(WeightsError, match="--vit-weights") as error:
         build_vit(hub_preset)
@@ -206,6 +223,7 @@ def test_cached_hub_checkpoint_is_used_without_download(monkeypatch, tmp_path, h
 
     def must_not_download(*args, **kwargs):
         raise AssertionError("a cached checkpoint must not be downloaded again")
+
     monkeypatch.setattr(torch.hub, "download_url_to_file", must_not_download)
     assert_features_match(build_vit(hub_preset), state, torch.rand(1, 3, 160, 224))
 
@@ -220,6 +238,7 @@ def test_first_download_into_fresh_hub_dir(monkeypatch, tmp_path, hub_preset):
         assert url == URL
         with open(dst, "wb") as file:  # like torch's, this fails when the folder is missing
             file.write(source.read_bytes())
+
     monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
     assert_features_match(build_vit(hub_preset), state, torch.rand(1, 3, 224, 224))
 
@@ -265,21 +284,42 @@ def test_unknown_preset_lists_known_ones():
         build_vit("dino_vitz99")
 
 
-@pytest.mark.parametrize("size, expected", [
-    ((300, 400), (224, 298)),   # short side -> 224; the long side is truncated like torchvision (298.67 -> 298)
-    ((400, 300), (298, 224)),
-    ((100, 1000), (48, 480)),   # the long side cap wins: 224 x 2240 would not fit 480
-    ((1000, 100), (480, 48)),
-    ((1080, 1920), (224, 398)),
-])
+@pytest.mark.parametrize(
+    "size, expected",
+    [
+        ((300, 400), (224, 298)),  # short side -> 224; the long side is truncated like torchvision (298.67 -> 298)
+        ((400, 300), (298, 224)),
+        ((100, 1000), (48, 480)),  # the long side cap wins: 224 x 2240 would not fit 480
+        ((1000, 100), (480, 48)),
+        ((1080, 1920), (224, 398)),
+    ],
+)
 def test_vit_resize_short_side_and_long_cap(size, expected):
     out = vit_resize(torch.rand(1, 3, *size), 224, 480)
     assert tuple(out.shape[-2:]) == expected
 
 
-@pytest.mark.parametrize("size", [(295, 400), (400, 295), (100, 1000), (1000, 100), (224, 230), (230, 224),
-                                  (37, 53), (53, 37), (480, 640), (1080, 1920), (1920, 1080), (224, 224),
-                                  (50, 64), (7, 3000), (3000, 7), (333, 333)])
+@pytest.mark.parametrize(
+    "size",
+    [
+        (295, 400),
+        (400, 295),
+        (100, 1000),
+        (1000, 100),
+        (224, 230),
+        (230, 224),
+        (37, 53),
+        (53, 37),
+        (480, 640),
+        (1080, 1920),
+        (1920, 1080),
+        (224, 224),
+        (50, 64),
+        (7, 3000),
+        (3000, 7),
+        (333, 333),
+    ],
+)
 def test_vit_resize_matches_torchvision_resize_224_max_480(size):
     """The released Splice code resizes with torchvision's Resize(224, max_size=480): same output size."""
     from torchvision.transforms import Resize
@@ -290,8 +330,11 @@ def test_vit_resize_matches_torchvision_resize_224_max_480(size):
     assert vit_resize(image, 224, 480).shape == Resize(224, max_size=480, antialias=True)(image).shape
 
 
-@pytest.mark.parametrize("size", [(256, 256), (300, 400), (400, 300), (100, 1000), (1000, 100), (1080, 1920),
-                                  (50, 64)], ids=lambda size: f"{size[0]}x{size[1]}")
+@pytest.mark.parametrize(
+    "size",
+    [(256, 256), (300, 400), (400, 300), (100, 1000), (1000, 100), (1080, 1920), (50, 64)],
+    ids=lambda size: f"{size[0]}x{size[1]}",
+)
 @pytest.mark.parametrize("batched", [True, False], ids=["batched", "single"])
 def test_vit_resize_values_equal_torchvision_resize(size, batched):
     """The default filter reproduces the released code's `Resize(224, max_size=480)` on tensors (bilinear,
@@ -329,7 +372,8 @@ def test_vit_resample_setting_reaches_the_features(tiny_config, structure_image,
     assert bilinear.scorer.vit_resample == "bilinear" and bicubic.scorer.vit_resample == "bicubic"
     assert bilinear.baselines != bicubic.baselines
     assert SpliceConfig(vit_resample="lanczos").validate() == [
-        "vit_resample: must be one of bilinear, bicubic, got 'lanczos'"]
+        "vit_resample: must be one of bilinear, bicubic, got 'lanczos'"
+    ]
 
 
 def test_vit_resize_keeps_right_size_and_is_differentiable():

@@ -45,12 +45,38 @@ import os
 
 from splice_tune.spaces.checks import build
 from splice_tune.spaces.document import Where, apply_overrides, parse, parse_overrides
-from splice_tune.spaces.model import METRICS, PARAM_TYPES, SAMPLERS, SCHEDULERS, SECTIONS, Budget, Objective
-from splice_tune.spaces.model import ParamSpec, Sampler, Scheduler, SearchSpace
+from splice_tune.spaces.model import (
+    METRICS,
+    PARAM_TYPES,
+    SAMPLERS,
+    SCHEDULERS,
+    SECTIONS,
+    Budget,
+    Objective,
+    ParamSpec,
+    Sampler,
+    Scheduler,
+    SearchSpace,
+)
 from splice_tune.spaces.shipped import SPACES_DIR, locate, shipped_spaces, shipped_spaces_dir
 
-__all__ = ["METRICS", "PARAM_TYPES", "SAMPLERS", "SCHEDULERS", "SECTIONS", "SPACES_DIR", "Budget", "Objective",
-           "ParamSpec", "Sampler", "Scheduler", "SearchSpace", "load_space", "shipped_spaces", "shipped_spaces_dir"]
+__all__ = [
+    "METRICS",
+    "PARAM_TYPES",
+    "SAMPLERS",
+    "SCHEDULERS",
+    "SECTIONS",
+    "SPACES_DIR",
+    "Budget",
+    "Objective",
+    "ParamSpec",
+    "Sampler",
+    "Scheduler",
+    "SearchSpace",
+    "load_space",
+    "shipped_spaces",
+    "shipped_spaces_dir",
+]
 
 
 def load_space(name_or_path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> SearchSpace:

@@ -14,8 +14,18 @@ from splice_model.config import CONFIG_FIELDS, SpliceConfig
 from splice_tune.errors import BadInput
 from splice_tune.spaces.document import Where
 from splice_tune.spaces.messages import At, dotted, kind_of, shown, suggest
-from splice_tune.spaces.model import FIELD_TYPES, METRICS, PARAM_TYPES, SAMPLERS, SCHEDULERS, SECTION_TYPES, SECTIONS
-from splice_tune.spaces.model import ParamSpec, SearchSpace, section_keys
+from splice_tune.spaces.model import (
+    FIELD_TYPES,
+    METRICS,
+    PARAM_TYPES,
+    SAMPLERS,
+    SCHEDULERS,
+    SECTION_TYPES,
+    SECTIONS,
+    ParamSpec,
+    SearchSpace,
+    section_keys,
+)
 
 
 @dataclass(frozen=True)
@@ -76,8 +86,9 @@ def _mapping(raw: dict, section: str, problem: Callable) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        problem((section,), f"must be a mapping of 'name: value' lines, got {kind_of(value)}; "
-                            f"see search_spaces/README.md")
+        problem(
+            (section,), f"must be a mapping of 'name: value' lines, got {kind_of(value)}; see search_spaces/README.md"
+        )
         return {}
     return value
 
@@ -116,8 +127,10 @@ def _field_value(name: str, value: Any, folder: Path) -> tuple[Any, str | None]:
     if name == "vit_weights" and value is not None:
         weights = (folder / Path(value).expanduser()).resolve()
         if not weights.is_file():
-            return None, (f"weights file '{value}' not found ({weights}); relative paths start at the search "
-                          f"space's folder (at the working folder for --set)")
+            return None, (
+                f"weights file '{value}' not found ({weights}); relative paths start at the search "
+                f"space's folder (at the working folder for --set)"
+            )
         value = str(weights)  # absolute, because Ray runs trials in other working folders
     return value, None
 
@@ -134,10 +147,12 @@ def _type_error(value: Any, hint: Any) -> str | None:
     if value is None and nullable or len(kinds) > 1:
         return None
     kind = kinds[0]
-    ok = {int: isinstance(value, int) and not isinstance(value, bool),
-          float: isinstance(value, (int, float)) and not isinstance(value, bool),
-          str: isinstance(value, str),
-          bool: isinstance(value, bool)}[kind]
+    ok = {
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        bool: isinstance(value, bool),
+    }[kind]
     if ok:
         return None
     wanted = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}[kind]
@@ -208,8 +223,10 @@ def _param_type(name: str, spec: Any, fixed: dict, problem: Callable) -> str | N
     allowed = ("type", "choices") if kind == "categorical" else ("type", "low", "high", "log", "step")
     for key in spec:
         if key not in allowed:
-            problem(at + (key,), f"is not an option of a {kind} parameter; "
-                                 f"{suggest(str(key), allowed[1:], 'its options are')}")
+            problem(
+                at + (key,),
+                f"is not an option of a {kind} parameter; {suggest(str(key), allowed[1:], 'its options are')}",
+            )
     return kind
 
 
@@ -217,8 +234,10 @@ def _range_fits_field(name: str, kind: str, problem: Callable) -> bool:
     """Whether a float/int range can set this field (a problem when it cannot)."""
     field_type = FIELD_TYPES[name]
     if field_type not in (int, float, int | None):
-        problem(("params", name, "type"), f"{name} is not a number setting, so it cannot be a range; "
-                                          f"use type: categorical with choices")
+        problem(
+            ("params", name, "type"),
+            f"{name} is not a number setting, so it cannot be a range; use type: categorical with choices",
+        )
         return False
     if kind == "float" and field_type is not float:
         problem(("params", name, "type"), f"{name} is a whole-number setting; use type: int")
@@ -258,8 +277,10 @@ def _check_step(at: At, step: Any, number: type, log: bool, problem: Callable) -
         problem(at + ("step",), error or f"must be > 0, got {step!r}")
         return None
     if log:
-        problem(at + ("step",), "cannot be combined with log: true (Optuna samples either on a log scale or "
-                                "on a grid); drop one")
+        problem(
+            at + ("step",),
+            "cannot be combined with log: true (Optuna samples either on a log scale or on a grid); drop one",
+        )
         return None
     return number(step)
 
@@ -268,15 +289,13 @@ def _check_range(name: str, low: float, high: float, log: bool, step: float | No
     """Whether low, high, log and step make a range Optuna can sample (one problem when they do not)."""
     at = ("params", name)
     if low >= high:
-        problem(at + ("low",), f"low ({low}) must be below high ({high}); to hold {name} constant, "
-                               f"move it to fixed")
+        problem(at + ("low",), f"low ({low}) must be below high ({high}); to hold {name} constant, move it to fixed")
         return False
     if log and low <= 0:
         problem(at + ("low",), f"must be > 0 when log: true, got {low}; raise low or drop log")
         return False
     if step is not None and not _is_multiple(high - low, step):
-        problem(at + ("step",), f"high - low ({high - low:g}) is not a multiple of step {step:g}; "
-                                f"adjust high or step")
+        problem(at + ("step",), f"high - low ({high - low:g}) is not a multiple of step {step:g}; adjust high or step")
         return False
     return True
 
@@ -321,8 +340,11 @@ def _check_sections(raw: dict, sampled: bool, problem: Callable) -> dict[str, An
     trials_valid = "trials_per_pair" in valid["budget"] or "trials_per_pair" not in given["budget"]
     if not sampled and trials > 1 and trials_valid:
         default = "" if "trials_per_pair" in given["budget"] else " (the default)"
-        problem(("budget", "trials_per_pair"), f"is {trials}{default} but nothing is sampled (params is empty), "
-                                               f"so every trial would be the same run; set it to 1 or add params")
+        problem(
+            ("budget", "trials_per_pair"),
+            f"is {trials}{default} but nothing is sampled (params is empty), "
+            f"so every trial would be the same run; set it to 1 or add params",
+        )
     return sections
 
 
@@ -332,9 +354,10 @@ def _check_section(section: str, values: dict, problem: Callable) -> dict[str, A
         "trials_per_pair": lambda v: _whole(v, 1, False, "trials each pair gets"),
         "max_concurrent": lambda v: _whole(v, 1, True, "trials running at once; null lets resources decide"),
         "grace_period": lambda v: _whole(v, 1, False, "evals a trial runs before it may be stopped"),
-        "reduction_factor": lambda v: (_type_error(v, float) or
-                                       (f"must be >= 2, got {v!r}; ASHA keeps 1/reduction_factor of the trials "
-                                        f"at each rung" if v < 2 else None)),
+        "reduction_factor": lambda v: (
+            _type_error(v, float)
+            or (f"must be >= 2, got {v!r}; ASHA keeps 1/reduction_factor of the trials at each rung" if v < 2 else None)
+        ),
         "seed": lambda v: _whole(v, 0, True, "the seed pairs' study seeds derive from; null = unseeded"),
         "startup_trials": lambda v: _whole(v, 0, True, "random trials before TPE models"),
         "type": lambda v: _one_of(v, SCHEDULERS if section == "scheduler" else SAMPLERS),

@@ -19,8 +19,8 @@ class Loader(yaml.SafeLoader):
 
 
 Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"))
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 class Where:
@@ -50,7 +50,7 @@ def parse(path: Path, shown: str) -> tuple[Any, dict[At, int], list[str]]:
     except OSError as error:
         raise BadInput(f"{shown}: cannot be read ({error.strerror}); check its permissions") from None
     except UnicodeDecodeError as error:
-        line = error.object[:error.start].count(b"\n") + 1
+        line = error.object[: error.start].count(b"\n") + 1
         raise BadInput(f"{shown}:{line}: is not UTF-8 text; save the file as UTF-8") from None
     loader = Loader(text)
     try:
@@ -61,24 +61,30 @@ def parse(path: Path, shown: str) -> tuple[Any, dict[At, int], list[str]]:
         line = f":{mark.line + 1}" if mark is not None else ""
         context, what = getattr(error, "context", None), getattr(error, "problem", None)
         what = f"{context}, {what}" if context and what else what or str(error).splitlines()[0]
-        raise BadInput(f"{shown}{line}: not valid YAML ({what}); fix the syntax (indent with spaces, "
-                       f"quote text containing ': ' or '#')") from None
+        raise BadInput(
+            f"{shown}{line}: not valid YAML ({what}); fix the syntax (indent with spaces, "
+            f"quote text containing ': ' or '#')"
+        ) from None
     finally:
         loader.dispose()
     if node is None:
-        raise BadInput(f"{shown}: is empty; a search space needs at least fixed: or params: "
-                       f"(see search_spaces/README.md)")
+        raise BadInput(
+            f"{shown}: is empty; a search space needs at least fixed: or params: (see search_spaces/README.md)"
+        )
     if not isinstance(data, dict):
-        raise BadInput(f"{shown}:{node.start_mark.line + 1}: the top level must be a mapping of sections "
-                       f"({', '.join(SECTIONS)}); see search_spaces/README.md")
+        raise BadInput(
+            f"{shown}:{node.start_mark.line + 1}: the top level must be a mapping of sections "
+            f"({', '.join(SECTIONS)}); see search_spaces/README.md"
+        )
     lines: dict[At, int] = {(): node.start_mark.line + 1}
     problems: list[str] = []
     _record_lines(node, (), lines, problems, shown)
     return data, lines, problems
 
 
-def _record_lines(node: yaml.Node, at: At, lines: dict[At, int], problems: list[str], shown: str,
-                  seen: set[int] | None = None) -> None:
+def _record_lines(
+    node: yaml.Node, at: At, lines: dict[At, int], problems: list[str], shown: str, seen: set[int] | None = None
+) -> None:
     """Walk the composed document: note each key's line and report keys given twice (YAML keeps the last).
 
     Each node is walked once: an alias (`*name`) shares its anchor's node, so nested aliases would otherwise
@@ -95,8 +101,9 @@ def _record_lines(node: yaml.Node, at: At, lines: dict[At, int], problems: list[
                 continue
             key, line = key_node.value, key_node.start_mark.line + 1
             if key in first:
-                problems.append(f"{shown}:{line}: {dotted(at + (key,))}: given twice (first on line "
-                                f"{first[key]}); keep one")
+                problems.append(
+                    f"{shown}:{line}: {dotted(at + (key,))}: given twice (first on line {first[key]}); keep one"
+                )
             first[key] = line
             lines[at + (key,)] = line
             _record_lines(value_node, at + (key,), lines, problems, shown, seen)
@@ -122,8 +129,9 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> tuple[list[tuple[
     return parsed, problems
 
 
-def apply_overrides(raw: dict, overrides: list[tuple[str, Any, str]],
-                    shown: str) -> tuple[list[str], dict[At, str], list[str]]:
+def apply_overrides(
+    raw: dict, overrides: list[tuple[str, Any, str]], shown: str
+) -> tuple[list[str], dict[At, str], list[str]]:
     """Write overrides into the raw document (pinning sampled parameters): problems for unknown keys, where
     each override went, and a note for every sampled parameter an override pinned."""
     problems, located, notes = [], {}, []
@@ -143,8 +151,10 @@ def apply_overrides(raw: dict, overrides: list[tuple[str, Any, str]],
             # Easy to do by accident (a quick experiment with one value): say that the search stops tuning it.
             raw["params"].pop(name)
             given = text.partition("=")[2].strip()
-            notes.append(f"--set {text}: {name} is sampled by {shown}; it is now fixed at {given} for every "
-                         f"trial and no longer searched")
+            notes.append(
+                f"--set {text}: {name} is sampled by {shown}; it is now fixed at {given} for every "
+                f"trial and no longer searched"
+            )
         located[target] = text
     return problems, located, notes
 

@@ -35,6 +35,13 @@ def shown(value: Any) -> str:
 
 def kind_of(value: Any) -> str:
     """What sort of YAML value this is, in words ("a list", "text", ...)."""
-    names = {bool: "true/false", int: "a number", float: "a number", str: "text", list: "a list",
-             dict: "a mapping", type(None): "null"}
+    names = {
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+        str: "text",
+        list: "a list",
+        dict: "a mapping",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)

@@ -59,8 +59,10 @@ def locate(text: str) -> tuple[Path, str]:
         except ValueError:
             shown = str(path)
     if not path.exists():
-        raise BadInput(f"{shown}: no such file; check the path, or give the name of a shipped space "
-                       f"({', '.join(shipped_spaces()) or 'none found'})")
+        raise BadInput(
+            f"{shown}: no such file; check the path, or give the name of a shipped space "
+            f"({', '.join(shipped_spaces()) or 'none found'})"
+        )
     if path.is_dir():
         raise BadInput(f"{shown}: is a directory; give a .yaml file")
     if not path.is_file():
@@ -70,11 +72,15 @@ def locate(text: str) -> tuple[Path, str]:
 
 def _shipped(name: str) -> Path:
     if not SPACES_DIR.is_dir():
-        raise BadInput(f"search space '{name}': the shipped search_spaces folder is missing from this install "
-                       f"({SPACES_DIR}); pass the path of a .yaml file instead")
+        raise BadInput(
+            f"search space '{name}': the shipped search_spaces folder is missing from this install "
+            f"({SPACES_DIR}); pass the path of a .yaml file instead"
+        )
     path = SPACES_DIR / f"{name}.yaml"
     if not path.is_file():
         names = sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
-        raise BadInput(f"search space '{name}' is not shipped; {suggest(name, names, 'shipped spaces are')} "
-                       f"(or pass the path of a .yaml file)")
+        raise BadInput(
+            f"search space '{name}' is not shipped; {suggest(name, names, 'shipped spaces are')} "
+            f"(or pass the path of a .yaml file)"
+        )
     return path
