@@ -33,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the device machine runs it from a bare checkout
 
 import torch  # noqa: E402
+from bench_step import random_weights_preset, sync, synthetic_pair, timed  # noqa: E402 (beside this file)
 
 from splice_model import PairScorer, SpliceConfig, SpliceTrainer  # noqa: E402
 from splice_model.train import resolve_device, uses_amp  # noqa: E402
@@ -74,30 +75,9 @@ class Table:
             print("| " + " | ".join(row) + " |")
 
 
-def random_weights(vit: str) -> str:
-    """Name of a copy of preset `vit` with seeded random weights (nothing to download)."""
-    preset = VIT_PRESETS[vit]
-    if preset.url is None:
-        return vit
-    name = f"{vit}-random-weights"
-    VIT_PRESETS[name] = dataclasses.replace(preset, url=None)
-    return name
-
-
-def synthetic_pair(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A structure image (shapes on a light background) and an appearance image (stripes), (3, size, size)."""
-    y, x = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
-    structure = torch.full((3, size, size), 0.85)
-    structure[:, (x - 0.35) ** 2 + (y - 0.4) ** 2 < 0.06] = torch.tensor([0.8, 0.15, 0.15])[:, None]
-    structure[:, (x > 0.55) & (x < 0.9) & (y > 0.3) & (y < 0.85)] = torch.tensor([0.1, 0.25, 0.8])[:, None]
-    phase = (x + y) * 40
-    appearance = 0.5 + 0.35 * torch.stack([phase.sin(), (phase + 2).sin(), (phase / 2).cos()])
-    return structure, appearance
-
-
 def config_for(setting: Setting, mode: str, device: torch.device, **changes) -> SpliceConfig:
     return SpliceConfig(
-        vit=random_weights(setting.vit),
+        vit=random_weights_preset(setting.vit),
         max_side=setting.size,
         vit_size=setting.vit_size,
         vit_max_side=max(480, setting.vit_size),
@@ -106,19 +86,6 @@ def config_for(setting: Setting, mode: str, device: torch.device, **changes) -> 
         compile=mode.endswith("compile"),
         **changes,
     )
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(function, device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    function()
-    sync(device)
-    return time.perf_counter() - start
 
 
 def free(device: torch.device) -> None:
@@ -244,7 +211,7 @@ def drift_section(table: Table, setting: Setting, device: torch.device, steps: i
         table.add("drift", setting.label, "skipped (time budget)")
         return
     structure, appearance = synthetic_pair(setting.size)
-    features = build_vit(random_weights(setting.vit))
+    features = build_vit(random_weights_preset(setting.vit))
     scores = {}
     for run, mode, seed in (("fp32", "fp32", 0), ("bf16", "bf16", 0), ("fp32 seed 1", "fp32", 1)):
         config = config_for(setting, mode, device, steps=steps, eval_every=steps, seed=seed)
