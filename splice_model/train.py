@@ -73,7 +73,7 @@ def native_bf16(device: torch.device) -> bool:
     """Whether `device` computes bf16 in hardware: CUDA GPUs with bf16 (Ampere and later), CPUs with
     AVX512-BF16 or AMX. Elsewhere bf16 is emulated and slower than fp32."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "cpu":
         # torch.cpu's feature probes are private; a torch without them simply gets fp32.
         probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
