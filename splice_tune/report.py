@@ -334,39 +334,47 @@ def _html_page(search: str, experiment_id: str, uri: str, reports: list[PairRepo
     params = list(dict.fromkeys(name for r in reports for name in r.varying))
     parts.append(analysis.summary_html(winners, params, [r.analysis for r in reports if r.analysis]))
     for report in reports:
-        parts.append(f'<h2 id="{escape(report.name)}">{escape(report.name)}</h2>')
-        if report.winner is not None:
-            parts.append(
-                f"<p>Winner: trial <b>{escape(report.winner.name)}</b>, splice_score "
-                f"{number(report.winner.scores['splice_score'])}. Render it: "
-                f"<code>splice-tune best --pair {escape(report.name)} --search {escape(search)}</code></p>"
-            )
-        else:
-            parts.append("<p>No finished trial yet.</p>")
-        parts.append(f'<img alt="{escape(report.name)} Pareto front" src="{_data_uri(report.pareto)}">')
-        parts.append(f'<img alt="{escape(report.name)} contact sheet" src="{_data_uri(report.sheet)}">')
-        if report.analysis and report.analysis.figure:
-            parts.append(f'<img alt="{escape(report.name)} analysis" src="{_data_uri(report.analysis.figure)}">')
-        if report.analysis and report.analysis.note:
-            parts.append(f'<p class="muted">{escape(report.analysis.note)}</p>')
-        header = ["trial", "status", "step", *SCORES, *report.varying, "MLflow"]
-        parts.append("<table><tr>" + "".join(f"<th>{escape(name)}</th>" for name in header) + "</tr>")
-        for row in report.rows:
-            error = row.run.data.tags.get(tracking.TAG_ERROR, "").strip().splitlines()
-            status = f'<td class="text" title="{escape(error[-1])}">' if error else '<td class="text">'
-            cells = [
-                f'<td class="text">{escape(row.name)}</td>',
-                f"{status}{escape(row.state)}</td>",
-                f"<td>{'-' if row.step is None else row.step}</td>",
-                *(f"<td>{number(row.scores.get(name))}</td>" for name in SCORES),
-                *(f"<td>{escape(number(row.run.data.params.get(name)))}</td>" for name in report.varying),
-                f'<td class="text"><a href="{escape(results.ui_link(base, experiment_id, row.run.info.run_id))}'
-                f'">run</a></td>',
-            ]
-            css = ' class="winner"' if row is report.winner else ""
-            parts.append(f"<tr{css}>" + "".join(cells) + "</tr>")
-        parts.append("</table>")
-        settings = ", ".join(f"{name}={number(value)}" for name, value in report.settings.items())
-        parts.append(f'<p class="muted">Same in every trial: {escape(settings) or "-"}</p>')
+        parts += _pair_section(report, search, base, experiment_id)
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _pair_section(report: PairReport, search: str, base: str, experiment_id: str) -> list[str]:
+    """The page's part for one pair: its winner, images, analysis note and a table of every trial."""
+    escape = html.escape
+    parts = []
+    parts.append(f'<h2 id="{escape(report.name)}">{escape(report.name)}</h2>')
+    if report.winner is not None:
+        parts.append(
+            f"<p>Winner: trial <b>{escape(report.winner.name)}</b>, splice_score "
+            f"{number(report.winner.scores['splice_score'])}. Render it: "
+            f"<code>splice-tune best --pair {escape(report.name)} --search {escape(search)}</code></p>"
+        )
+    else:
+        parts.append("<p>No finished trial yet.</p>")
+    parts.append(f'<img alt="{escape(report.name)} Pareto front" src="{_data_uri(report.pareto)}">')
+    parts.append(f'<img alt="{escape(report.name)} contact sheet" src="{_data_uri(report.sheet)}">')
+    if report.analysis and report.analysis.figure:
+        parts.append(f'<img alt="{escape(report.name)} analysis" src="{_data_uri(report.analysis.figure)}">')
+    if report.analysis and report.analysis.note:
+        parts.append(f'<p class="muted">{escape(report.analysis.note)}</p>')
+    header = ["trial", "status", "step", *SCORES, *report.varying, "MLflow"]
+    parts.append("<table><tr>" + "".join(f"<th>{escape(name)}</th>" for name in header) + "</tr>")
+    for row in report.rows:
+        error = row.run.data.tags.get(tracking.TAG_ERROR, "").strip().splitlines()
+        status = f'<td class="text" title="{escape(error[-1])}">' if error else '<td class="text">'
+        cells = [
+            f'<td class="text">{escape(row.name)}</td>',
+            f"{status}{escape(row.state)}</td>",
+            f"<td>{'-' if row.step is None else row.step}</td>",
+            *(f"<td>{number(row.scores.get(name))}</td>" for name in SCORES),
+            *(f"<td>{escape(number(row.run.data.params.get(name)))}</td>" for name in report.varying),
+            f'<td class="text"><a href="{escape(results.ui_link(base, experiment_id, row.run.info.run_id))}'
+            f'">run</a></td>',
+        ]
+        css = ' class="winner"' if row is report.winner else ""
+        parts.append(f"<tr{css}>" + "".join(cells) + "</tr>")
+    parts.append("</table>")
+    settings = ", ".join(f"{name}={number(value)}" for name, value in report.settings.items())
+    parts.append(f'<p class="muted">Same in every trial: {escape(settings) or "-"}</p>')
+    return parts

@@ -66,6 +66,7 @@ class PairSearcher(Searcher):
         self.samplers = {pair: make_sampler(space, pair) for pair in self.pairs}
         self._run_ids_stored: set[str] = set()
         use_storage(search, storage_url)
+        studies.make_folder(storage_url)
         storage = optuna.storages.get_storage(storage_url)
         for pair in self.pairs:
             study = optuna.create_study(

@@ -53,6 +53,14 @@ def sqlite_file(url: str) -> Path | None:
     return Path(path) if path and path != ":memory:" else None
 
 
+def make_folder(url: str) -> None:
+    """Create the folder of a SQLite storage's file (SQLite creates the file, not its folder): with a
+    tracking server, nothing else creates the root."""
+    db = sqlite_file(url)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+
+
 def stored_names(url: str) -> list[str] | None:
     """The study names in the storage at `url`; [] when a SQLite file does not exist yet (nothing is created),
     None when the storage cannot be read."""
