@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import html
 import math
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import optuna
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from splice_tune import studies
 from splice_tune.formatting import number
@@ -106,6 +108,7 @@ def _draw_history(axes, study: optuna.Study) -> None:
     failed = sum(t.state == optuna.trial.TrialState.FAIL for t in trials)
     axes.set_title("optimisation history" + (f" ({failed} failed, not shown)" if failed else ""))
     axes.set_xlabel("trial")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_ylabel("objective")
     if done or stopped:
         axes.legend(fontsize="small")
@@ -160,7 +163,7 @@ def _draw_parallel(axes, study: optuna.Study) -> None:
 def _draw_importances(axes, importances: dict[str, float], note: str | None) -> None:
     axes.set_title("parameter importances (fANOVA)")
     if not importances:
-        axes.text(0.5, 0.5, note or "", ha="center", va="center", wrap=True, transform=axes.transAxes)
+        axes.text(0.5, 0.5, textwrap.fill(note or "", 32), ha="center", va="center", transform=axes.transAxes)
         axes.set_axis_off()
         return
     ordered = sorted(importances.items(), key=lambda item: item[1])
