@@ -202,6 +202,10 @@ def search(
     tracking_uri: Optional[str] = _tracking_uri_option(
         "MLflow tracking URI, e.g. http://mlflow:5000 \\[default: SQLite under ROOT]."
     ),
+    optuna_storage: Optional[str] = typer.Option(
+        None,
+        help="Optuna storage URL of the pairs' studies, e.g. postgresql://… \\[default: sqlite:///ROOT/optuna.db].",
+    ),
     address: Optional[str] = typer.Option(
         None, help="Ray cluster to join: HEAD:6379 of its head node, or auto \\[default: start a local Ray]."
     ),
@@ -229,6 +233,7 @@ def search(
         root=root,
         storage=storage,
         tracking_uri=tracking_uri,
+        optuna_storage=optuna_storage,
         address=address,
         cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial,
@@ -298,11 +303,14 @@ def report(
     out_dir: Optional[Path] = typer.Option(None, help="Where to write the report \\[default: ROOT/reports/SEARCH]."),
     root: Root = DEFAULT_ROOT,
     tracking_uri: Optional[str] = _tracking_uri_option("MLflow tracking URI \\[default: SQLite under ROOT]."),
+    optuna_storage: Optional[str] = typer.Option(
+        None, help="Optuna storage URL \\[default: sqlite:///ROOT/optuna.db]."
+    ),
 ) -> None:
-    """Pareto plots, contact sheets and an HTML page of a search (also logged to MLflow under report/)."""
+    """Pareto plots, contact sheets, study analysis and an HTML page of a search (also logged to MLflow)."""
     from splice_tune.report import ReportRequest, run_report
 
-    run_report(ReportRequest(pair, search, out_dir, root, tracking_uri))
+    run_report(ReportRequest(pair, search, out_dir, root, tracking_uri, optuna_storage))
 
 
 @app.command()
@@ -317,6 +325,24 @@ def ui(
     from splice_tune.ui import serve_ui
 
     sys.exit(serve_ui(root, host, port, console))
+
+
+@app.command()
+def dashboard(
+    port: int = typer.Option(8080, help="Port to serve on."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Interface to bind; only this machine can connect unless you give another (e.g. 0.0.0.0)."
+    ),
+    root: Root = DEFAULT_ROOT,
+    optuna_storage: Optional[str] = typer.Option(
+        None, help="Optuna storage URL \\[default: sqlite:///ROOT/optuna.db]."
+    ),
+) -> None:
+    """Serve optuna-dashboard on the searches' Optuna studies (one per search and pair) until Ctrl-C."""
+    from splice_tune.dashboard import serve_dashboard, storage_flag
+
+    url, flag = storage_flag(optuna_storage, root)
+    sys.exit(serve_dashboard(url, flag, host, port, console))
 
 
 @app.command()

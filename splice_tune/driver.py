@@ -17,7 +17,7 @@ import torch
 from rich.console import Console
 
 from splice_model.images import load_image
-from splice_tune import search_plan, store, tracking, tune_callback
+from splice_tune import search, search_plan, store, studies, tracking, tune_callback
 from splice_tune.console import LiveView
 from splice_tune.errors import BadInput
 from splice_tune.pairs import Pair, read_pairs
@@ -70,11 +70,16 @@ def plan_search(request: SearchRequest) -> SearchPlan:
     fingerprints = search_plan.search_fingerprints(space, pairs) if not problems else {}
     if not problems:
         problems += search_plan.recorded_search_problems(request, name, space, pairs, fingerprints)
+    optuna_url = studies.resolve_url(request.optuna_storage, request.root)
+    if not problems:
+        problems += search_plan.study_problems(request, name, pairs, optuna_url)
     if problems:
         raise BadInput(problems)
     baselines = search_plan.check_vit_and_pairs(space, pairs)
     max_concurrent = request.max_concurrent or space.budget.max_concurrent
-    return SearchPlan(request, name, pairs, space, storage, tracking_uri, max_concurrent, baselines, fingerprints)
+    return SearchPlan(
+        request, name, pairs, space, storage, tracking_uri, optuna_url, max_concurrent, baselines, fingerprints
+    )
 
 
 def run_search(
@@ -120,10 +125,10 @@ def run_search(
         request.progress_every,
     )
     with tune_callback.session(plan.name, tracker, view) as callback:
-        tuner = _tuner(plan, trainable, callback, tracker, view)
+        tuner = _tuner(plan, trainable, callback, tracker, view, parent_runs)
         console.print(
             f"search [bold]{plan.name}[/]: {len(plan.pairs)} pairs x {space.budget.trials_per_pair} "
-            f"trials, space {space.path}, MLflow {plan.tracking_uri}"
+            f"trials, space {space.path}, MLflow {plan.tracking_uri}, Optuna {studies.shown(plan.optuna_url)}"
         )
         with view, tune_callback.ray_noise_filtered(request.verbose):
             grid = tuner.fit()
@@ -138,6 +143,7 @@ def _record_start(plan: SearchPlan) -> tuple[tracking.SearchTracker, dict[str, s
         tracker.tag_search(key, value)
     if plan.space.description:
         tracker.tag_search(tracking.TAG_DESCRIPTION, plan.space.description)
+    tracker.tag_search(studies.TAG_STORAGE, studies.shown(plan.optuna_url))
     parent_runs = {
         pair.name: tracker.pair_run(pair.name, pair.structure, pair.appearance, plan.baselines[pair.name], pair.notes)
         for pair in plan.pairs
@@ -145,9 +151,12 @@ def _record_start(plan: SearchPlan) -> tuple[tracking.SearchTracker, dict[str, s
     return tracker, parent_runs
 
 
-def _tuner(plan: SearchPlan, trainable, callback, tracker: tracking.SearchTracker, view: LiveView):
-    """The Tune run of the whole search: a new one, or with --resume the interrupted one restored (with its
-    searcher, so the same Optuna studies, and the callback it pickled, not `callback`)."""
+def _tuner(
+    plan: SearchPlan, trainable, callback, tracker: tracking.SearchTracker, view: LiveView, parent_runs: dict[str, str]
+):
+    """The Tune run of the whole search: a new one (whose searcher creates the pairs' studies in the Optuna
+    storage), or with --resume the interrupted one restored (with its searcher, reattached to the same
+    stored studies, and the callback it pickled, not `callback`)."""
     from ray import tune
 
     request, space = plan.request, plan.space
@@ -155,6 +164,7 @@ def _tuner(plan: SearchPlan, trainable, callback, tracker: tracking.SearchTracke
         # Runs left RUNNING by a driver that died are marked interrupted; those Ray resumes reopen them.
         tracker.mark_interrupted()
         view.load(tracker.trial_runs())
+        search.use_storage(plan.name, plan.optuna_url)
         # Failed trials used their retries already: resuming continues unfinished trials only.
         return tune.Tuner.restore(
             f"{plan.storage.rstrip('/')}/{plan.name}", trainable=trainable, resume_unfinished=True, resume_errored=False
@@ -172,7 +182,7 @@ def _tuner(plan: SearchPlan, trainable, callback, tracker: tracking.SearchTracke
         trainable,
         run_config=run_config,
         tune_config=tune.TuneConfig(
-            search_alg=PairSearcher(pair_names, space),
+            search_alg=PairSearcher(plan.name, pair_names, space, plan.optuna_url, parent_runs),
             scheduler=PairScheduler(space, evals_per_trial(space)),
             num_samples=len(pair_names) * space.budget.trials_per_pair,
             max_concurrent_trials=plan.max_concurrent,

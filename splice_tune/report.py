@@ -1,12 +1,13 @@
 """`splice-tune report`: what a search found, per pair, as pictures a person can judge at a glance.
 
 Per pair: a Pareto plot (structure_score against appearance_score of every finished trial, the
-non-dominated front, the winner by splice_score) and a contact sheet (the two inputs, then every trial's
-output ordered by splice_score, its scores written under it). Both are written to the output folder and
-logged to the pair's parent run under ``report/``. One self-contained HTML page (images embedded) covers
-the pairs reported: ``index.html`` for the whole search, ``PAIR.html`` with ``--pair``. The page is logged
-once, to the parent run of the first pair it covers: a copy on every pair's run would make the stored
-size grow with the square of the number of pairs.
+non-dominated front, the winner by splice_score), a contact sheet (the two inputs, then every trial's
+output ordered by splice_score, its scores written under it) and the analysis of its stored Optuna study
+(`analysis`: history, parallel coordinates, importances). All are written to the output folder and logged
+to the pair's parent run under ``report/``. One self-contained HTML page (images embedded), starting with
+a cross-pair summary, covers the pairs reported: ``index.html`` for the whole search, ``PAIR.html`` with
+``--pair``. The page is logged once, to the parent run of the first pair it covers: a copy on every pair's
+run would make the stored size grow with the square of the number of pairs.
 """
 
 from __future__ import annotations
@@ -22,23 +23,15 @@ from pathlib import Path
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 from mlflow.entities import Run
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image
 from rich.console import Console
 
-from splice_tune import results, store, tracking
+from splice_tune import analysis, contact_sheet, results, store, studies, tracking
 from splice_tune.errors import BadInput
 from splice_tune.formatting import number
 from splice_tune.results import NOT_SETTINGS, SCORES
 
 SHORT_VIT_NOTE = "random-weight ViT, NOT DINO"
-
-# Contact sheet layout (pixels)
-THUMB = (200, 150)
-PAD = 10
-LINE = 16
-LABEL_LINES = 4
-MAX_COLUMNS = 6
-WINNER_COLOUR = (230, 170, 0)
 
 
 @dataclass
@@ -50,6 +43,7 @@ class ReportRequest:
     out_dir: Path | None = None
     root: Path = store.DEFAULT_ROOT
     tracking_uri: str | None = None
+    optuna_storage: str | None = None
 
 
 @dataclass
@@ -74,6 +68,7 @@ class PairReport:
     sheet: Path
     settings: dict[str, str] = field(default_factory=dict)  # params equal in every trial
     varying: list[str] = field(default_factory=list)  # sampled or otherwise differing params
+    analysis: analysis.PairAnalysis | None = None  # drawn from the pair's stored Optuna study
 
 
 @dataclass
@@ -100,18 +95,24 @@ def run_report(request: ReportRequest, console: Console | None = None) -> Report
 
     note = results.vit_note([trial for pair in pairs.values() for trial in pair.trials])
     reports = []
+    storage_url = studies.resolve_url(request.optuna_storage, request.root)
     for pair in pairs.values():
         with tempfile.TemporaryDirectory(prefix="splice-report-") as tmp:
             report = _pair_report(client, experiment.name, pair, out_dir, Path(tmp), note is not None)
-        for path in (report.pareto, report.sheet):
-            store.retry(client.log_artifact, report.parent_run_id, str(path), "report")
+        title = f"{experiment.name} / {pair.name}" + (f"  ({SHORT_VIT_NOTE})" if note else "")
+        path = out_dir / f"{pair.name}_analysis.png"
+        report.analysis = analysis.analyse_pair(storage_url, experiment.name, pair.name, title, path)
+        for path in (report.pareto, report.sheet, report.analysis.figure):
+            if path is not None:
+                store.retry(client.log_artifact, report.parent_run_id, str(path), "report")
         reports.append(report)
 
     page = out_dir / ("index.html" if request.pair is None else f"{request.pair}.html")
     page.write_text(_html_page(experiment.name, experiment.experiment_id, uri, reports, note), encoding="utf-8")
     store.retry(client.log_artifact, reports[0].parent_run_id, str(page), "report")
     console.print(
-        f"wrote {out_dir}: {', '.join(f'{r.name}_pareto.png, {r.name}_sheet.png' for r in reports)}, {page.name}",
+        f"wrote {out_dir}: {', '.join(f'{r.name}_pareto.png, {r.name}_sheet.png' for r in reports)}"
+        f"{''.join(f', {r.analysis.figure.name}' for r in reports if r.analysis.figure)}, {page.name}",
         highlight=False,
     )
     console.print(
@@ -133,7 +134,7 @@ def _pair_report(
     bases = {key: pair.parent.data.metrics.get(key) for key in ("structure_base", "appearance_base")}
     pareto = _pareto_plot(rows, winner, bases, title, out_dir / f"{pair.name}_pareto.png")
     inputs = [(_open_rgb(results.input_image(client, pair, role, tmp)), role) for role in ("structure", "appearance")]
-    sheet = _contact_sheet(inputs, rows, winner, title, out_dir / f"{pair.name}_sheet.png")
+    sheet = contact_sheet.draw(inputs, rows, winner, title, out_dir / f"{pair.name}_sheet.png")
     settings, varying = _split_params([row.run for row in rows])
     return PairReport(pair.name, pair.parent.info.run_id, rows, winner, pareto, sheet, settings, varying)
 
@@ -289,61 +290,6 @@ def _draw_copy_line(axes, structure_base: float | None, appearance_base: float |
         axes.plot([0, structure_base], [appearance_base, 0], "--", color="0.6", label=label)
 
 
-def _font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has only the fixed-size bitmap font
-        return ImageFont.load_default()
-
-
-def _contact_sheet(
-    inputs: list[tuple[Image.Image, str]], rows: list[TrialRow], winner: TrialRow | None, title: str, path: Path
-) -> Path:
-    tiles = [(image, [f"{role} (input)", f"{image.width}x{image.height}"], False) for image, role in inputs]
-    for row in rows:
-        if row.image is None:
-            continue  # failed before its first eval: nothing to show
-        at_step = f" @ step {row.step}" if row.step is not None and row.state != results.FINISHED else ""
-        scores = row.scores
-        lines = [
-            f"trial {row.name}",
-            f"{row.state}{at_step}",
-            f"splice {number(scores['splice_score'])}" if "splice_score" in scores else "no score",
-            f"struct {number(scores.get('structure_score'))}  app {number(scores.get('appearance_score'))}",
-        ]
-        tiles.append((row.image, lines, row is winner))
-    columns = min(len(tiles), MAX_COLUMNS)
-    cell = (THUMB[0] + PAD, THUMB[1] + LABEL_LINES * LINE + 2 * PAD)
-    header = 2 * LINE + 2 * PAD
-    grid_rows = math.ceil(len(tiles) / columns)
-    sheet = Image.new("RGB", (columns * cell[0] + PAD, header + grid_rows * cell[1]), "white")
-    draw = ImageDraw.Draw(sheet)
-    draw.text((PAD, PAD), title, fill="black", font=_font(15))
-    draw.text(
-        (PAD, PAD + LINE + 2),
-        "inputs, then trials by splice_score (lower is better; gold frame: winner)",
-        fill=(90, 90, 90),
-        font=_font(12),
-    )
-    font = _font(13)
-    for index, (image, lines, is_winner) in enumerate(tiles):
-        left = PAD + (index % columns) * cell[0]
-        top = header + (index // columns) * cell[1]
-        thumbnail = ImageOps.contain(image, THUMB)
-        offset = (left + (THUMB[0] - thumbnail.width) // 2, top + (THUMB[1] - thumbnail.height) // 2)
-        sheet.paste(thumbnail, offset)
-        if is_winner:
-            draw.rectangle(
-                (offset[0] - 4, offset[1] - 4, offset[0] + thumbnail.width + 3, offset[1] + thumbnail.height + 3),
-                outline=WINNER_COLOUR,
-                width=4,
-            )
-        for line_number, line in enumerate(lines):
-            draw.text((left, top + THUMB[1] + 6 + line_number * LINE), line, fill="black", font=font)
-    sheet.save(path)
-    return path
-
-
 def _split_params(runs: list[Run]) -> tuple[dict[str, str], list[str]]:
     """(settings equal in every trial, names of the params that were sampled or differ), sampled first."""
     names = sorted({name for run in runs for name in run.data.params} - NOT_SETTINGS)
@@ -384,36 +330,51 @@ def _html_page(search: str, experiment_id: str, uri: str, reports: list[PairRepo
     parts.append(
         "<p>Pairs: " + ", ".join(f'<a href="#{escape(r.name)}">{escape(r.name)}</a>' for r in reports) + "</p>"
     )
+    winners = {r.name: r.winner.run.data.params if r.winner else None for r in reports}
+    params = list(dict.fromkeys(name for r in reports for name in r.varying))
+    parts.append(analysis.summary_html(winners, params, [r.analysis for r in reports if r.analysis]))
     for report in reports:
-        parts.append(f'<h2 id="{escape(report.name)}">{escape(report.name)}</h2>')
-        if report.winner is not None:
-            parts.append(
-                f"<p>Winner: trial <b>{escape(report.winner.name)}</b>, splice_score "
-                f"{number(report.winner.scores['splice_score'])}. Render it: "
-                f"<code>splice-tune best --pair {escape(report.name)} --search {escape(search)}</code></p>"
-            )
-        else:
-            parts.append("<p>No finished trial yet.</p>")
-        parts.append(f'<img alt="{escape(report.name)} Pareto front" src="{_data_uri(report.pareto)}">')
-        parts.append(f'<img alt="{escape(report.name)} contact sheet" src="{_data_uri(report.sheet)}">')
-        header = ["trial", "status", "step", *SCORES, *report.varying, "MLflow"]
-        parts.append("<table><tr>" + "".join(f"<th>{escape(name)}</th>" for name in header) + "</tr>")
-        for row in report.rows:
-            error = row.run.data.tags.get(tracking.TAG_ERROR, "").strip().splitlines()
-            status = f'<td class="text" title="{escape(error[-1])}">' if error else '<td class="text">'
-            cells = [
-                f'<td class="text">{escape(row.name)}</td>',
-                f"{status}{escape(row.state)}</td>",
-                f"<td>{'-' if row.step is None else row.step}</td>",
-                *(f"<td>{number(row.scores.get(name))}</td>" for name in SCORES),
-                *(f"<td>{escape(number(row.run.data.params.get(name)))}</td>" for name in report.varying),
-                f'<td class="text"><a href="{escape(results.ui_link(base, experiment_id, row.run.info.run_id))}'
-                f'">run</a></td>',
-            ]
-            css = ' class="winner"' if row is report.winner else ""
-            parts.append(f"<tr{css}>" + "".join(cells) + "</tr>")
-        parts.append("</table>")
-        settings = ", ".join(f"{name}={number(value)}" for name, value in report.settings.items())
-        parts.append(f'<p class="muted">Same in every trial: {escape(settings) or "-"}</p>')
+        parts += _pair_section(report, search, base, experiment_id)
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _pair_section(report: PairReport, search: str, base: str, experiment_id: str) -> list[str]:
+    """The page's part for one pair: its winner, images, analysis note and a table of every trial."""
+    escape = html.escape
+    parts = []
+    parts.append(f'<h2 id="{escape(report.name)}">{escape(report.name)}</h2>')
+    if report.winner is not None:
+        parts.append(
+            f"<p>Winner: trial <b>{escape(report.winner.name)}</b>, splice_score "
+            f"{number(report.winner.scores['splice_score'])}. Render it: "
+            f"<code>splice-tune best --pair {escape(report.name)} --search {escape(search)}</code></p>"
+        )
+    else:
+        parts.append("<p>No finished trial yet.</p>")
+    parts.append(f'<img alt="{escape(report.name)} Pareto front" src="{_data_uri(report.pareto)}">')
+    parts.append(f'<img alt="{escape(report.name)} contact sheet" src="{_data_uri(report.sheet)}">')
+    if report.analysis and report.analysis.figure:
+        parts.append(f'<img alt="{escape(report.name)} analysis" src="{_data_uri(report.analysis.figure)}">')
+    if report.analysis and report.analysis.note:
+        parts.append(f'<p class="muted">{escape(report.analysis.note)}</p>')
+    header = ["trial", "status", "step", *SCORES, *report.varying, "MLflow"]
+    parts.append("<table><tr>" + "".join(f"<th>{escape(name)}</th>" for name in header) + "</tr>")
+    for row in report.rows:
+        error = row.run.data.tags.get(tracking.TAG_ERROR, "").strip().splitlines()
+        status = f'<td class="text" title="{escape(error[-1])}">' if error else '<td class="text">'
+        cells = [
+            f'<td class="text">{escape(row.name)}</td>',
+            f"{status}{escape(row.state)}</td>",
+            f"<td>{'-' if row.step is None else row.step}</td>",
+            *(f"<td>{number(row.scores.get(name))}</td>" for name in SCORES),
+            *(f"<td>{escape(number(row.run.data.params.get(name)))}</td>" for name in report.varying),
+            f'<td class="text"><a href="{escape(results.ui_link(base, experiment_id, row.run.info.run_id))}'
+            f'">run</a></td>',
+        ]
+        css = ' class="winner"' if row is report.winner else ""
+        parts.append(f"<tr{css}>" + "".join(cells) + "</tr>")
+    parts.append("</table>")
+    settings = ", ".join(f"{name}={number(value)}" for name, value in report.settings.items())
+    parts.append(f'<p class="muted">Same in every trial: {escape(settings) or "-"}</p>')
+    return parts

@@ -3,9 +3,9 @@
 One Tuner runs the trials of every pair at once, so free slots never idle while any pair has trials left.
 `PairSearcher` keeps one Optuna study per pair and hands out trials round-robin over the pairs with budget
 left; `PairScheduler` keeps one ASHA comparison per pair (comparing scores across different images would be
-meaningless). Both live in the driver. Ray saves the searcher (with its studies) in the experiment state,
-so `--resume` continues the same studies; it does not save schedulers, so after a resume each pair's ASHA
-rungs fill again from the trials that report from then on.
+meaningless). Both live in the driver. The studies are in Optuna's storage (`studies`) and Ray saves the
+searcher's trial assignments, so `--resume` continues the same studies; it does not save schedulers, so
+after a resume each pair's ASHA rungs fill again from the trials that report from then on.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from splice_tune import studies
 from splice_tune.spaces import SearchSpace
 
 
@@ -31,22 +32,87 @@ def make_sampler(space: SearchSpace, pair: str) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=seed, **({"n_startup_trials": startup} if startup is not None else {}))
 
 
-class PairSearcher(Searcher):
-    """Proposes trials from one Optuna study per pair; a trial's values only ever come from its own pair."""
+# The storage each search's studies are reattached to when Ray restores its pickled searcher: the driver
+# registers the one this run was asked for (--optuna-storage, or ROOT/optuna.db of the current --root).
+_STORAGE_URLS: dict[str, str] = {}
 
-    def __init__(self, pairs: list[str], space: SearchSpace):
+
+def use_storage(search: str, url: str) -> None:
+    """Make a restored searcher of search `search` reattach to the Optuna storage at `url`."""
+    _STORAGE_URLS[search] = url
+
+
+class PairSearcher(Searcher):
+    """Proposes trials from one Optuna study per pair; a trial's values only ever come from its own pair.
+
+    The studies live in Optuna's storage (`studies.study_name` = SEARCH/PAIR), which is the record of every
+    trial's state and value. Ray pickles the searcher with only what the storage does not hold: which Ray
+    trial has which study trial, which are not told yet, and each sampler's state. A restored searcher
+    reattaches to the storage on first use.
+    """
+
+    def __init__(self, search: str, pairs: list[str], space: SearchSpace, storage_url: str, parent_runs: dict):
         super().__init__(metric=space.objective.metric, mode=space.objective.mode)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.search = search
         self.pairs = list(pairs)
+        self.space = space
+        self.storage_url = storage_url
         self.budget = space.budget.trials_per_pair
         self.distributions = space.distributions()
         direction = "minimize" if space.objective.mode == "min" else "maximize"
-        self.studies = {
-            pair: optuna.create_study(study_name=pair, direction=direction, sampler=make_sampler(space, pair))
-            for pair in self.pairs
-        }
         self.assigned: dict[str, tuple[str, int]] = {}  # Ray trial id -> (pair, Optuna trial number)
-        self.open_trials: dict[str, optuna.trial.Trial] = {}  # Ray trial id -> its Optuna trial, until told
+        self.open: set[str] = set()  # Ray trial ids whose study trial is not told yet
+        self.samplers = {pair: make_sampler(space, pair) for pair in self.pairs}
+        self._run_ids_stored: set[str] = set()
+        use_storage(search, storage_url)
+        studies.make_folder(storage_url)
+        storage = optuna.storages.get_storage(storage_url)
+        for pair in self.pairs:
+            study = optuna.create_study(
+                storage=storage, study_name=studies.study_name(search, pair), direction=direction
+            )
+            study.set_user_attr(studies.ATTR_PARENT_RUN, parent_runs[pair])
+        self._attach()
+
+    def __getstate__(self) -> dict:
+        # Studies and the storage's connections stay out of Ray's pickles; the storage holds them.
+        state = dict(self.__dict__)
+        for live in ("studies", "_storage", "_study_ids", "_unclaimed"):
+            state.pop(live, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.studies = None
+
+    def _attach(self) -> None:
+        """Open the storage and the search's stored studies. A stored trial no Ray trial of the restored state
+        holds was asked after Ray's last save (the driver died in between): it is handed out again, with its
+        stored params, before anything new is asked, so its number (and MLflow run) is reused."""
+        self._storage = optuna.storages.get_storage(_STORAGE_URLS.get(self.search, self.storage_url))
+        self.studies, self._study_ids, self._unclaimed = {}, {}, {}
+        claimed = set(self.assigned.values())
+        for pair in self.pairs:
+            name = studies.study_name(self.search, pair)
+            study = optuna.load_study(study_name=name, storage=self._storage, sampler=self.samplers[pair])
+            self.studies[pair] = study
+            self._study_ids[pair] = self._storage.get_study_id_from_name(name)
+            stored = study.get_trials(deepcopy=False)
+            self._unclaimed[pair] = [trial.number for trial in stored if (pair, trial.number) not in claimed]
+
+    def _study(self, pair: str) -> optuna.Study:
+        if self.studies is None:
+            self._attach()
+        return self.studies[pair]
+
+    def _trial_id(self, pair: str, number: int) -> int:
+        self._study(pair)
+        return self._storage.get_trial_id_from_study_id_trial_number(self._study_ids[pair], number)
+
+    def _running(self, pair: str, number: int) -> bool:
+        """Whether the stored trial can still be updated (a resume may replay what the storage has already)."""
+        return self._storage.get_trial(self._trial_id(pair, number)).state == optuna.trial.TrialState.RUNNING
 
     def started(self) -> Counter:
         return Counter(pair for pair, _ in self.assigned.values())
@@ -57,22 +123,40 @@ class PairSearcher(Searcher):
         if not open_pairs:
             return Searcher.FINISHED
         pair = min(open_pairs, key=lambda name: started[name])  # ties keep the CSV's order
-        optuna_trial = self.studies[pair].ask(self.distributions)
-        self.assigned[trial_id] = (pair, optuna_trial.number)
-        self.open_trials[trial_id] = optuna_trial
-        return {"pair": pair, "params": dict(optuna_trial.params), "optuna_trial": optuna_trial.number}
+        study = self._study(pair)
+        if self._unclaimed.get(pair):
+            number = self._unclaimed[pair].pop(0)
+            params = dict(self._storage.get_trial(self._trial_id(pair, number)).params)
+        else:
+            optuna_trial = study.ask(self.distributions)
+            number, params = optuna_trial.number, dict(optuna_trial.params)
+        self.assigned[trial_id] = (pair, number)
+        self.open.add(trial_id)
+        return {"pair": pair, "params": params, "optuna_trial": number}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self.open:
+            return
+        pair, number = self.assigned[trial_id]
+        if not self._running(pair, number):
+            return
+        stored_id = self._trial_id(pair, number)
+        run_id = result.get("mlflow_run_id")
+        if run_id and trial_id not in self._run_ids_stored:
+            self._storage.set_trial_user_attr(stored_id, studies.ATTR_RUN, run_id)
+            self._run_ids_stored.add(trial_id)
         # Intermediate values let TPE rank trials that the scheduler stops (told PRUNED below).
         value = result.get(self.metric)
-        if trial_id in self.open_trials and value is not None and math.isfinite(value):
-            self.open_trials[trial_id].report(value, step=result["training_iteration"])
+        if value is not None and math.isfinite(value):
+            self._storage.set_trial_intermediate_value(stored_id, result["training_iteration"], value)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        optuna_trial = self.open_trials.pop(trial_id, None)
-        if optuna_trial is None:
+        if trial_id not in self.open:
             return  # told already (a resumed search replays completions)
+        self.open.discard(trial_id)
         pair, number = self.assigned[trial_id]
+        if not self._running(pair, number):
+            return  # told before the driver died, after Ray's last save
         study = self.studies[pair]
         result = result or {}
         value = result.get(self.metric)
@@ -81,7 +165,7 @@ class PairSearcher(Searcher):
         elif result.get("diverged"):
             # Diverged: these values are bad. Told as the worst score seen so far, so TPE steers away from
             # them; with nothing to compare against yet, as failed.
-            seen = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+            seen = [t.value for t in study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])]
             if seen:
                 study.tell(number, max(seen) if self.mode == "min" else min(seen))
             else:
@@ -93,12 +177,13 @@ class PairSearcher(Searcher):
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as file:
-            pickle.dump({"studies": self.studies, "assigned": self.assigned, "open_trials": self.open_trials}, file)
+            pickle.dump({"assigned": self.assigned, "open": self.open, "samplers": self.samplers}, file)
 
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as file:
             state = pickle.load(file)
-        self.studies, self.assigned, self.open_trials = state["studies"], state["assigned"], state["open_trials"]
+        self.assigned, self.open, self.samplers = state["assigned"], state["open"], state["samplers"]
+        self._attach()
 
 
 class PairScheduler(FIFOScheduler):

@@ -20,7 +20,7 @@ import torch
 
 from splice_model import NearDuplicatePairError, PairScorer, WeightsError, build_vit
 from splice_model.images import load_image
-from splice_tune import results, store, tracking
+from splice_tune import results, store, studies, tracking
 from splice_tune.console import PROGRESS_EVERY_S
 from splice_tune.errors import BadInput
 from splice_tune.pairs import Pair
@@ -41,6 +41,7 @@ class SearchRequest:
     root: Path = store.DEFAULT_ROOT
     storage: str | None = None
     tracking_uri: str | None = None
+    optuna_storage: str | None = None
     address: str | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -61,6 +62,7 @@ class SearchPlan:
     space: SearchSpace
     storage: str
     tracking_uri: str
+    optuna_url: str  # the Optuna storage of the pairs' studies
     max_concurrent: int | None
     baselines: dict[str, dict[str, float]]  # pair -> structure_base, appearance_base
     fingerprints: dict[str, str]  # experiment tags recording the inputs (see search_fingerprints)
@@ -239,6 +241,17 @@ def _changed_inputs(
                     f"start a new search with another --name"
                 )
     return problems
+
+
+def study_problems(request: SearchRequest, name: str, pairs: list[Pair], optuna_url: str) -> list[str]:
+    """What the Optuna storage says against starting (or resuming) search `name`: see `studies.storage_problems`.
+    The storage a resumed search started with is in its experiment's tags."""
+    recorded = None
+    if request.resume:
+        tracking_uri = store.resolve_tracking_uri(request.tracking_uri, request.root.resolve())
+        experiment = results.recorded_search(tracking_uri, name)
+        recorded = experiment.tags.get(studies.TAG_STORAGE) if experiment is not None else None
+    return studies.storage_problems(optuna_url, name, [pair.name for pair in pairs], request.resume, recorded)
 
 
 def check_vit_and_pairs(space: SearchSpace, pairs: list[Pair]) -> dict[str, dict[str, float]]:

@@ -26,7 +26,7 @@ from splice_tune.errors import BadInput
 
 READY_TIMEOUT_S = 120.0  # a first start migrates the store's schema and imports a lot: tens of seconds
 STOP_TIMEOUT_S = 15.0
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def server_command(root: Path, host: str, port: int) -> list[str]:
@@ -59,19 +59,19 @@ def serve_ui(root: Path, host: str = "127.0.0.1", port: int = 5000, console: Con
     """
     console = console or Console(stderr=True)
     command = server_command(root, host, port)  # checks the store exists
-    _check_port(host, port)
-    url = f"http://{_url_host(host)}:{port}"
+    check_port(host, port)
+    url = f"http://{url_host(host)}:{port}"
     process = subprocess.Popen(command, start_new_session=True)
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        if not _wait_ready(process, url):
+        if not wait_ready(process, url):
             code = process.poll()
             reason = f"exited with code {code}" if code is not None else f"did not answer in {READY_TIMEOUT_S:.0f} s"
             console.print(f"[red]error:[/] the MLflow server {reason}; its messages are above", highlight=False)
             return 1
         _announce(root, url)
         console.print(f"MLflow UI for {root}: [bold]{url}[/]  (Ctrl-C to stop)", highlight=False)
-        if host not in _LOOPBACK:
+        if host not in LOOPBACK:
             console.print(
                 f"[yellow]note:[/] listening on {host}: anyone who can reach this machine on port {port} "
                 f"can read and change your runs; MLflow only accepts localhost and private-network "
@@ -85,7 +85,7 @@ def serve_ui(root: Path, host: str = "127.0.0.1", port: int = 5000, console: Con
         console.print("stopping the MLflow UI")
         return 0
     finally:
-        _stop(process)
+        stop_server(process)
         _withdraw(root)
         signal.signal(signal.SIGTERM, previous)
 
@@ -108,18 +108,21 @@ def _withdraw(root: Path) -> None:
         pass  # never written, or another `ui` on this store has announced itself since
 
 
-def _interrupt(signum, frame) -> None:
+def interrupt(signum, frame) -> None:
+    """SIGTERM handler: raise KeyboardInterrupt."""
     # SIGTERM (a service manager, a test) stops the server as cleanly as Ctrl-C does.
     raise KeyboardInterrupt
 
 
-def _url_host(host: str) -> str:
+def url_host(host: str) -> str:
+    """How this machine reaches a server bound to `host`, as a URL's host."""
     if host in ("0.0.0.0", "", "::"):
         return "127.0.0.1"  # bound to every interface: this machine reaches it on loopback
     return f"[{host}]" if ":" in host else host
 
 
-def _check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int) -> None:
+    """Raise BadInput (one line naming --port or --host) unless a server can listen on host:port."""
     if not 1 <= port <= 65535:
         raise BadInput(f"--port {port}: must be between 1 and 65535")
     try:
@@ -143,13 +146,14 @@ def _check_port(host: str, port: int) -> None:
             ) from None
 
 
-def _wait_ready(process: subprocess.Popen, url: str) -> bool:
+def wait_ready(process: subprocess.Popen, url: str, path: str = "/health") -> bool:
+    """Whether the server at `url` answers `path` with 200 within READY_TIMEOUT_S (False once it exited)."""
     deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             return False
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            with urllib.request.urlopen(f"{url}{path}", timeout=2) as response:
                 if response.status == 200:
                     return True
         except (urllib.error.URLError, OSError):
@@ -158,7 +162,7 @@ def _wait_ready(process: subprocess.Popen, url: str) -> bool:
     return False
 
 
-def _stop(process: subprocess.Popen) -> None:
+def stop_server(process: subprocess.Popen) -> None:
     """Stop the server's whole process group: SIGTERM, then SIGKILL for whatever is left once the server
     process has exited (or after a grace period)."""
     _signal_group(process, signal.SIGTERM)

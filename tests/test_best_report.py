@@ -100,6 +100,7 @@ def store_copy(finished_search, tmp_path):
     root.mkdir(parents=True)
     shutil.copy(source / "mlflow.db", root / "mlflow.db")
     shutil.copytree(source / "mlartifacts", root / "mlartifacts")
+    shutil.copy(source / "optuna.db", root / "optuna.db")
     with store_database(root) as database:
         database.execute(
             "UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)",
@@ -432,10 +433,20 @@ def test_report_writes_and_logs_plots_sheets_and_page(store_copy, tmp_path, monk
             assert len(np.unique(np.asarray(image.convert("L")))) > 50  # real content, not a blank canvas
         logged = {info.path for info in client.list_artifacts(parent_run_id(uri, pair), "report")}
         assert {f"report/{pair}_pareto.png", f"report/{pair}_sheet.png"} <= logged
+        analysis = Image.open(tmp_path / "report" / f"{pair}_analysis.png")
+        assert analysis.width >= 1200 and len(np.unique(np.asarray(analysis.convert("L")))) > 50
+        assert f"report/{pair}_analysis.png" in logged
     assert "report/index.html" in {info.path for info in client.list_artifacts(parent_run_id(uri, "cows"), "report")}
 
     page = (tmp_path / "report" / "index.html").read_text()
-    assert page.count("data:image/png;base64,") == 4 and "NOT DINO" in page
+    assert page.count("data:image/png;base64,") == 6 and "NOT DINO" in page
+    # 3 trials per pair are too few for importances: a note says so, and the summary has none.
+    assert page.count("parameter importances need at least 4") == 2
+    assert "no pair has enough finished trials for importances yet" in page
+    summary = page[page.index("<h2>All pairs</h2>") : page.index('<h2 id="cows">')]
+    for pair in ("cows", "fruits"):  # each pair's winner params side by side, 4 significant digits
+        winner = min(finished_trials(uri, pair), key=lambda run: run.data.metrics["splice_score"])
+        assert f"<td>{number(winner.data.params['alpha'])}</td>" in summary
     for run in finished_trials(uri, "cows"):
         assert f'<td class="text">{run.info.run_name}</td>' in page
         assert f"<td>{number(run.data.metrics['splice_score'])}</td>" in page  # 4 significant digits

@@ -24,11 +24,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 import pytest
 from conftest import write_search_inputs
 from mlflow import MlflowClient
 
-from splice_tune import tracking
+from splice_tune import studies, tracking
 
 SPLICE_TUNE = str(Path(sys.executable).parent / "splice-tune")
 START_TIMEOUT_S = 120
@@ -389,7 +390,16 @@ def test_trials_on_both_nodes_log_everything_through_the_server(cluster_search):
     nodes = {run.data.tags[tracking.TAG_NODE] for run in children}
     assert len(nodes) == 2, f"trials ran on {len(nodes)} node(s), expected both: {nodes}"
     assert any(cluster_search.artifacts.rglob("generator.pt")), "the server stored the files"
-    assert not (cluster_search.work / "splice-runs").exists(), "the server is the store: nothing local"
+    # The server is the MLflow store; only the studies stay on the driver's machine, their only writer.
+    root = cluster_search.work / "splice-runs"
+    assert [path.name for path in root.iterdir()] == [studies.OPTUNA_DB]
+    for parent in parents:
+        pair = parent.data.tags[tracking.TAG_PAIR]
+        study = optuna.load_study(study_name=f"cluster-test/{pair}", storage=studies.default_url(root))
+        assert study.user_attrs[studies.ATTR_PARENT_RUN] == parent.info.run_id
+        assert {trial.user_attrs[studies.ATTR_RUN] for trial in study.trials} == {
+            run.info.run_id for run in children if run.data.tags[tracking.TAG_PAIR] == pair
+        }
 
 
 @pytest.mark.slow

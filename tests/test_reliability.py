@@ -18,13 +18,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import optuna
 import pytest
 import ray.cloudpickle
 from conftest import write_search_inputs
 from mlflow import MlflowClient
 
 from splice_model import NonFiniteLossError
-from splice_tune import store, tracking
+from splice_tune import store, studies, tracking
 from splice_tune.driver import SearchRequest, run_search
 from splice_tune.trainable import run_trial
 
@@ -166,6 +167,12 @@ def test_interrupted_search_resumes_to_exactly_its_budget(tmp_path):
     finally:
         _kill_group(second)
 
+    # The studies hold what the driver told them before it died: no more trials than the budget.
+    for pair in ("cows", "fruits"):
+        study = optuna.load_study(study_name=f"resume-test/{pair}", storage=studies.default_url(root))
+        assert len(study.trials) <= 3
+    assert sum(s.n_trials for s in optuna.get_all_study_summaries(studies.default_url(root))) >= 3
+
     # 3. Resume again, to the end.
     third = subprocess.run(
         [sys.executable, "-m", "splice_tune.cli", *args, "--resume"],
@@ -184,6 +191,27 @@ def test_interrupted_search_resumes_to_exactly_its_budget(tmp_path):
     for run in runs:  # every finished trial has its full record, each eval once: 3 evals of every score
         history = MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "splice_score")
         assert sorted(m.step for m in history) == [10, 20, 30]
+    _assert_studies_match_mlflow(root, tracking_uri, "resume-test", runs, trials=3)
+
+
+def _assert_studies_match_mlflow(root: Path, tracking_uri: str, search: str, runs: list, trials: int) -> None:
+    """Each pair's stored study has exactly the budgeted trials, all complete with their MLflow run's final
+    score and run id, and the pair's MLflow run id."""
+    client = MlflowClient(tracking_uri)
+    parents = client.search_runs(
+        [client.get_experiment_by_name(search).experiment_id], filter_string="tags.`splice_tune.kind` = 'pair'"
+    )
+    by_trial = {(run.data.tags[tracking.TAG_PAIR], int(run.data.tags[tracking.TAG_STUDY_TRIAL])): run for run in runs}
+    for parent in parents:
+        pair = parent.data.tags[tracking.TAG_PAIR]
+        study = optuna.load_study(study_name=f"{search}/{pair}", storage=studies.default_url(root))
+        assert study.user_attrs == {studies.ATTR_PARENT_RUN: parent.info.run_id}
+        assert [trial.number for trial in study.trials] == list(range(trials)), "nothing asked twice"
+        for trial in study.trials:
+            run = by_trial[(pair, trial.number)]
+            assert trial.state.name == "COMPLETE", (pair, trial.number, trial.state)
+            assert trial.user_attrs[studies.ATTR_RUN] == run.info.run_id
+            assert trial.value == pytest.approx(run.data.metrics["final_splice_score"])
 
 
 def _wait_running(tracking_uri: str, search: str, count: int, process: subprocess.Popen, timeout: float = 240) -> None:
@@ -245,6 +273,7 @@ def test_ctrl_c_while_every_trial_runs_exits_130_and_resumes(tmp_path, monkeypat
     for run in runs:  # continued from the last eval: every eval once
         history = client.get_metric_history(run.info.run_id, "splice_score")
         assert sorted(m.step for m in history) == list(range(10, 151, 10))
+    _assert_studies_match_mlflow(root, tracking_uri, "all-running", runs, trials=2)
 
 
 def lr_pinned_trial(trial: dict, setup) -> None:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import pickle
 import re
 from collections import defaultdict
 
+import optuna
 import pytest
 from conftest import write_search_inputs
 from mlflow import MlflowClient
 
 from splice_model import CONFIG_FIELDS
-from splice_tune import tracking
+from splice_tune import studies, tracking
 from splice_tune.search import PairSearcher, evals_per_trial
 from splice_tune.spaces import load_space
 
@@ -149,13 +151,26 @@ def test_the_callback_reaches_its_session_only_while_the_run_lasts():
         callback.view  # noqa: B018 - the lookup itself is what must fail
 
 
-def test_searcher_keeps_pairs_apart_and_respects_the_budget(tmp_path):
+def _stored_searcher(tmp_path, trials: int = 3) -> PairSearcher:
     (tmp_path / "space.yaml").write_text(
-        "params: {alpha: {type: float, low: 0.01, high: 1.0, log: true}}\nbudget: {trials_per_pair: 3}\n"
-        "sampler: {type: random, seed: 0}\n"
+        "params: {alpha: {type: float, low: 0.01, high: 1.0, log: true}}\n"
+        f"budget: {{trials_per_pair: {trials}}}\nsampler: {{type: random, seed: 0}}\n"
     )
     space = load_space(tmp_path / "space.yaml")
-    searcher = PairSearcher(["a", "b"], space)
+    url = studies.default_url(tmp_path)
+    return PairSearcher("s", ["a", "b"], space, url, {"a": "run-a", "b": "run-b"})
+
+
+def _as_ray_restores(searcher: PairSearcher, tmp_path) -> PairSearcher:
+    """The searcher as `Tuner.restore` brings it back: unpickled, then given its last saved state."""
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = pickle.loads(pickle.dumps(searcher))
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    return restored
+
+
+def test_searcher_keeps_pairs_apart_and_respects_the_budget(tmp_path):
+    searcher = _stored_searcher(tmp_path)
     proposals = [searcher.suggest(f"trial_{i}") for i in range(7)]
     assert proposals[-1] == PairSearcher.FINISHED, "3 + 3 trials, then done"
     assert [p["pair"] for p in proposals[:6]] == ["a", "b", "a", "b", "a", "b"], "pairs interleave"
@@ -163,23 +178,48 @@ def test_searcher_keeps_pairs_apart_and_respects_the_budget(tmp_path):
         mine = [p["params"]["alpha"] for p in proposals[:6] if p["pair"] == pair]
         study = [trial.params["alpha"] for trial in searcher.studies[pair].trials]
         assert mine == study, "a trial's values come from its own pair's study"
-    searcher.on_trial_result("trial_2", {"splice_score": 0.9, "training_iteration": 1})
+    searcher.on_trial_result("trial_2", {"splice_score": 0.9, "training_iteration": 1, "mlflow_run_id": "r2"})
     searcher.on_trial_complete("trial_0", {"splice_score": 0.5, "final": True})
     searcher.on_trial_complete("trial_1", {"splice_score": 0.7}, error=True)
     searcher.on_trial_complete("trial_2", {"splice_score": 0.9, "final": False})  # the scheduler stopped it
     searcher.on_trial_complete("trial_4", {"splice_score": float("inf"), "final": True, "diverged": True})
     searcher.on_trial_complete("trial_3", {"splice_score": float("inf"), "final": True, "diverged": True})
-    study_a, study_b = searcher.studies["a"], searcher.studies["b"]
+    study_a, study_b = (
+        optuna.load_study(study_name=f"s/{pair}", storage=studies.default_url(tmp_path)) for pair in "ab"
+    )
     assert study_a.trials[0].value == 0.5
     assert study_b.trials[0].state.name == "FAIL"
     assert study_a.trials[1].state.name == "PRUNED" and study_a.trials[1].intermediate_values == {1: 0.9}
+    assert study_a.trials[1].user_attrs == {studies.ATTR_RUN: "r2"}
     assert study_a.trials[2].value == 0.5, "a diverged trial counts as the worst result seen so far"
     assert study_b.trials[1].state.name == "FAIL", "nothing to compare a diverged trial with yet"
-    restored = PairSearcher(["a", "b"], space)
-    searcher.save(str(tmp_path / "searcher.pkl"))
-    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert study_a.user_attrs == {studies.ATTR_PARENT_RUN: "run-a"}
+    restored = _as_ray_restores(searcher, tmp_path)
     assert restored.suggest("trial_7") == PairSearcher.FINISHED
-    assert dataclasses.asdict(space.budget) == {"trials_per_pair": 3, "max_concurrent": None}
+    assert dataclasses.asdict(searcher.space.budget) == {"trials_per_pair": 3, "max_concurrent": None}
+
+
+def test_a_restored_searcher_continues_the_stored_studies_without_duplicates(tmp_path):
+    searcher = _stored_searcher(tmp_path)
+    first = [searcher.suggest(f"trial_{i}") for i in range(2)]  # a0, b0
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    pickled = pickle.dumps(searcher)  # Ray's last save
+    # After that save, before the driver died: a trial told, and one more asked.
+    searcher.on_trial_complete("trial_0", {"splice_score": 0.4, "final": True})
+    lost = searcher.suggest("trial_2")
+    restored = pickle.loads(pickled)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    # Ray resumes trial_0 from its final checkpoint and reports it again: the stored value stays.
+    restored.on_trial_result("trial_0", {"splice_score": 0.4, "training_iteration": 3})
+    restored.on_trial_complete("trial_0", {"splice_score": 0.4, "final": True})
+    again = restored.suggest("trial_2b")
+    assert again == lost, "the trial asked after Ray's last save is handed out again: same number, same params"
+    rest = [restored.suggest(f"trial_{i}") for i in range(3, 8)]
+    assert rest[-2:] == [PairSearcher.FINISHED] * 2
+    stored = {pair: optuna.load_study(study_name=f"s/{pair}", storage=studies.default_url(tmp_path)) for pair in "ab"}
+    assert [len(stored[pair].trials) for pair in "ab"] == [3, 3], "nothing asked twice"
+    assert stored["a"].trials[0].value == 0.4 and stored["a"].trials[0].state.name == "COMPLETE"
+    assert {p["optuna_trial"] for p in [*first, again, *rest[:3]] if p["pair"] == "a"} == {0, 1, 2}
 
 
 def test_evals_per_trial_takes_the_longest_run_and_the_most_frequent_evals(tmp_path):

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import optuna
 import pytest
 from conftest import write_search_inputs
 
-from splice_tune import store, tracking
+from splice_tune import store, studies, tracking
 from splice_tune.driver import SearchRequest, plan_search
 from splice_tune.errors import BadInput
 from splice_tune.search_plan import search_fingerprints
@@ -31,12 +32,17 @@ def test_a_name_mlflow_already_holds_is_refused_even_without_ray_state(inputs):
         plan_search(request(folder, root))
 
 
-def started(folder, root, uri) -> None:
-    """What `search` records before its first trial, and the Ray folder an interrupted search leaves."""
+def started(folder, root, uri, store_studies: bool = True) -> None:
+    """What `search` records before its first trial (its fingerprints, with `store_studies` the pairs' studies
+    in ROOT/optuna.db and where they are), and the Ray folder an interrupted search leaves."""
     plan = plan_search(request(folder, root))
     tracker = tracking.SearchTracker(uri, "s1")
     for key, value in search_fingerprints(plan.space, plan.pairs).items():
         tracker.tag_search(key, value)
+    if store_studies:
+        tracker.tag_search(studies.TAG_STORAGE, plan.optuna_url)
+        for pair in plan.pairs:
+            optuna.create_study(storage=plan.optuna_url, study_name=studies.study_name("s1", pair.name))
     (root / "ray" / "s1").mkdir(parents=True)
 
 
@@ -88,3 +94,35 @@ def test_resume_refuses_a_store_moved_since_the_search_started(inputs, tmp_path)
     with pytest.raises(BadInput, match=r"^--resume: search 's1' keeps its artifacts in .*, outside --root"):
         plan_search(request(folder, moved, resume=True))
     assert not root.exists()
+
+
+def test_the_optuna_storage_must_hold_a_resumed_search_and_no_new_one(inputs, tmp_path):
+    folder, root, uri = inputs
+    assert plan_search(request(folder, root)).optuna_url == studies.default_url(root)
+    assert not (root / "optuna.db").exists(), "looking never creates a storage"
+    elsewhere = f"sqlite:///{tmp_path / 'team.db'}"
+    optuna.create_study(storage=elsewhere, study_name="s1/cows")
+    with pytest.raises(BadInput) as refused:
+        plan_search(request(folder, root, optuna_storage=elsewhere))
+    assert refused.value.problems == [
+        f"--optuna-storage {elsewhere}: already holds study 's1/cows'; choose another --name or --optuna-storage"
+    ]
+    (tmp_path / "junk.db").write_text("not a database")
+    with pytest.raises(BadInput, match=r"^--optuna-storage sqlite:///.*junk.db: cannot read it as an Optuna"):
+        plan_search(request(folder, root, optuna_storage=f"sqlite:///{tmp_path / 'junk.db'}"))
+
+    started(folder, root, uri)
+    assert plan_search(request(folder, root, resume=True)).optuna_url == studies.default_url(root)
+    with pytest.raises(BadInput) as refused:
+        plan_search(request(folder, root, resume=True, optuna_storage=elsewhere))
+    assert refused.value.problems == [
+        f"--optuna-storage {elsewhere}: holds no study 's1/fruits'; search 's1' keeps its studies in "
+        f"{studies.default_url(root)}, so pass that as --optuna-storage (or the --root it started with)"
+    ]
+
+
+def test_resume_refuses_a_search_started_before_studies_were_stored(inputs):
+    folder, root, uri = inputs
+    started(folder, root, uri, store_studies=False)
+    with pytest.raises(BadInput, match=r"^--resume: search 's1' started before splice-tune stored studies"):
+        plan_search(request(folder, root, resume=True))
