@@ -71,7 +71,7 @@ def worker(args: argparse.Namespace) -> None:
     trainer.step = 1  # step 0 would be a full-image step
     for _ in range(args.warmup):
         trainer.train_step()
-    print(json.dumps({"ready": True, "amp": str(getattr(trainer, "autocast", None))}), flush=True)
+    print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         times = []
         for _ in range(int(line.split()[1])):

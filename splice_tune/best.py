@@ -32,7 +32,7 @@ from splice_model import (
     to_pil,
 )
 from splice_model.presets import not_dino_note
-from splice_tune import results, tracking
+from splice_tune import results, store
 from splice_tune.errors import BadInput, Failure
 from splice_tune.formatting import number
 from splice_tune.outputs import MIN_SIDE, at_least, image_problems
@@ -55,7 +55,7 @@ class BestRequest:
     out_dir: Path | None = None
     max_side: int | None = None
     retrain_steps: int | None = None
-    root: Path = tracking.DEFAULT_ROOT
+    root: Path = store.DEFAULT_ROOT
     tracking_uri: str | None = None
     as_json: bool = False  # stdout: one JSON document (`json_document`); the human text goes to stderr
 

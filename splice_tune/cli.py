@@ -24,7 +24,7 @@ from splice_tune.spaces import SPACES_DIR
 
 DEFAULTS = SpliceConfig()
 SCORE_CHOICES = ("splice", "structure", "appearance")  # `best --by`: the <by>_score every trial logs
-DEFAULT_ROOT = Path("splice-runs")  # tracking.DEFAULT_ROOT, not imported here: tracking loads MLflow
+DEFAULT_ROOT = Path("splice-runs")  # store.DEFAULT_ROOT, not imported here: store loads MLflow
 TRACKING_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable: set once, every command reads that store
 
 

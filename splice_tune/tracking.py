@@ -29,7 +29,6 @@ from splice_tune.store import retry, search_all, tag_filter
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_ROOT = store.DEFAULT_ROOT  # the commands' default --root (best.py reads it from here)
 
 TAG_KIND = "splice_tune.kind"
 TAG_SEARCH = "splice_tune.search"
