@@ -49,6 +49,11 @@ class SpliceConfig:
     # The ViT input's resize filter: "bilinear" (antialiased, what the released code's torchvision Resize
     # does, and what produced the published results) or "bicubic" (what the paper's text says)
     vit_resample: str = "bilinear"
+    # A held-out judge: a second ViT preset (and optional local weights) that also scores every eval
+    # (judge_structure_score, judge_appearance_score, judge_splice_score). The generator never trains
+    # against it, so its scores are the search's held-out measure. None: no judge.
+    judge_vit: str | None = None
+    judge_vit_weights: str | None = None
     seed: int = 0
     # Hardware: "auto" picks CUDA when present. amp: bf16 autocast; "auto" uses it where the device computes
     # bf16 natively (CUDA with bf16, CPUs with AVX512-BF16/AMX), True forces it, False gives exact fp32.
@@ -97,10 +102,25 @@ class SpliceConfig:
             problems.append(f"vit_max_side: must be >= vit_size ({self.vit_size}), got {self.vit_max_side!r}")
         if self.vit not in VIT_PRESETS:
             problems.append(f"vit: unknown ViT preset {self.vit!r}; choose one of {', '.join(VIT_PRESETS)}")
+        problems += self._judge_problems()
         device_problem = _device_problem(self.device)
         if device_problem:
             problems.append(f"device: {device_problem}")
         return problems
+
+    def _judge_problems(self) -> list[str]:
+        if self.judge_vit is None:
+            if self.judge_vit_weights is not None:
+                return ["judge_vit_weights: is set but judge_vit is not; name the judge's preset in judge_vit"]
+            return []
+        if self.judge_vit not in VIT_PRESETS:
+            return [f"judge_vit: unknown ViT preset {self.judge_vit!r}; choose one of {', '.join(VIT_PRESETS)}"]
+        if self.judge_vit == self.vit and self.judge_vit_weights == self.vit_weights:
+            return [
+                f"judge_vit: is the training ViT ({self.vit}), so it would judge what the generator was trained "
+                f"to match; choose another preset (e.g. dino_vits16 to judge a dino_vitb8 training)"
+            ]
+        return []
 
 
 def _device_problem(device: object) -> str | None:

@@ -66,6 +66,16 @@ VIT_PRESETS: dict[str, VitPreset] = {
         random_seed=0,
         description="NOT DINO: 4-block ViT with seeded random weights, for tests/demos",
     ),
+    # A second random network with other patches and other weights: the held-out judge of tests and demos.
+    "random_tiny16": VitPreset(
+        96,
+        4,
+        3,
+        16,
+        None,
+        random_seed=1,
+        description="NOT DINO: random_tiny8's shape with 16-px patches and other seeded weights (a test judge)",
+    ),
 }
 DEFAULT_VIT = "dino_vitb8"
 

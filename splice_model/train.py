@@ -94,12 +94,18 @@ def autocast(amp: bool | str, device: torch.device) -> AbstractContextManager:
 _VIT_CACHE: dict[tuple, ViTFeatures] = {}
 
 
-def load_features(config: SpliceConfig, device: torch.device | str = "cpu") -> ViTFeatures:
-    """The config's frozen ViT on `device`, built once per process and reused (trials share a worker)."""
-    key = (config.vit, config.vit_weights, str(device))
+def load_features(config: SpliceConfig, device: torch.device | str = "cpu", *, judge: bool = False) -> ViTFeatures:
+    """The config's frozen ViT (with `judge`, its judge ViT) on `device`, built once per process and reused
+    (trials share a worker)."""
+    preset, weights = (config.judge_vit, config.judge_vit_weights) if judge else (config.vit, config.vit_weights)
+    key = (preset, weights, str(device))
     if key not in _VIT_CACHE:
-        _VIT_CACHE[key] = build_vit(config.vit, config.vit_weights).to(device)
+        _VIT_CACHE[key] = build_vit(preset, weights).to(device)
     return _VIT_CACHE[key]
+
+
+JUDGE_PREFIX = "judge_"
+"""The judge's scores and baselines are the training ViT's names with this prefix (judge_splice_score, ...)."""
 
 
 class SpliceTrainer:
@@ -138,11 +144,30 @@ class SpliceTrainer:
                 config.vit_max_side,
                 config.vit_resample,
             )
+            # The held-out judge scores each eval too; the generator never trains against it.
+            self.judge = None
+            if config.judge_vit is not None:
+                self.judge = PairScorer(
+                    load_features(config, self.device, judge=True),
+                    self.structure,
+                    self.appearance,
+                    config.vit_size,
+                    config.vit_max_side,
+                    config.vit_resample,
+                )
         self.step = 0
 
     @property
     def baselines(self) -> dict[str, float]:
-        return self.scorer.baselines
+        """The do-nothing baselines of the scores: the training ViT's, then the judge's (judge_ prefix)."""
+        judged = self.judge.baselines if self.judge is not None else {}
+        return {**self.scorer.baselines, **{JUDGE_PREFIX + name: value for name, value in judged.items()}}
+
+    def check_baselines(self, what: str = "the pair") -> None:
+        """Raise NearDuplicatePairError when the pair's images are (near-)duplicates to the ViT or the judge."""
+        self.scorer.check_baselines(what)
+        if self.judge is not None:
+            self.judge.check_baselines(f"{what} (to the judge ViT {self.config.judge_vit})")
 
     def _vit_input(self, images: torch.Tensor) -> torch.Tensor:
         return vit_resize(images, self.config.vit_size, self.config.vit_max_side, self.config.vit_resample)
@@ -189,10 +214,14 @@ class SpliceTrainer:
         return values
 
     def evaluate(self) -> tuple[dict[str, float], torch.Tensor]:
-        """Scores of G(structure image) at the current weights, and that output (3, H, W) on the CPU."""
+        """Scores of G(structure image) at the current weights (and the judge's, judge_ prefixed, when the
+        config names one), and that output (3, H, W) on the CPU."""
         with torch.no_grad(), self.autocast:
             output = self.generator(self.structure[None]).float()
             scores = self.scorer.score_features(self.scorer.vit(output))
+            if self.judge is not None:
+                judged = self.judge.score_features(self.judge.vit(output))
+                scores.update({JUDGE_PREFIX + name: value for name, value in judged.items()})
         return scores, output[0].cpu()
 
     def events(self) -> Iterator[StepEvent | EvalEvent]:

@@ -1,7 +1,8 @@
 """`splice-tune best`: render a pair's winning trial at the structure image's full resolution.
 
-The winner is the trial with the lowest ``<by>_score`` among the pair's FINISHED trials (stopped-early and
-failed trials never win: their scores are from fewer steps). Its logged generator checkpoint is downloaded,
+The winner is the trial with the lowest ``<by>_score`` (``--by judge``: the held-out judge's splice_score)
+among the pair's FINISHED trials (stopped-early and failed trials never win: their scores are from fewer
+steps). Its logged generator checkpoint is downloaded,
 loaded with `weights_only` (a checkpoint cannot run code) and run on the full structure image. With
 ``--retrain-steps N`` the winner's settings are instead trained again from scratch for N steps, which also
 works when no trial finished (the best stopped-early trial's settings are used then).
@@ -39,7 +40,19 @@ from splice_tune.outputs import MIN_SIDE, at_least, image_problems
 from splice_tune.progress import train_with_progress
 from splice_tune.results import NOT_SETTINGS, SCORES
 
-SCORE_NAMES = tuple(name.removesuffix("_score") for name in SCORES)
+# `--by` names a score without its _score suffix; "judge" is the judge's splice_score.
+BY_METRIC = {
+    **{name.removesuffix("_score"): name for name in SCORES if name != "judge_splice_score"},
+    "judge": "judge_splice_score",
+}
+SCORE_NAMES = tuple(BY_METRIC)
+
+
+def by_name(metric: str) -> str:
+    """The `--by` name of a score (judge_splice_score -> judge)."""
+    return next(name for name, score in BY_METRIC.items() if score == metric)
+
+
 CHECKPOINT_ARTIFACT = "checkpoint/generator.pt"
 
 
@@ -90,7 +103,12 @@ def run_best(
     else:
         targets = [results.select_pair(pairs, request.pair, experiment.name)]
 
-    metric = f"{request.by}_score"
+    metric = BY_METRIC[request.by]
+    if metric in results.JUDGE_SCORES and not results.judged([run for pair in targets for run in pair.trials]):
+        raise BadInput(
+            f"--by {request.by}: search {experiment.name!r} has no judge scores (its search space names no "
+            f"judge_vit); rank by --by splice, or search with a space that sets judge_vit"
+        )
     chosen: list[tuple[results.PairRuns, Run]] = []
     skipped: dict[str, str] = {}
     for pair in targets:

@@ -23,7 +23,8 @@ from splice_tune.formatting import number
 from splice_tune.spaces import SPACES_DIR
 
 DEFAULTS = SpliceConfig()
-SCORE_CHOICES = ("splice", "structure", "appearance")  # `best --by`: the <by>_score every trial logs
+# `best --by`: the <by>_score every trial logs; judge* are the held-out judge's (judge = its splice_score)
+SCORE_CHOICES = ("splice", "structure", "appearance", "judge", "judge_structure", "judge_appearance")
 DEFAULT_ROOT = Path("splice-runs")  # store.DEFAULT_ROOT, not imported here: store loads MLflow
 TRACKING_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable: set once, every command reads that store
 
@@ -134,9 +135,16 @@ def train(
         None,
         metavar=_choices(VIT_PRESETS),
         autocompletion=_complete(VIT_PRESETS),
-        help=f"ViT preset (random_tiny8 is NOT DINO) {_default('vit')}.",
+        help=f"ViT preset (random_tiny* are NOT DINO) {_default('vit')}.",
     ),
     vit_weights: Optional[Path] = typer.Option(None, help="Local DINO checkpoint file (else torch hub's cache)."),
+    judge_vit: Optional[str] = typer.Option(
+        None,
+        metavar=_choices(VIT_PRESETS),
+        autocompletion=_complete(VIT_PRESETS),
+        help="A second ViT that also scores the result (judge_* scores); the generator never trains against it.",
+    ),
+    judge_vit_weights: Optional[Path] = typer.Option(None, help="Local DINO checkpoint file of --judge-vit."),
     alpha: Optional[float] = typer.Option(None, help=f"Weight of the structure loss {_default('alpha')}."),
     beta: Optional[float] = typer.Option(None, help=f"Weight of the identity loss {_default('beta')}."),
     lr: Optional[float] = typer.Option(None, help=f"Adam learning rate {_default('lr')}."),
@@ -165,6 +173,8 @@ def train(
         "steps": steps,
         "vit": vit,
         "vit_weights": str(vit_weights) if vit_weights else None,
+        "judge_vit": judge_vit,
+        "judge_vit_weights": str(judge_vit_weights) if judge_vit_weights else None,
         "alpha": alpha,
         "beta": beta,
         "lr": lr,
@@ -216,6 +226,16 @@ def search(
         help="Most trials running at once \\[default: the space's budget.max_concurrent, else what resources allow].",
     ),
     max_failures: int = typer.Option(2, help="Retries of a trial that crashes before it counts as failed."),
+    warm_start: list[str] = typer.Option(
+        [],
+        "--warm-start",
+        metavar="SEARCH|auto",
+        help="Also start each pair's study from the winners of an earlier search (repeatable); auto: every "
+        "earlier search in the store with the same space. The paper's point is always tried first.",
+    ),
+    no_warm_start: bool = typer.Option(
+        False, "--no-warm-start", help="Start each study from its sampler alone, not even the paper's point."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No live table; print only the summary."),
     verbose: bool = typer.Option(
         False, "--verbose", "-v", help="Print each failed trial's traceback as it happens (they are always in MLflow)."
@@ -239,6 +259,8 @@ def search(
         gpus_per_trial=gpus_per_trial,
         max_concurrent=max_concurrent,
         max_failures=max_failures,
+        warm_start=list(warm_start),
+        no_warm_start=no_warm_start,
         quiet=quiet,
         verbose=verbose,
     )
@@ -270,7 +292,8 @@ def best(
         "splice",
         metavar=_choices(SCORE_CHOICES),
         autocompletion=_complete(SCORE_CHOICES),
-        help="Score that picks the winner: the lowest <by>_score among finished trials.",
+        help="Score that picks the winner: the lowest <by>_score among finished trials "
+        "(judge: the held-out judge ViT's splice_score).",
     ),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output image \\[default: PAIR_best.png here]."),
     out_dir: Optional[Path] = typer.Option(None, help="Folder for PAIR_best.png (with --all) \\[default: here]."),
@@ -379,6 +402,7 @@ def _print_summary(summary) -> None:
     from rich.table import Table
 
     from splice_model.presets import not_dino_note
+    from splice_tune.best import by_name
 
     out = Console()
     table = Table(title=f"search {summary.name}: each pair's winner by {summary.metric}", title_justify="left")
@@ -395,7 +419,7 @@ def _print_summary(summary) -> None:
             params if pair.run_id else "no finished trial",
         )
     out.print(table)
-    by = "" if summary.metric == "splice_score" else f" --by {summary.metric.removesuffix('_score')}"
+    by = "" if summary.metric == "splice_score" else f" --by {by_name(summary.metric)}"
     for pair in summary.pairs:
         if pair.run_id:
             out.print(f"  splice-tune best --pair {pair.pair} --search {summary.name}{by}", highlight=False)

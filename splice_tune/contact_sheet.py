@@ -26,9 +26,12 @@ def _font(size: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def draw(inputs: list[tuple[Image.Image, str]], rows: list, winner, title: str, path: Path) -> Path:
+def draw(
+    inputs: list[tuple[Image.Image, str]], rows: list, winner, title: str, path: Path, metric: str = "splice_score"
+) -> Path:
     """Write the sheet to `path`: the `inputs` (image, role), then each trial row (the report's `TrialRow`,
-    ordered as given) that has an image, with its state and scores; the `winner` row framed in gold."""
+    ordered as given, by `metric`) that has an image, with its state and scores (the judge's splice_score
+    too, when it has one); the `winner` row framed in gold."""
     tiles = [(image, [f"{role} (input)", f"{image.width}x{image.height}"], False) for image, role in inputs]
     for row in rows:
         if row.image is None:
@@ -38,7 +41,7 @@ def draw(inputs: list[tuple[Image.Image, str]], rows: list, winner, title: str, 
         lines = [
             f"trial {row.name}",
             f"{row.state}{at_step}",
-            f"splice {number(scores['splice_score'])}" if "splice_score" in scores else "no score",
+            _splice_line(scores),
             f"struct {number(scores.get('structure_score'))}  app {number(scores.get('appearance_score'))}",
         ]
         tiles.append((row.image, lines, row is winner))
@@ -51,7 +54,7 @@ def draw(inputs: list[tuple[Image.Image, str]], rows: list, winner, title: str, 
     draw.text((PAD, PAD), title, fill="black", font=_font(15))
     draw.text(
         (PAD, PAD + LINE + 2),
-        "inputs, then trials by splice_score (lower is better; gold frame: winner)",
+        f"inputs, then trials by {metric} (lower is better; gold frame: winner)",
         fill=(90, 90, 90),
         font=_font(12),
     )
@@ -72,3 +75,12 @@ def draw(inputs: list[tuple[Image.Image, str]], rows: list, winner, title: str, 
             draw.text((left, top + THUMB[1] + 6 + line_number * LINE), line, fill="black", font=font)
     sheet.save(path)
     return path
+
+
+def _splice_line(scores: dict[str, float]) -> str:
+    if "splice_score" not in scores:
+        return "no score"
+    line = f"splice {number(scores['splice_score'])}"
+    if "judge_splice_score" in scores:
+        line += f"  judge {number(scores['judge_splice_score'])}"
+    return line

@@ -73,12 +73,18 @@ def plan_search(request: SearchRequest) -> SearchPlan:
     optuna_url = studies.resolve_url(request.optuna_storage, request.root)
     if not problems:
         problems += search_plan.study_problems(request, name, pairs, optuna_url)
+    warm = None
+    if not problems:
+        try:
+            warm = search_plan.warm_start_plan(request, name, space, pairs)
+        except BadInput as error:
+            problems += error.problems
     if problems:
         raise BadInput(problems)
     baselines = search_plan.check_vit_and_pairs(space, pairs)
     max_concurrent = request.max_concurrent or space.budget.max_concurrent
     return SearchPlan(
-        request, name, pairs, space, storage, tracking_uri, optuna_url, max_concurrent, baselines, fingerprints
+        request, name, pairs, space, storage, tracking_uri, optuna_url, max_concurrent, baselines, fingerprints, warm
     )
 
 
@@ -97,7 +103,7 @@ def run_search(
     plan = plan_search(request)
     _start_ray(request)  # before any MLflow write: a cluster that cannot be joined or is too small is bad input
     space = plan.space
-    for note in [*space.notes, *(note for pair in plan.pairs for note in pair.notes)]:
+    for note in [*space.notes, *(note for pair in plan.pairs for note in pair.notes), *plan.warm.notes]:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
 
     tracker, parent_runs = _record_start(plan)
@@ -182,7 +188,7 @@ def _tuner(
         trainable,
         run_config=run_config,
         tune_config=tune.TuneConfig(
-            search_alg=PairSearcher(plan.name, pair_names, space, plan.optuna_url, parent_runs),
+            search_alg=PairSearcher(plan.name, pair_names, space, plan.optuna_url, parent_runs, plan.warm.points),
             scheduler=PairScheduler(space, evals_per_trial(space)),
             num_samples=len(pair_names) * space.budget.trials_per_pair,
             max_concurrent_trials=plan.max_concurrent,

@@ -1,19 +1,22 @@
 """`splice-tune report`: what a search found, per pair, as pictures a person can judge at a glance.
 
-Per pair: a Pareto plot (structure_score against appearance_score of every finished trial, the
-non-dominated front, the winner by splice_score), a contact sheet (the two inputs, then every trial's
-output ordered by splice_score, its scores written under it) and the analysis of its stored Optuna study
-(`analysis`: history, parallel coordinates, importances). All are written to the output folder and logged
-to the pair's parent run under ``report/``. One self-contained HTML page (images embedded), starting with
-a cross-pair summary, covers the pairs reported: ``index.html`` for the whole search, ``PAIR.html`` with
-``--pair``. The page is logged once, to the parent run of the first pair it covers: a copy on every pair's
-run would make the stored size grow with the square of the number of pairs.
+Trials are ranked by splice_score, or, when the search had a held-out judge ViT (its space named judge_vit),
+by the judge's splice_score, and the Pareto plot then shows the judge's scores. Per pair: a Pareto plot
+(structure_score against appearance_score of every finished trial, the non-dominated front, the winner), a
+contact sheet (the two inputs, then every trial's output in rank order, its scores written under it) and
+the analysis of its stored Optuna study (`analysis`: history, parallel coordinates, importances). All are
+written to the output folder and logged to the pair's parent run under ``report/``. One self-contained
+HTML page (images embedded), starting with a cross-pair summary, covers the pairs reported: ``index.html``
+for the whole search, ``PAIR.html`` with ``--pair``. The page is logged once, to the parent run of the
+first pair it covers: a copy on every pair's run would make the stored size grow with the square of the
+number of pairs.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import html
 import math
 import tempfile
@@ -26,7 +29,7 @@ from mlflow.entities import Run
 from PIL import Image
 from rich.console import Console
 
-from splice_tune import analysis, contact_sheet, results, store, studies, tracking
+from splice_tune import analysis, contact_sheet, results, store, studies, tracking, warm_start
 from splice_tune.errors import BadInput
 from splice_tune.formatting import number
 from splice_tune.results import NOT_SETTINGS, SCORES
@@ -62,12 +65,13 @@ class TrialRow:
 class PairReport:
     name: str
     parent_run_id: str
-    rows: list[TrialRow]  # ordered by splice_score, unscored last
+    rows: list[TrialRow]  # ordered by `metric`, unscored last
     winner: TrialRow | None
     pareto: Path
     sheet: Path
     settings: dict[str, str] = field(default_factory=dict)  # params equal in every trial
     varying: list[str] = field(default_factory=list)  # sampled or otherwise differing params
+    metric: str = "splice_score"  # what ranks the trials: the judge's splice_score when they have one
     analysis: analysis.PairAnalysis | None = None  # drawn from the pair's stored Optuna study
 
 
@@ -127,16 +131,18 @@ def _pair_report(
     client: MlflowClient, search: str, pair: results.PairRuns, out_dir: Path, tmp: Path, random_vit: bool
 ) -> PairReport:
     rows = [_trial_row(client, run, tmp) for run in pair.trials]
-    rows.sort(key=lambda row: (row.scores.get("splice_score", math.inf), row.name))
-    winner_run = results.winner(pair.trials)
+    metric = results.ranking_metric(pair.trials)
+    rows.sort(key=lambda row: (row.scores.get(metric, math.inf), row.name))
+    winner_run = results.winner(pair.trials, metric)
     winner = next((row for row in rows if winner_run and row.run.info.run_id == winner_run.info.run_id), None)
     title = f"{search} / {pair.name}" + (f"  ({SHORT_VIT_NOTE})" if random_vit else "")
-    bases = {key: pair.parent.data.metrics.get(key) for key in ("structure_base", "appearance_base")}
-    pareto = _pareto_plot(rows, winner, bases, title, out_dir / f"{pair.name}_pareto.png")
+    prefix = metric.removesuffix("splice_score")  # "judge_" or ""
+    bases = {key: pair.parent.data.metrics.get(prefix + key) for key in ("structure_base", "appearance_base")}
+    pareto = _pareto_plot(rows, winner, bases, title, out_dir / f"{pair.name}_pareto.png", prefix)
     inputs = [(_open_rgb(results.input_image(client, pair, role, tmp)), role) for role in ("structure", "appearance")]
-    sheet = contact_sheet.draw(inputs, rows, winner, title, out_dir / f"{pair.name}_sheet.png")
+    sheet = contact_sheet.draw(inputs, rows, winner, title, out_dir / f"{pair.name}_sheet.png", metric)
     settings, varying = _split_params([row.run for row in rows])
-    return PairReport(pair.name, pair.parent.info.run_id, rows, winner, pareto, sheet, settings, varying)
+    return PairReport(pair.name, pair.parent.info.run_id, rows, winner, pareto, sheet, settings, varying, metric)
 
 
 def _trial_row(client: MlflowClient, run: Run, tmp: Path) -> TrialRow:
@@ -181,54 +187,64 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 
 def _pareto_plot(
-    rows: list[TrialRow], winner: TrialRow | None, bases: dict[str, float | None], title: str, path: Path
+    rows: list[TrialRow],
+    winner: TrialRow | None,
+    bases: dict[str, float | None],
+    title: str,
+    path: Path,
+    prefix: str = "",
 ) -> Path:
-    pareto_figure(rows, winner, bases, title).savefig(path)
+    pareto_figure(rows, winner, bases, title, prefix).savefig(path)
     return path
 
 
-def pareto_figure(rows: list[TrialRow], winner: TrialRow | None, bases: dict[str, float | None], title: str) -> Figure:
+def pareto_figure(
+    rows: list[TrialRow], winner: TrialRow | None, bases: dict[str, float | None], title: str, prefix: str = ""
+) -> Figure:
     """structure_score against appearance_score: every scored trial, the Pareto front of the finished ones,
-    the winner, and the `splice_score = 1` line (or, when it lies beyond the axes, a legend entry saying so)."""
+    the winner, and the `splice_score = 1` line (or, when it lies beyond the axes, a legend entry saying so).
+    `prefix` "judge_" plots the held-out judge's scores instead (`bases` are then the judge's)."""
+    point = functools.partial(_point, prefix=prefix)
     # A bare Figure (no pyplot) renders with Agg and keeps no global state between reports.
     figure = Figure(figsize=(7.5, 6.2), dpi=110, layout="constrained")
     axes = figure.add_subplot()
-    finished, stopped = _scored(rows, results.FINISHED), _scored(rows, results.STOPPED_EARLY)
-    points = [_point(row) for row in finished]
-    every_point = points + [_point(row) for row in stopped]
+    finished, stopped = _scored(rows, results.FINISHED, prefix), _scored(rows, results.STOPPED_EARLY, prefix)
+    points = [point(row) for row in finished]
+    every_point = points + [point(row) for row in stopped]
     if every_point:
         axes.set_xlim(0, max(x for x, _ in every_point) * 1.25 or 1)
         axes.set_ylim(0, max(y for _, y in every_point) * 1.25 or 1)
     if stopped:
         axes.scatter(
-            *zip(*(_point(row) for row in stopped)), marker="x", color="0.7", label="stopped early (its last eval)"
+            *zip(*(point(row) for row in stopped)), marker="x", color="0.7", label="stopped early (its last eval)"
         )
     if points:
         axes.scatter(*zip(*points), color="0.35", label="finished trial", zorder=2)
-        _draw_front(axes, [finished[index] for index in pareto_front(points)], winner)
+        _draw_front(axes, [finished[index] for index in pareto_front(points)], winner, prefix)
     else:
         axes.text(0.5, 0.5, "no finished trial yet", transform=axes.transAxes, ha="center", fontsize=14)
     if winner is not None:
         axes.scatter(
-            *_point(winner),
+            *point(winner),
             marker="*",
             s=320,
             color="gold",
             edgecolors="black",
             zorder=4,
-            label="winner (lowest splice_score)",
+            label=f"winner (lowest {prefix}splice_score)",
         )
         axes.annotate(
-            f"winner {winner.name}\nsplice_score {number(winner.scores['splice_score'])}",
-            _point(winner),
+            f"winner {winner.name}\n{prefix}splice_score {number(winner.scores[prefix + 'splice_score'])}",
+            point(winner),
             xytext=(18, 18),
             textcoords="offset points",
             fontsize=9,
             arrowprops={"arrowstyle": "->", "color": "black"},
         )
-    _draw_copy_line(axes, bases.get("structure_base"), bases.get("appearance_base"), bool(every_point))
-    axes.set_xlabel("structure_score (lower: keeps the structure image's layout)")
-    axes.set_ylabel("appearance_score (lower: takes the appearance image's look)")
+    _draw_copy_line(axes, bases.get("structure_base"), bases.get("appearance_base"), bool(every_point), prefix)
+    judge = f" (judge ViT {winner.run.data.params.get('judge_vit')})" if prefix and winner else ""
+    axes.set_xlabel(f"{prefix}structure_score{judge} (lower: keeps the structure image's layout)")
+    axes.set_ylabel(f"{prefix}appearance_score (lower: takes the appearance image's look)")
     axes.set_title(title, fontsize=10)
     axes.grid(alpha=0.3)
     # Below the axes: inside, it would hide trials (typically the weak ones in the upper right).
@@ -236,22 +252,19 @@ def pareto_figure(rows: list[TrialRow], winner: TrialRow | None, bases: dict[str
     return figure
 
 
-def _scored(rows: list[TrialRow], state: str) -> list[TrialRow]:
-    return [
-        row
-        for row in rows
-        if row.state == state and "structure_score" in row.scores and "appearance_score" in row.scores
-    ]
+def _scored(rows: list[TrialRow], state: str, prefix: str = "") -> list[TrialRow]:
+    keys = (prefix + "structure_score", prefix + "appearance_score")
+    return [row for row in rows if row.state == state and all(key in row.scores for key in keys)]
 
 
-def _point(row: TrialRow) -> tuple[float, float]:
-    return row.scores["structure_score"], row.scores["appearance_score"]
+def _point(row: TrialRow, prefix: str = "") -> tuple[float, float]:
+    return row.scores[prefix + "structure_score"], row.scores[prefix + "appearance_score"]
 
 
-def _draw_front(axes, front: list[TrialRow], winner: TrialRow | None) -> None:
+def _draw_front(axes, front: list[TrialRow], winner: TrialRow | None, prefix: str = "") -> None:
     """The front as the edge of the region its trials dominate, a staircase out to the axes' edges: visible
     even when one trial beats all others (a line through one point draws nothing)."""
-    (right, top), points = (axes.get_xlim()[1], axes.get_ylim()[1]), [_point(row) for row in front]
+    (right, top), points = (axes.get_xlim()[1], axes.get_ylim()[1]), [_point(row, prefix) for row in front]
     xs, ys = [points[0][0]], [top]
     for index, (x, y) in enumerate(points):
         if index:
@@ -272,15 +285,17 @@ def _draw_front(axes, front: list[TrialRow], winner: TrialRow | None) -> None:
     for row in front:
         if row is not winner:  # the winner is labelled with its score
             axes.annotate(
-                row.name, _point(row), xytext=(5, -12), textcoords="offset points", fontsize=8, color="tab:red"
+                row.name, _point(row, prefix), xytext=(5, -12), textcoords="offset points", fontsize=8, color="tab:red"
             )
 
 
-def _draw_copy_line(axes, structure_base: float | None, appearance_base: float | None, fixed_axes: bool) -> None:
+def _draw_copy_line(
+    axes, structure_base: float | None, appearance_base: float | None, fixed_axes: bool, prefix: str = ""
+) -> None:
     """splice_score = x / structure_base + y / appearance_base = 1: no better than copying an input."""
     if not (structure_base and appearance_base):
         return
-    label = "splice_score = 1 (as good as copying an input)"
+    label = f"{prefix}splice_score = 1 (as good as copying an input)"
     right, top = axes.get_xlim()[1], axes.get_ylim()[1]
     if fixed_axes and right / structure_base + top / appearance_base <= 1:
         # The whole plot lies below the line: widening the axes to show it would crowd every trial into a
@@ -345,10 +360,12 @@ def _pair_section(report: PairReport, search: str, base: str, experiment_id: str
     parts = []
     parts.append(f'<h2 id="{escape(report.name)}">{escape(report.name)}</h2>')
     if report.winner is not None:
+        by = " --by judge" if report.metric == "judge_splice_score" else ""
+        held_out = " (the held-out judge ViT's)" if by else ""
         parts.append(
-            f"<p>Winner: trial <b>{escape(report.winner.name)}</b>, splice_score "
-            f"{number(report.winner.scores['splice_score'])}. Render it: "
-            f"<code>splice-tune best --pair {escape(report.name)} --search {escape(search)}</code></p>"
+            f"<p>Winner: trial <b>{escape(report.winner.name)}</b>, {report.metric}{held_out} "
+            f"{number(report.winner.scores[report.metric])}. Render it: "
+            f"<code>splice-tune best --pair {escape(report.name)} --search {escape(search)}{by}</code></p>"
         )
     else:
         parts.append("<p>No finished trial yet.</p>")
@@ -358,7 +375,8 @@ def _pair_section(report: PairReport, search: str, base: str, experiment_id: str
         parts.append(f'<img alt="{escape(report.name)} analysis" src="{_data_uri(report.analysis.figure)}">')
     if report.analysis and report.analysis.note:
         parts.append(f'<p class="muted">{escape(report.analysis.note)}</p>')
-    header = ["trial", "status", "step", *SCORES, *report.varying, "MLflow"]
+    scores = [name for name in SCORES if any(name in row.scores for row in report.rows)] or list(SCORES[:3])
+    header = ["trial", "status", "step", "params from", *scores, *report.varying, "MLflow"]
     parts.append("<table><tr>" + "".join(f"<th>{escape(name)}</th>" for name in header) + "</tr>")
     for row in report.rows:
         error = row.run.data.tags.get(tracking.TAG_ERROR, "").strip().splitlines()
@@ -367,7 +385,8 @@ def _pair_section(report: PairReport, search: str, base: str, experiment_id: str
             f'<td class="text">{escape(row.name)}</td>',
             f"{status}{escape(row.state)}</td>",
             f"<td>{'-' if row.step is None else row.step}</td>",
-            *(f"<td>{number(row.scores.get(name))}</td>" for name in SCORES),
+            f'<td class="text">{escape(row.run.data.tags.get(warm_start.SOURCE, "-"))}</td>',
+            *(f"<td>{number(row.scores.get(name))}</td>" for name in scores),
             *(f"<td>{escape(number(row.run.data.params.get(name)))}</td>" for name in report.varying),
             f'<td class="text"><a href="{escape(results.ui_link(base, experiment_id, row.run.info.run_id))}'
             f'">run</a></td>',

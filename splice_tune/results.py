@@ -39,8 +39,11 @@ RUNNING = "running"
 INTERRUPTED = "interrupted"  # KILLED without the stopped-early tag: the search itself was stopped
 STATES = (FINISHED, STOPPED_EARLY, FAILED, RUNNING, INTERRUPTED)
 
-# The scores every trial logs (all lower-is-better), in the order results show them.
-SCORES = ("splice_score", "structure_score", "appearance_score")
+# The scores every trial logs (all lower-is-better), in the order results show them; then the held-out judge's,
+# which trials of a space that names judge_vit log too.
+TRAINING_SCORES = ("splice_score", "structure_score", "appearance_score")
+JUDGE_SCORES = tuple(f"judge_{name}" for name in TRAINING_SCORES)
+SCORES = TRAINING_SCORES + JUDGE_SCORES
 # Bookkeeping params of a trial run, not settings of the training.
 NOT_SETTINGS = frozenset({"pair", "optuna_trial", "sampled"})
 
@@ -220,6 +223,17 @@ def winner(trials: list[Run], metric: str = "splice_score", states: tuple[str, .
         if trial_state(trial) in states and not math.isnan(trial.data.metrics.get(metric, math.nan))
     ]
     return min(scored, key=lambda trial: trial.data.metrics[metric], default=None)
+
+
+def judged(runs: list[Run]) -> bool:
+    """Whether any of these trials was scored by a held-out judge ViT (its space named judge_vit)."""
+    return any(JUDGE_SCORES[0] in run.data.metrics for run in runs)
+
+
+def ranking_metric(runs: list[Run]) -> str:
+    """The score results rank trials by: the judge's splice_score when they have one (the held-out measure),
+    else splice_score."""
+    return JUDGE_SCORES[0] if judged(runs) else TRAINING_SCORES[0]
 
 
 def sampled_names(run: Run) -> list[str]:

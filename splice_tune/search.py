@@ -21,6 +21,7 @@ from ray.tune.search import Searcher
 
 from splice_tune import studies
 from splice_tune.spaces import SearchSpace
+from splice_tune.warm_start import SOURCE, WarmPoint
 
 
 def make_sampler(space: SearchSpace, pair: str) -> optuna.samplers.BaseSampler:
@@ -49,9 +50,20 @@ class PairSearcher(Searcher):
     trial's state and value. Ray pickles the searcher with only what the storage does not hold: which Ray
     trial has which study trial, which are not told yet, and each sampler's state. A restored searcher
     reattaches to the storage on first use.
+
+    `warm` holds each pair's warm-start points (`warm_start.plan`): they are enqueued in its new study, so
+    they are its first trials; every trial records where its values came from (user attr `SOURCE`).
     """
 
-    def __init__(self, search: str, pairs: list[str], space: SearchSpace, storage_url: str, parent_runs: dict):
+    def __init__(
+        self,
+        search: str,
+        pairs: list[str],
+        space: SearchSpace,
+        storage_url: str,
+        parent_runs: dict,
+        warm: dict[str, list[WarmPoint]] | None = None,
+    ):
         super().__init__(metric=space.objective.metric, mode=space.objective.mode)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.search = search
@@ -73,6 +85,8 @@ class PairSearcher(Searcher):
                 storage=storage, study_name=studies.study_name(search, pair), direction=direction
             )
             study.set_user_attr(studies.ATTR_PARENT_RUN, parent_runs[pair])
+            for point in (warm or {}).get(pair, []):
+                study.enqueue_trial(point.params, user_attrs={SOURCE: point.source})
         self._attach()
 
     def __getstate__(self) -> dict:
@@ -99,7 +113,12 @@ class PairSearcher(Searcher):
             self.studies[pair] = study
             self._study_ids[pair] = self._storage.get_study_id_from_name(name)
             stored = study.get_trials(deepcopy=False)
-            self._unclaimed[pair] = [trial.number for trial in stored if (pair, trial.number) not in claimed]
+            # WAITING trials are warm starts not asked yet: `ask` hands them out in order.
+            self._unclaimed[pair] = [
+                trial.number
+                for trial in stored
+                if (pair, trial.number) not in claimed and trial.state != optuna.trial.TrialState.WAITING
+            ]
 
     def _study(self, pair: str) -> optuna.Study:
         if self.studies is None:
@@ -126,13 +145,18 @@ class PairSearcher(Searcher):
         study = self._study(pair)
         if self._unclaimed.get(pair):
             number = self._unclaimed[pair].pop(0)
-            params = dict(self._storage.get_trial(self._trial_id(pair, number)).params)
+            stored = self._storage.get_trial(self._trial_id(pair, number))
+            params, source = dict(stored.params), stored.user_attrs.get(SOURCE, self.space.sampler.type)
         else:
             optuna_trial = study.ask(self.distributions)
             number, params = optuna_trial.number, dict(optuna_trial.params)
+            source = optuna_trial.user_attrs.get(SOURCE)
+            if source is None:  # not enqueued: the sampler's
+                source = self.space.sampler.type
+                optuna_trial.set_user_attr(SOURCE, source)
         self.assigned[trial_id] = (pair, number)
         self.open.add(trial_id)
-        return {"pair": pair, "params": params, "optuna_trial": number}
+        return {"pair": pair, "params": params, "optuna_trial": number, "source": source}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id not in self.open:

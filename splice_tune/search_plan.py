@@ -20,7 +20,8 @@ import torch
 
 from splice_model import NearDuplicatePairError, PairScorer, WeightsError, build_vit
 from splice_model.images import load_image
-from splice_tune import results, store, studies, tracking
+from splice_model.train import JUDGE_PREFIX
+from splice_tune import results, store, studies, tracking, warm_start
 from splice_tune.console import PROGRESS_EVERY_S
 from splice_tune.errors import BadInput
 from splice_tune.pairs import Pair
@@ -50,6 +51,8 @@ class SearchRequest:
     quiet: bool = False
     progress_every: float = PROGRESS_EVERY_S  # seconds between progress lines when there is no terminal
     verbose: bool = False  # Ray's own error reports (with tracebacks) as trials fail
+    warm_start: list[str] = field(default_factory=list)  # earlier searches whose winners start the studies; "auto"
+    no_warm_start: bool = False  # not even the paper's point
 
 
 @dataclass
@@ -66,6 +69,7 @@ class SearchPlan:
     max_concurrent: int | None
     baselines: dict[str, dict[str, float]]  # pair -> structure_base, appearance_base
     fingerprints: dict[str, str]  # experiment tags recording the inputs (see search_fingerprints)
+    warm: warm_start.WarmStart = field(default_factory=warm_start.WarmStart)  # what each study tries first
 
 
 def flag_problems(request: SearchRequest) -> list[str]:
@@ -81,6 +85,8 @@ def flag_problems(request: SearchRequest) -> list[str]:
         problems.append(f"--max-concurrent: must be >= 1, got {request.max_concurrent}")
     if request.max_failures < 0:
         problems.append(f"--max-failures: must be >= 0, got {request.max_failures}")
+    if request.no_warm_start and request.warm_start:
+        problems.append("--warm-start and --no-warm-start: give one of them (or neither: the paper's point)")
     if request.address is None and request.cpus_per_trial > (os.cpu_count() or 1):
         problems.append(
             f"--cpus-per-trial {request.cpus_per_trial}: this machine has {os.cpu_count()} CPUs, so no "
@@ -156,6 +162,7 @@ def search_fingerprints(space: SearchSpace, pairs: list[Pair]) -> dict[str, str]
         tracking.TAG_SPEC: digest({"space": space_part, "pairs": pairs_part}),
         tracking.TAG_SPEC_SPACE: digest(space_part),
         tracking.TAG_SPEC_PAIRS: digest(pairs_part),
+        warm_start.TAG_SETTINGS: warm_start.settings_fingerprint(space),
     }
     for pair in pairs:
         for role in ("structure", "appearance"):
@@ -243,6 +250,18 @@ def _changed_inputs(
     return problems
 
 
+def warm_start_plan(request: SearchRequest, name: str, space: SearchSpace, pairs: list[Pair]) -> warm_start.WarmStart:
+    """What each pair's new study tries first (`warm_start`); BadInput for a --warm-start search the store
+    lacks or that has no winner. A resumed search keeps what it started with: nothing new is enqueued."""
+    if request.resume or request.no_warm_start:
+        return warm_start.WarmStart()
+    tracking_uri = store.resolve_tracking_uri(request.tracking_uri, request.root.resolve())
+    winners, notes = warm_start.earlier_winners(tracking_uri, request.warm_start, space, name)
+    plan = warm_start.plan(space, [pair.name for pair in pairs], True, winners)
+    plan.notes[:0] = notes
+    return plan
+
+
 def study_problems(request: SearchRequest, name: str, pairs: list[Pair], optuna_url: str) -> list[str]:
     """What the Optuna storage says against starting (or resuming) search `name`: see `studies.storage_problems`.
     The storage a resumed search started with is in its experiment's tags."""
@@ -255,23 +274,36 @@ def study_problems(request: SearchRequest, name: str, pairs: list[Pair], optuna_
 
 
 def check_vit_and_pairs(space: SearchSpace, pairs: list[Pair]) -> dict[str, dict[str, float]]:
-    """Load the ViT once (weights missing offline fail here, not in every trial) and reject pairs whose
-    images are (near-)duplicates, where the scores would divide by ~0. Returns each pair's baselines."""
+    """Load the ViT and the judge ViT once (weights missing offline fail here, not in every trial) and reject
+    pairs whose images are (near-)duplicates to either, where the scores would divide by ~0. Returns each
+    pair's baselines (the judge's with a judge_ prefix)."""
     config = space.lowest_config()
-    try:
-        features = build_vit(config.vit, config.vit_weights)
-    except WeightsError as error:
-        raise BadInput([f"{_shown(space)}: vit {config.vit}: {error}"]) from None
-    problems, baselines = [], {}
+    networks = {"": ("vit", config.vit, config.vit_weights)}
+    if config.judge_vit is not None:
+        networks[JUDGE_PREFIX] = ("judge_vit", config.judge_vit, config.judge_vit_weights)
+    features, problems = {}, []
+    for prefix, (field_name, preset, weights) in networks.items():
+        try:
+            features[prefix] = build_vit(preset, weights)
+        except WeightsError as error:
+            problems.append(f"{_shown(space)}: {field_name} {preset}: {error}")
+    if problems:
+        raise BadInput(problems)
+    baselines: dict[str, dict[str, float]] = {}
     for pair in pairs:
         structure = load_image(pair.structure, max_side=config.max_side)
         appearance = load_image(pair.appearance, max_side=config.max_side)
-        scorer = PairScorer(features, structure, appearance, config.vit_size, config.vit_max_side, config.vit_resample)
-        try:
-            scorer.check_baselines(f"{pair.where}: pair {pair.name!r}")
-        except NearDuplicatePairError as error:
-            problems.append(str(error))
-        baselines[pair.name] = scorer.baselines
+        baselines[pair.name] = {}
+        for prefix, network in features.items():
+            scorer = PairScorer(
+                network, structure, appearance, config.vit_size, config.vit_max_side, config.vit_resample
+            )
+            judge = f" (to the judge ViT {config.judge_vit})" if prefix else ""
+            try:
+                scorer.check_baselines(f"{pair.where}: pair {pair.name!r}{judge}")
+            except NearDuplicatePairError as error:
+                problems.append(str(error))
+            baselines[pair.name].update({prefix + name: value for name, value in scorer.baselines.items()})
     if problems:
         raise BadInput(problems)
     return baselines

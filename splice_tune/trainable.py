@@ -23,6 +23,7 @@ from splice_model import EvalEvent, NonFiniteLossError, SpliceConfig, SpliceTrai
 from splice_tune.spaces import SearchSpace
 from splice_tune.tracking import TAG_NODE
 from splice_tune.trial_logger import TrialLogger
+from splice_tune.warm_start import SOURCE
 
 TRAINER_STATE = "trainer.pt"
 GENERATOR_FILE = "generator.pt"
@@ -107,7 +108,12 @@ def _trial_logger(trial: dict, setup: TrialSetup, config: SpliceConfig) -> Trial
         trial["pair"],
         setup.search_name,
         params,
-        tags={TAG_NODE: ray.get_runtime_context().get_node_id()},
+        # Where the trial's values came from: the paper's point, an earlier winner, or the sampler (older
+        # searches' resumed trials have no such entry).
+        tags={
+            TAG_NODE: ray.get_runtime_context().get_node_id(),
+            **({SOURCE: trial["source"]} if "source" in trial else {}),
+        },
         study_trial=trial["optuna_trial"],
     )
 

@@ -52,7 +52,7 @@ def run_train(request: TrainRequest, console: Console) -> dict[str, float]:
     structure = _check(request, config)
     try:
         trainer = SpliceTrainer(request.structure, request.appearance, config)
-        trainer.scorer.check_baselines(f"{request.structure} + {request.appearance}")
+        trainer.check_baselines(f"{request.structure} + {request.appearance}")
     except (WeightsError, NearDuplicatePairError) as error:
         raise BadInput([str(error)]) from None
     try:
@@ -86,10 +86,11 @@ def _check(request: TrainRequest, config: SpliceConfig):
         problems += _device_problems(config.device)
     problems += image_problems(request.out) + checkpoint_problems(request.checkpoint, request.out)
     problems += at_least("--render-max-side", request.render_max_side, MIN_SIDE)
-    if config.vit_weights is not None and not Path(config.vit_weights).is_file():
-        problems.append(
-            f"--vit-weights {config.vit_weights}: no such ViT weights file; pass the path of a DINO .pth checkpoint"
-        )
+    for name in ("vit_weights", "judge_vit_weights"):
+        weights = getattr(config, name)
+        if weights is not None and not Path(weights).is_file():
+            flag = "--" + name.replace("_", "-")
+            problems.append(f"{flag} {weights}: no such ViT weights file; pass the path of a DINO .pth checkpoint")
     images = {}
     for path in (request.structure, request.appearance):
         try:

@@ -92,8 +92,8 @@ def tiny_config() -> SpliceConfig:
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TEST_SPACE = """\
 description: test space (random tiny ViT, 64 px, 30 steps)
-fixed: {vit: random_tiny8, max_side: 64, vit_size: 48, vit_max_side: 96, steps: 30, eval_every: 10,
-        full_image_every: 10}
+fixed: {vit: random_tiny8, judge_vit: random_tiny16, max_side: 64, vit_size: 48, vit_max_side: 96, steps: 30,
+        eval_every: 10, full_image_every: 10}
 params:
   lr: {type: categorical, choices: [1.0e-6, 4.0e-3]}  # 1e-6 barely learns: a trial for ASHA to stop
   alpha: {type: float, low: 0.05, high: 0.3, log: true}

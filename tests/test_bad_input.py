@@ -460,6 +460,66 @@ CASES = [
         patch=_offline,
         max_seconds=10,
     ),
+    # ---------------------------------------------------------------- the held-out judge
+    space_case(
+        "yaml-judge-is-the-training-vit",
+        "  vit: random_tiny8\n",
+        "  vit: random_tiny8\n  judge_vit: random_tiny8\n",
+        (f"space.yaml:{LINE_VIT + 1}: fixed.judge_vit: is the training ViT (random_tiny8)", "choose another preset"),
+    ),
+    space_case(
+        "yaml-judge-unknown-preset",
+        "  vit: random_tiny8\n",
+        "  vit: random_tiny8\n  judge_vit: random_tiny61\n",
+        (f"space.yaml:{LINE_VIT + 1}: fixed.judge_vit: unknown ViT preset 'random_tiny61'", "did you mean"),
+    ),
+    space_case(
+        "yaml-judge-weights-missing",
+        "  vit: random_tiny8\n",
+        "  vit: random_tiny8\n  judge_vit: dino_vits16\n  judge_vit_weights: missing.pth\n",
+        (f"space.yaml:{LINE_VIT + 2}: fixed.judge_vit_weights: weights file 'missing.pth' not found",),
+        max_seconds=10,
+    ),
+    space_case(
+        "yaml-judge-dino-not-cached-offline",
+        "  vit: random_tiny8\n",
+        "  vit: random_tiny8\n  judge_vit: dino_vits16\n",
+        ("space.yaml", "judge_vit dino_vits16", "could not be downloaded"),
+        patch=_offline,
+        max_seconds=10,
+    ),
+    space_case(
+        "yaml-judge-objective-without-judge",
+        "budget:\n",
+        "objective: {metric: judge_splice_score}\nbudget:\n",
+        ("space.yaml:11: objective.metric: judge_splice_score needs a judge", "set judge_vit"),
+    ),
+    train_case(
+        "train-judge-is-the-training-vit",
+        ["s.png", "a.png", "--vit", "random_tiny8", "--judge-vit", "random_tiny8"],
+        ("--judge-vit: is the training ViT (random_tiny8)",),
+    ),
+    train_case(
+        "train-judge-weights-missing",
+        ["s.png", "a.png", "--vit", "random_tiny8", "--judge-vit", "dino_vits16", "--judge-vit-weights", "no.pth"],
+        ("--judge-vit-weights no.pth: no such ViT weights file",),
+    ),
+    # ---------------------------------------------------------------- warm starts
+    flag_case(
+        "warm-start-and-no-warm-start",
+        ["--warm-start", "auto", "--no-warm-start"],
+        ("--warm-start and --no-warm-start: give one of them",),
+    ),
+    flag_case(
+        "warm-start-unknown-search",
+        ["--warm-start", "nosuch"],
+        ("--warm-start nosuch: no search of that name in the MLflow store", "known searches (newest first): none"),
+    ),
+    flag_case(
+        "warm-start-from-itself",
+        ["--name", "again", "--warm-start", "again"],
+        ("--warm-start again: is the search being started",),
+    ),
     # Aliases share their anchor's node: a self-reference or nested aliases must not recurse or explode.
     space_case(
         "yaml-self-referencing-alias",

@@ -1,4 +1,5 @@
-"""The benchmarks stay runnable: the GPU check's smoke mode and the side-by-side step comparison.
+"""The benchmarks stay runnable: the GPU check's and the warm-start benchmark's smoke modes, and the side-by-side
+step comparison.
 
 They print speed numbers that no test asserts; these tests check that every section produces its rows, so
 the GPU check is ready for a machine where it runs once, unattended.
@@ -74,3 +75,28 @@ def test_compare_step_times_two_settings_side_by_side():
     )
     assert "A: " in out and "working tree amp=false" in out and "working tree amp=true" in out
     assert "B vs A: " in out
+
+
+@pytest.mark.slow
+def test_warm_start_benchmark_quick_prints_its_table():
+    out = run("benchmarks/warm_start.py", "--quick")
+    header = (
+        "| k trials | cold: sampler only | warm: paper + leave-one-out winners | warm - cold "
+        "| warm better / equal / worse |"
+    )
+    assert out.count(header) == 2  # splice_score, then the judge's judge_splice_score
+    lines = out.splitlines()
+    table = lines[lines.index(header) + 2 : lines.index(header) + 4]
+    assert [row.split(" | ")[0] for row in table] == ["| 1", "| 3"]  # each k of --quick
+    assert all(len(row.split(" | ")) == 5 and "n/a" not in row for row in table)
+    assert "paper point alone (k = 1 of the warm arm): median splice_score" in out
+    assert "another pair's winner 2" in out.split("warm studies' trials came from:")[1].splitlines()[0]
+    assert "wall time:" in out
+
+
+def test_warm_start_benchmark_refuses_bad_ks():
+    done = subprocess.run(
+        [sys.executable, "benchmarks/warm_start.py", "--ks", "0"], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == ["warm_start.py: error: --ks: trial counts must be >= 1, got '0'"]

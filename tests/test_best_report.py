@@ -150,8 +150,13 @@ def free_port() -> int:
 # --------------------------------------------------------------------------------------------------- best
 
 
-@pytest.mark.parametrize("by", ["splice", "structure"])
-def test_best_renders_the_winning_generator_at_full_resolution(by, finished_search, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "by, metric",
+    [("splice", "splice_score"), ("structure", "structure_score"), ("judge", "judge_splice_score")],
+)
+def test_best_renders_the_winning_generator_at_full_resolution(
+    by, metric, finished_search, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     args = ["best", "--pair", "cows", "--root", store_root(finished_search)]
     if by != "splice":
@@ -159,10 +164,10 @@ def test_best_renders_the_winning_generator_at_full_resolution(by, finished_sear
     code, out, err = run_cli(args, capsys, monkeypatch)
     assert code == 0, err
 
-    winner = lowest(finished_trials(finished_search.tracking_uri, "cows"), f"{by}_score")
-    assert winner.info.run_id in out
+    winner = lowest(finished_trials(finished_search.tracking_uri, "cows"), metric)
+    assert f"winner by {metric}: trial {winner.info.run_name}" in out
     assert "NOT DINO (random-weight ViT random_tiny8)" in out  # the test search's ViT has random weights
-    assert f"{by}_score {number(winner.data.metrics[f'{by}_score'])}" in out  # 4 significant digits
+    assert f"{metric} {number(winner.data.metrics[metric])}" in out  # 4 significant digits
     # No UI serves this store: the links name the port `splice-tune ui` would use, and how to start it.
     experiment = experiment_id(finished_search.tracking_uri)
     assert f"MLflow run: http://127.0.0.1:5000/#/experiments/{experiment}/runs/{winner.info.run_id}\n" in out
@@ -445,12 +450,35 @@ def test_report_writes_and_logs_plots_sheets_and_page(store_copy, tmp_path, monk
     assert "no pair has enough finished trials for importances yet" in page
     summary = page[page.index("<h2>All pairs</h2>") : page.index('<h2 id="cows">')]
     for pair in ("cows", "fruits"):  # each pair's winner params side by side, 4 significant digits
-        winner = min(finished_trials(uri, pair), key=lambda run: run.data.metrics["splice_score"])
+        # The test space has a held-out judge ViT: the report ranks by the judge's splice_score.
+        winner = lowest(finished_trials(uri, pair), "judge_splice_score")
         assert f"<td>{number(winner.data.params['alpha'])}</td>" in summary
+        assert (
+            f"Winner: trial <b>{winner.info.run_name}</b>, judge_splice_score (the held-out judge ViT's) "
+            f"{number(winner.data.metrics['judge_splice_score'])}. Render it: <code>splice-tune best --pair "
+            f"{pair} --search {SEARCH} --by judge</code>"
+        ) in page
+    assert "<th>judge_splice_score</th><th>judge_structure_score</th><th>judge_appearance_score</th>" in page
     for run in finished_trials(uri, "cows"):
         assert f'<td class="text">{run.info.run_name}</td>' in page
         assert f"<td>{number(run.data.metrics['splice_score'])}</td>" in page  # 4 significant digits
+        assert f"<td>{number(run.data.metrics['judge_splice_score'])}</td>" in page
         assert f"<td>{number(run.data.params['alpha'])}</td>" in page
+    assert page.count('<td class="text">paper</td>') == 2, "each pair's first trial is the paper's point"
+
+
+def test_best_by_judge_needs_a_search_with_a_judge(store_copy, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    root, uri = store_copy
+    with store_database(root) as database:  # the search as a space without judge_vit would have left it
+        for table in ("metrics", "latest_metrics"):
+            database.execute(f"DELETE FROM {table} WHERE key LIKE 'judge_%'")
+    code, out, err = run_cli(["best", "--pair", "cows", "--root", root, "--by", "judge"], capsys, monkeypatch)
+    assert code == 2 and err.strip().splitlines() == [
+        f"error: --by judge: search {SEARCH!r} has no judge scores (its search space names no judge_vit); rank "
+        f"by --by splice, or search with a space that sets judge_vit"
+    ]
+    assert list(tmp_path.iterdir()) == [root.parent], "nothing written"
 
 
 def test_report_unknown_pair_exits_2_and_writes_nothing(finished_search, tmp_path, monkeypatch, capsys):

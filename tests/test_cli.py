@@ -173,7 +173,8 @@ def test_version_prints_the_installed_version():
         ("splice-tune se", ["search"]),
         ("splice-tune best --by s", ["splice", "structure"]),
         ("splice-tune search pairs.csv --space ", ["default", "paper", "quick"]),
-        ("splice-tune train s.png a.png --vit random", ["random_tiny8"]),
+        ("splice-tune train s.png a.png --vit random", ["random_tiny8", "random_tiny16"]),
+        ("splice-tune best --by judge", ["judge", "judge_structure", "judge_appearance"]),
     ],
 )
 def test_shell_completion_completes_commands_and_choices(words, expected):
@@ -215,9 +216,9 @@ def test_help_shows_flags_as_flags_and_lists_choices():
         train["--help"],
     ):
         assert not flag.startswith("<"), f"a flag takes no value, yet --help gives it a type: {flag}"
-    assert best["--by"].startswith("<splice|structure|appearance>")
+    assert best["--by"].startswith("<splice|structure|appearance|judge|judge_structure|judge_appearance>")
     assert search["--space"].startswith("<default|paper|quick|FILE.yaml>")
-    assert train["--vit"].startswith("<dino_vits16|dino_vits8|dino_vitb16|dino_vitb8|random_tiny8>")
+    assert train["--vit"].startswith("<dino_vits16|dino_vits8|dino_vitb16|dino_vitb8|random_tiny8|random_tiny16>")
 
 
 def test_spaces_lists_the_shipped_spaces_with_their_descriptions(capsys, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import pickle
 import re
 from collections import defaultdict
@@ -13,10 +14,11 @@ import pytest
 from conftest import write_search_inputs
 from mlflow import MlflowClient
 
-from splice_model import CONFIG_FIELDS
-from splice_tune import studies, tracking
+from splice_model import CONFIG_FIELDS, SpliceConfig
+from splice_tune import studies, tracking, warm_start
 from splice_tune.search import PairSearcher, evals_per_trial
 from splice_tune.spaces import load_space
+from splice_tune.warm_start import WarmPoint
 
 pytestmark = pytest.mark.slow
 SCORES = ("structure_score", "appearance_score", "splice_score")
@@ -111,6 +113,33 @@ def test_mlflow_names_trials_describes_the_search_and_keeps_each_winner_on_its_p
             assert parent.data.metrics[f"best_{name}"] == pytest.approx(float(winner.data.params[name]))
 
 
+def test_a_search_with_a_judge_logs_six_scores_and_the_judges_baselines(runs):
+    client, parents, children = runs
+    for run in parents:
+        for name in ("structure_base", "appearance_base"):
+            assert run.data.metrics[f"judge_{name}"] > 0 and run.data.metrics[f"judge_{name}"] != run.data.metrics[name]
+    for run in children:
+        assert run.data.params["judge_vit"] == "random_tiny16"
+        for score in SCORES:
+            training = client.get_metric_history(run.info.run_id, score)
+            judged = client.get_metric_history(run.info.run_id, f"judge_{score}")
+            assert [m.step for m in judged] == [m.step for m in training], "the judge scores every eval"
+            assert all(math.isfinite(m.value) and m.value >= 0 for m in judged)
+        if run.info.status == "FINISHED":
+            assert {f"final_judge_{score}" for score in SCORES} <= set(run.data.metrics)
+
+
+def test_each_pairs_first_trial_is_the_papers_point_and_every_trial_says_where_its_params_came_from(runs):
+    _, _, children = runs
+    for run in children:
+        first = run.data.params["optuna_trial"] == "0"
+        assert run.data.tags[warm_start.SOURCE] == ("paper" if first else "random")
+        if first:
+            # The test space samples alpha in [0.05, 0.3] (the paper's 0.1 is inside) and lr from choices that
+            # lack the paper's 2e-3, so lr is left to the sampler.
+            assert float(run.data.params["alpha"]) == 0.1
+
+
 def test_without_a_terminal_a_search_prints_progress_lines(tmp_path, ray_session):
     from rich.console import Console
 
@@ -190,7 +219,7 @@ def test_searcher_keeps_pairs_apart_and_respects_the_budget(tmp_path):
     assert study_a.trials[0].value == 0.5
     assert study_b.trials[0].state.name == "FAIL"
     assert study_a.trials[1].state.name == "PRUNED" and study_a.trials[1].intermediate_values == {1: 0.9}
-    assert study_a.trials[1].user_attrs == {studies.ATTR_RUN: "r2"}
+    assert study_a.trials[1].user_attrs == {studies.ATTR_RUN: "r2", warm_start.SOURCE: "random"}
     assert study_a.trials[2].value == 0.5, "a diverged trial counts as the worst result seen so far"
     assert study_b.trials[1].state.name == "FAIL", "nothing to compare a diverged trial with yet"
     assert study_a.user_attrs == {studies.ATTR_PARENT_RUN: "run-a"}
@@ -220,6 +249,65 @@ def test_a_restored_searcher_continues_the_stored_studies_without_duplicates(tmp
     assert [len(stored[pair].trials) for pair in "ab"] == [3, 3], "nothing asked twice"
     assert stored["a"].trials[0].value == 0.4 and stored["a"].trials[0].state.name == "COMPLETE"
     assert {p["optuna_trial"] for p in [*first, again, *rest[:3]] if p["pair"] == "a"} == {0, 1, 2}
+
+
+def test_warm_start_points_are_each_pairs_first_trials_with_exactly_their_params(tmp_path):
+    (tmp_path / "space.yaml").write_text(
+        "params: {alpha: {type: float, low: 0.01, high: 1.0, log: true}, beta: {type: float, low: 0.0, high: 0.05}}"
+        "\nbudget: {trials_per_pair: 4}\nsampler: {type: random, seed: 0}\n"
+    )
+    space = load_space(tmp_path / "space.yaml")
+    winners = [
+        WarmPoint({"alpha": 0.3, "beta": 0.02, "lr": 1.0}, "older/b", 0.5, "b"),
+        WarmPoint({"alpha": 2.0, "beta": 0.04}, "older/a", 0.7, "a"),
+    ]
+    warm = warm_start.plan(space, ["a", "b"], True, winners)
+    url = studies.default_url(tmp_path)
+    searcher = PairSearcher("s", ["a", "b"], space, url, {"a": "run-a", "b": "run-b"}, warm.points)
+    proposals = [searcher.suggest(f"trial_{i}") for i in range(8)]
+    by_pair = {pair: [p for p in proposals if p["pair"] == pair] for pair in "ab"}
+    # The paper's point (beta 0.1 clipped to the range's 0.05), then the pair's own winner (alpha 2.0 clipped
+    # to 1.0), then the other pair's; at most half of the 4 trials.
+    assert [(p["params"], p["source"]) for p in by_pair["a"][:2]] == [
+        ({"alpha": 0.1, "beta": 0.05}, "paper"),
+        ({"alpha": 1.0, "beta": 0.04}, "older/a"),
+    ]
+    assert [(p["params"], p["source"]) for p in by_pair["b"][:2]] == [
+        ({"alpha": 0.1, "beta": 0.05}, "paper"),
+        ({"alpha": 0.3, "beta": 0.02}, "older/b"),
+    ]
+    assert all(p["source"] == "random" for pair in "ab" for p in by_pair[pair][2:])
+    stored = optuna.load_study(study_name="s/a", storage=url).trials
+    assert [trial.user_attrs[warm_start.SOURCE] for trial in stored] == ["paper", "older/a", "random", "random"]
+    assert [trial.params for trial in stored[:2]] == [p["params"] for p in by_pair["a"][:2]]
+
+
+def test_a_restored_searcher_hands_out_the_warm_starts_it_has_not_asked_yet(tmp_path):
+    (tmp_path / "space.yaml").write_text(
+        "params: {alpha: {type: float, low: 0.01, high: 1.0, log: true}}\nbudget: {trials_per_pair: 4}\n"
+    )
+    space = load_space(tmp_path / "space.yaml")
+    points = {"a": [WarmPoint({"alpha": 0.1}, "paper"), WarmPoint({"alpha": 0.5}, "older/a")]}
+    searcher = PairSearcher("s", ["a"], space, studies.default_url(tmp_path), {"a": "run-a"}, points)
+    first = searcher.suggest("trial_0")
+    restored = _as_ray_restores(searcher, tmp_path)
+    rest = [restored.suggest(f"trial_{i}") for i in range(1, 5)]
+    assert [p["params"]["alpha"] for p in [first, rest[0]]] == [0.1, 0.5]
+    assert [p["optuna_trial"] for p in [first, *rest[:3]]] == [0, 1, 2, 3] and rest[3] == PairSearcher.FINISHED
+
+
+def test_the_quick_search_starts_every_pair_at_the_papers_point(tmp_path):
+    space = load_space("quick")
+    warm = warm_start.plan(space, ["cows", "fruits"], True, [])
+    parents = {"cows": "run-c", "fruits": "run-f"}
+    searcher = PairSearcher("q", ["cows", "fruits"], space, studies.default_url(tmp_path), parents, warm.points)
+    first = [searcher.suggest(f"trial_{i}") for i in range(2)]
+    paper = SpliceConfig()
+    assert [p["pair"] for p in first] == ["cows", "fruits"]
+    for proposal in first:
+        assert proposal["source"] == "paper"
+        assert proposal["params"] == {name: getattr(paper, name) for name in space.params}
+        assert space.config_for(proposal["params"]).alpha == 0.1 and space.config_for(proposal["params"]).lr == 2e-3
 
 
 def test_evals_per_trial_takes_the_longest_run_and_the_most_frequent_evals(tmp_path):

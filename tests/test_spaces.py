@@ -86,7 +86,7 @@ def test_quick_space_is_small() -> None:
         64,
     )
     assert space.budget == Budget(trials_per_pair=3, max_concurrent=2)
-    assert space.min_image_side() == 16
+    assert space.min_image_side() == 32  # two patches of the 16-px judge (random_tiny16)
 
 
 def test_default_space_is_the_gpu_search() -> None:

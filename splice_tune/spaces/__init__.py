@@ -24,7 +24,8 @@ A search space is a YAML file (`search_spaces/README.md` is the user-facing refe
       seed: 0               # each pair's study seed is derived from this and the pair name; null = unseeded
       startup_trials: 2     # optional: TPE's random trials before it starts modelling
     objective:
-      metric: splice_score  # splice_score | structure_score | appearance_score (default splice_score)
+      metric: splice_score  # splice_score | structure_score | appearance_score, or judge_* of these
+                            # (needs fixed.judge_vit); default splice_score
       mode: min             # every score is lower-is-better, so min is the only mode
 
 Numbers like `5e-4` are read as numbers (YAML 1.2 rules), not as the text YAML 1.1 would make of them.

@@ -75,9 +75,24 @@ def build(raw: dict, where: Where, path: Path | None, problems: list[str], notes
             params[name] = checked
 
     sections = _check_sections(raw, bool(raw_params), problem)
+    metric = sections["objective"].metric
+    if metric.startswith("judge_") and None in _values(fixed, params, "judge_vit"):
+        problem(
+            ("objective", "metric"),
+            f"{metric} needs a judge, but the space names none; set judge_vit in fixed (a ViT preset other "
+            f"than vit), or use {metric.removeprefix('judge_')}",
+        )
     if problems:
         raise BadInput(problems)
     return SearchSpace(path, description.strip(), fixed, params, **sections, notes=tuple(notes))
+
+
+def _values(fixed: dict, params: dict[str, ParamSpec], name: str) -> tuple:
+    """The values a field can take: a categorical parameter's choices, else its fixed value or default."""
+    spec = params.get(name)
+    if spec is not None and spec.type == "categorical":
+        return spec.choices
+    return (fixed.get(name, getattr(SpliceConfig(), name)),)
 
 
 def _mapping(raw: dict, section: str, problem: Callable) -> dict:
@@ -119,12 +134,12 @@ def _field_value(name: str, value: Any, folder: Path) -> tuple[Any, str | None]:
         return None, error
     if FIELD_TYPES[name] is float:
         value = float(value)
-    if name == "vit":
+    if name in ("vit", "judge_vit") and value is not None:
         from splice_model.presets import VIT_PRESETS
 
         if value not in VIT_PRESETS:
             return None, f"unknown ViT preset '{value}'; {suggest(value, list(VIT_PRESETS), 'presets are')}"
-    if name == "vit_weights" and value is not None:
+    if name in ("vit_weights", "judge_vit_weights") and value is not None:
         weights = (folder / Path(value).expanduser()).resolve()
         if not weights.is_file():
             return None, (

@@ -17,7 +17,15 @@ if TYPE_CHECKING:
 PARAM_TYPES = ("float", "int", "categorical")
 SCHEDULERS = ("asha", "none")
 SAMPLERS = ("tpe", "random")
-METRICS = ("splice_score", "structure_score", "appearance_score")
+METRICS = (
+    "splice_score",
+    "structure_score",
+    "appearance_score",
+    # The held-out judge's (a space that names judge_vit): the same scores with a ViT the generator never saw.
+    "judge_splice_score",
+    "judge_structure_score",
+    "judge_appearance_score",
+)
 SECTIONS = ("description", "fixed", "params", "budget", "scheduler", "sampler", "objective")
 
 FIELD_TYPES = typing.get_type_hints(SpliceConfig)
@@ -93,7 +101,8 @@ class Sampler:
 
 @dataclass(frozen=True)
 class Objective:
-    """The score that drives early stopping and picks each pair's winner (all scores: lower is better)."""
+    """The score that drives early stopping and picks each pair's winner (all scores: lower is better); a
+    judge_* score needs a space that names judge_vit."""
 
     metric: str = "splice_score"
     mode: str = "min"
@@ -179,4 +188,5 @@ class SearchSpace:
         """The smallest short side an input image may have: two patches of the largest-patch ViT it may use."""
         from splice_model.presets import VIT_PRESETS
 
-        return 2 * max(VIT_PRESETS[vit].patch_size for vit in self.values("vit"))
+        vits = [*self.values("vit"), *(judge for judge in self.values("judge_vit") if judge is not None)]
+        return 2 * max(VIT_PRESETS[vit].patch_size for vit in vits)
