@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed  ## quick search of the example pairs on this machine (local Ray, local MLflow)
-	$(BIN)/splice-tune search examples/pairs.csv --space quick
+	$(BIN)/splice-tune search examples/pairs.csv --space quick --warm-start auto
 	$(BIN)/splice-tune best --all --out-dir splice-runs/demo-best
 	$(BIN)/splice-tune report
 

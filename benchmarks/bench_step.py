@@ -3,14 +3,16 @@
     python benchmarks/bench_step.py --vit random_tiny8 --size 96 --vit-size 64
     python benchmarks/bench_step.py --vit dino_vits16 --random-weights --size 224 --vit-size 224
     python benchmarks/bench_step.py --vit dino_vitb8 --vit-weights dino_vitbase8_pretrain.pth --size 512
+    python benchmarks/bench_step.py --vit dino_vitb8 --judge-vit dino_vits16 --random-weights --size 512
 
 Speed does not depend on the ViT's weight values, so `--random-weights` builds a DINO architecture with
 seeded random weights when no checkpoint is at hand (the output says so). Images are procedural (a few
 shapes / stripes), square, `--size` pixels on a side; the ViT sees `--vit-size` pixels on a side.
 
 Reported: median seconds per regular step (after warm-up), steps/s, the extra cost of a full-image step
-(every `full_image_every` steps in training), an evaluation, setup (ViT build + baselines), peak memory
-(process max RSS on CPU; torch.cuda.max_memory_allocated on CUDA) and parameter counts.
+(every `full_image_every` steps in training), an evaluation (with `--judge-vit`, scored by the judge too:
+run it with and without to see what a judge costs), setup (ViT build + baselines), peak memory (process max
+RSS on CPU; torch.cuda.max_memory_allocated on CUDA) and parameter counts.
 """
 
 from __future__ import annotations
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--vit", default="random_tiny8", choices=sorted(VIT_PRESETS), help="ViT preset")
     parser.add_argument("--vit-weights", default=None, help="local DINO checkpoint for the preset")
+    parser.add_argument("--judge-vit", default=None, choices=sorted(VIT_PRESETS), help="a held-out judge ViT preset")
     parser.add_argument(
         "--random-weights",
         action="store_true",
@@ -124,11 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     vit_name = random_weights_preset(args.vit) if args.random_weights else args.vit
+    judge_name = random_weights_preset(args.judge_vit) if args.random_weights and args.judge_vit else args.judge_vit
     device = resolve_device(args.device)
     # Full-image steps and evals are timed on their own, so regular steps never include them.
     config = SpliceConfig(
         vit=vit_name,
         vit_weights=args.vit_weights,
+        judge_vit=judge_name,
         vit_size=args.vit_size,
         vit_max_side=max(480, args.vit_size),
         max_side=args.size,
@@ -194,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             f"patch {preset.patch_size}",
         ),
         ("vit weights", weights),
+        ("judge vit", judge_name or "none"),
         ("images", f"{args.size}x{args.size} synthetic; ViT input {args.vit_size}x{args.vit_size}"),
         ("bf16 autocast / compile", f"{uses_amp(config.amp, device)} (--amp {args.amp}) / {args.compile}"),
         ("params", f"generator {count(trainer.generator):,}; ViT {count(trainer.features):,} (frozen)"),

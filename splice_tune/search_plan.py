@@ -67,7 +67,7 @@ class SearchPlan:
     tracking_uri: str
     optuna_url: str  # the Optuna storage of the pairs' studies
     max_concurrent: int | None
-    baselines: dict[str, dict[str, float]]  # pair -> structure_base, appearance_base
+    baselines: dict[str, dict[str, float]]  # pair -> structure_base, appearance_base (and the judge's, judge_*)
     fingerprints: dict[str, str]  # experiment tags recording the inputs (see search_fingerprints)
     warm: warm_start.WarmStart = field(default_factory=warm_start.WarmStart)  # what each study tries first
 

@@ -88,9 +88,7 @@ def paper_point(space: SearchSpace) -> WarmPoint | None:
     return WarmPoint(point, PAPER) if point else None
 
 
-def plan(
-    space: SearchSpace, pairs: list[str], paper: bool, winners: list[WarmPoint], sampler: str | None = None
-) -> WarmStart:
+def plan(space: SearchSpace, pairs: list[str], paper: bool, winners: list[WarmPoint]) -> WarmStart:
     """Each pair's points: the paper's (when `paper`), the pair's own earlier winners, then the other
     winners by score; fitted, without repeats, at most half the pair's trials (rounded up)."""
     cap = max(1, math.ceil(space.budget.trials_per_pair / 2))
@@ -118,7 +116,7 @@ def plan(
         left = f" ({left_out} more left out: at most half a pair's trials are warm starts)" if left_out else ""
         warm.notes.append(
             f"warm start: each pair's study first tries {what}{left}, {most} of its "
-            f"{space.budget.trials_per_pair} trials; then its {sampler or space.sampler.type} sampler takes over"
+            f"{space.budget.trials_per_pair} trials; then its {space.sampler.type} sampler takes over"
         )
     return warm
 
@@ -134,8 +132,8 @@ def earlier_winners(
     if not requested:
         return [], []
     db = store.sqlite_file(tracking_uri)
-    experiments = []
-    if db is None or db.exists():
+    client, experiments = None, []
+    if db is None or db.exists():  # looking never creates a store: none yet means no earlier search
         from mlflow import MlflowClient
 
         store.refuse_damaged(tracking_uri)
@@ -157,31 +155,32 @@ def earlier_winners(
             )
         else:
             chosen.append(by_name[name])
-    if auto:
-        fingerprint = settings_fingerprint(space)
-        same = [
-            experiment
-            for experiment in experiments
-            if experiment.tags.get(TAG_SETTINGS) == fingerprint and experiment.name != current
-        ]
-        chosen += [experiment for experiment in same if experiment not in chosen]
-        notes.append(
-            "--warm-start auto: "
-            + (
-                f"starting from the winners of {', '.join(e.name for e in same)}"
-                if same
-                else "no earlier search in the store has this space's settings and ranges"
-            )
-        )
     points = []
     for experiment in chosen:
         found = _winners(client, experiment)
-        if not found and experiment.name in requested:
+        if not found:
             problems.append(
                 f"--warm-start {experiment.name}: the search has no finished trial to start from yet; "
                 f"let one finish, or leave it out"
             )
         points += found
+    if auto:
+        fingerprint = settings_fingerprint(space)
+        named = {experiment.name for experiment in chosen}
+        used = []
+        for experiment in experiments:
+            if experiment.tags.get(TAG_SETTINGS) == fingerprint and experiment.name not in named | {current}:
+                found = _winners(client, experiment)  # one still without a finished trial adds nothing
+                points += found
+                used += [experiment.name] if found else []
+        notes.append(
+            "--warm-start auto: "
+            + (
+                f"starting from the winners of {', '.join(used)}"
+                if used
+                else "no earlier search in the store has this space's settings and ranges and a finished trial"
+            )
+        )
     if problems:
         raise BadInput(problems)
     return points, notes

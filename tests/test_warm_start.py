@@ -51,16 +51,18 @@ def test_plan_orders_dedupes_and_keeps_half_the_budget_for_the_sampler(tmp_path)
     assert warm_start.plan(space, ["x"], False, []).points == {"x": []}
 
 
+def next_search(finished_search, root, name: str, warm: list[str]) -> SearchRequest:
+    """A new search over the finished search's pairs and space, warm-started from the searches `warm` names."""
+    folder = finished_search.folder
+    return SearchRequest(
+        pairs_csv=folder / "pairs.csv", space=str(folder / "space.yaml"), name=name, root=root, warm_start=warm
+    )
+
+
 @pytest.mark.slow
 def test_warm_start_from_an_earlier_search_plans_its_winners_first(finished_search, tmp_path):
     root = finished_search.folder / "splice-runs"
-    request = SearchRequest(
-        pairs_csv=finished_search.folder / "pairs.csv",
-        space=str(finished_search.folder / "space.yaml"),
-        name="warm",
-        root=root,
-        warm_start=["test-search"],
-    )
+    request = next_search(finished_search, root, "warm", ["test-search"])
     plan = plan_search(request)  # checks everything, starts and writes nothing
     client = MlflowClient(finished_search.tracking_uri)
     winners = {result.pair: client.get_run(result.run_id) for result in finished_search.summary.pairs}
@@ -78,7 +80,9 @@ def test_warm_start_from_an_earlier_search_plans_its_winners_first(finished_sear
     # Other ranges: auto finds no earlier search, the paper's point stays.
     other = plan_search(SearchRequest(**{**request.__dict__, "warm_start": ["auto"], "overrides": ["steps=20"]}))
     assert [point.source for point in other.warm.points["cows"]] == ["paper"]
-    assert other.warm.notes[0].endswith("no earlier search in the store has this space's settings and ranges")
+    assert other.warm.notes[0].endswith(
+        "no earlier search in the store has this space's settings and ranges and a finished trial"
+    )
     assert plan_search(SearchRequest(**{**request.__dict__, "no_warm_start": True, "warm_start": []})).warm.points == {}
     assert not (root / "ray" / "warm").exists()
     assert client.get_experiment_by_name("warm") is None
@@ -90,13 +94,7 @@ def test_a_search_without_a_winner_cannot_warm_start(finished_search, tmp_path):
     tracker = tracking.SearchTracker(f"sqlite:///{root / 'mlflow.db'}", "empty", artifact_root=root / "art")
     folder = finished_search.folder
     tracker.pair_run("cows", folder / "cows_structure.png", folder / "cows_appearance.png")
-    request = SearchRequest(
-        pairs_csv=finished_search.folder / "pairs.csv",
-        space=str(finished_search.folder / "space.yaml"),
-        name="next",
-        root=root,
-        warm_start=["empty"],
-    )
+    request = next_search(finished_search, root, "next", ["empty"])
     with pytest.raises(BadInput) as error:
         plan_search(request)
     assert error.value.problems == [
