@@ -116,6 +116,9 @@ def _complete_space(incomplete: str) -> list[str]:
 
 # Every command's --root: one definition, so the store folder is described and defaulted the same everywhere.
 Root = Annotated[Path, typer.Option(help="Folder of the local MLflow store (search also keeps Ray's results there).")]
+Host = Annotated[
+    str, typer.Option(help="Interface to bind; only this machine can connect unless you give another (e.g. 0.0.0.0).")
+]
 
 
 def _tracking_uri_option(help: str) -> OptionInfo:
@@ -339,9 +342,7 @@ def report(
 @app.command()
 def ui(
     port: int = typer.Option(5000, help="Port to serve on."),
-    host: str = typer.Option(
-        "127.0.0.1", help="Interface to bind; only this machine can connect unless you give another (e.g. 0.0.0.0)."
-    ),
+    host: Host = "127.0.0.1",
     root: Root = DEFAULT_ROOT,
 ) -> None:
     """Serve the MLflow UI for the local store until Ctrl-C."""
@@ -353,9 +354,7 @@ def ui(
 @app.command()
 def dashboard(
     port: int = typer.Option(8080, help="Port to serve on."),
-    host: str = typer.Option(
-        "127.0.0.1", help="Interface to bind; only this machine can connect unless you give another (e.g. 0.0.0.0)."
-    ),
+    host: Host = "127.0.0.1",
     root: Root = DEFAULT_ROOT,
     optuna_storage: Optional[str] = typer.Option(
         None, help="Optuna storage URL \\[default: sqlite:///ROOT/optuna.db]."

@@ -1,14 +1,12 @@
 """`splice-tune dashboard`: optuna-dashboard over the searches' Optuna storage, until Ctrl-C.
 
 Runs optuna-dashboard's `run_server` in a child process of this environment's Python, in its own process
-group, and stops it as `ui` stops the MLflow server (`ui.stop_server`). It binds 127.0.0.1 unless told
+group, and serves and stops it as `ui` does the MLflow server (`ui.serve_until_stopped`). It binds 127.0.0.1 unless told
 otherwise: the dashboard has no login, and anyone who reaches it can add notes to and delete studies.
 """
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -49,32 +47,18 @@ def serve_dashboard(
     check_storage(url, flag)
     ui.check_port(host, port)
     address = f"http://{ui.url_host(host)}:{port}"
-    process = subprocess.Popen(dashboard_command(url, host, port), start_new_session=True)
-    previous = signal.signal(signal.SIGTERM, ui.interrupt)
-    try:
-        if not ui.wait_ready(process, address, "/api/studies"):
-            code = process.poll()
-            why = f"exited with code {code}" if code is not None else f"did not answer in {ui.READY_TIMEOUT_S:.0f} s"
-            console.print(f"[red]error:[/] optuna-dashboard {why}; its messages are above", highlight=False)
-            return 1
-        console.print(
-            f"optuna-dashboard for {studies.shown(url)}: [bold]{address}[/]  (Ctrl-C to stop)", highlight=False
-        )
-        if host not in ui.LOOPBACK:
-            console.print(
-                f"[yellow]note:[/] listening on {host}: anyone who can reach this machine on port {port} "
-                f"can change and delete your studies",
-                highlight=False,
-            )
-        code = process.wait()
-        console.print(f"[red]error:[/] optuna-dashboard stopped by itself (exit code {code})", highlight=False)
-        return 1
-    except KeyboardInterrupt:
-        console.print("stopping optuna-dashboard")
-        return 0
-    finally:
-        ui.stop_server(process)
-        signal.signal(signal.SIGTERM, previous)
+    exposed = f"anyone who can reach this machine on port {port} can change and delete your studies"
+    return ui.serve_until_stopped(
+        dashboard_command(url, host, port),
+        address,
+        "/api/studies",
+        server="optuna-dashboard",
+        banner=f"optuna-dashboard for {studies.shown(url)}: [bold]{address}[/]  (Ctrl-C to stop)",
+        stopping="stopping optuna-dashboard",
+        exposed=exposed if host not in ui.LOOPBACK else None,
+        host=host,
+        console=console,
+    )
 
 
 def storage_flag(optuna_storage: str | None, root: Path) -> tuple[str, str]:

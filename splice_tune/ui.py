@@ -61,32 +61,62 @@ def serve_ui(root: Path, host: str = "127.0.0.1", port: int = 5000, console: Con
     command = server_command(root, host, port)  # checks the store exists
     check_port(host, port)
     url = f"http://{url_host(host)}:{port}"
+    exposed = (
+        f"anyone who can reach this machine on port {port} can read and change your runs; MLflow only accepts "
+        f"localhost and private-network host names unless its --allowed-hosts says otherwise"
+    )
+    return serve_until_stopped(
+        command,
+        url,
+        "/health",
+        server="the MLflow server",
+        banner=f"MLflow UI for {root}: [bold]{url}[/]  (Ctrl-C to stop)",
+        stopping="stopping the MLflow UI",
+        exposed=exposed if host not in LOOPBACK else None,
+        host=host,
+        console=console,
+        on_ready=lambda: _announce(root, url),
+        on_stop=lambda: _withdraw(root),
+    )
+
+
+def serve_until_stopped(
+    command: list[str],
+    url: str,
+    ready_path: str,
+    *,
+    server: str,
+    banner: str,
+    stopping: str,
+    exposed: str | None,
+    host: str,
+    console: Console,
+    on_ready=lambda: None,
+    on_stop=lambda: None,
+) -> int:
+    """Run a local web server (`ui`, `dashboard`) until Ctrl-C or SIGTERM; returns the exit code: 0 after a
+    clean stop, 1 when it did not come up or stopped by itself. `exposed`: the warning for a non-loopback host."""
     process = subprocess.Popen(command, start_new_session=True)
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
-        if not wait_ready(process, url):
+        if not wait_ready(process, url, ready_path):
             code = process.poll()
             reason = f"exited with code {code}" if code is not None else f"did not answer in {READY_TIMEOUT_S:.0f} s"
-            console.print(f"[red]error:[/] the MLflow server {reason}; its messages are above", highlight=False)
+            console.print(f"[red]error:[/] {server} {reason}; its messages are above", highlight=False)
             return 1
-        _announce(root, url)
-        console.print(f"MLflow UI for {root}: [bold]{url}[/]  (Ctrl-C to stop)", highlight=False)
-        if host not in LOOPBACK:
-            console.print(
-                f"[yellow]note:[/] listening on {host}: anyone who can reach this machine on port {port} "
-                f"can read and change your runs; MLflow only accepts localhost and private-network "
-                f"host names unless its --allowed-hosts says otherwise",
-                highlight=False,
-            )
+        on_ready()
+        console.print(banner, highlight=False)
+        if exposed:
+            console.print(f"[yellow]note:[/] listening on {host}: {exposed}", highlight=False)
         code = process.wait()
-        console.print(f"[red]error:[/] the MLflow server stopped by itself (exit code {code})", highlight=False)
+        console.print(f"[red]error:[/] {server} stopped by itself (exit code {code})", highlight=False)
         return 1
     except KeyboardInterrupt:
-        console.print("stopping the MLflow UI")
+        console.print(stopping)
         return 0
     finally:
         stop_server(process)
-        _withdraw(root)
+        on_stop()
         signal.signal(signal.SIGTERM, previous)
 
 

@@ -75,8 +75,9 @@ def build(raw: dict, where: Where, path: Path | None, problems: list[str], notes
             params[name] = checked
 
     sections = _check_sections(raw, bool(raw_params), problem)
-    metric = sections["objective"].metric
-    if metric.startswith("judge_") and None in _values(fixed, params, "judge_vit"):
+    space = SearchSpace(path, description.strip(), fixed, params, **sections, notes=tuple(notes))
+    metric = space.objective.metric
+    if metric.startswith("judge_") and None in space.values("judge_vit"):
         problem(
             ("objective", "metric"),
             f"{metric} needs a judge, but the space names none; set judge_vit in fixed (a ViT preset other "
@@ -84,15 +85,7 @@ def build(raw: dict, where: Where, path: Path | None, problems: list[str], notes
         )
     if problems:
         raise BadInput(problems)
-    return SearchSpace(path, description.strip(), fixed, params, **sections, notes=tuple(notes))
-
-
-def _values(fixed: dict, params: dict[str, ParamSpec], name: str) -> tuple:
-    """The values a field can take: a categorical parameter's choices, else its fixed value or default."""
-    spec = params.get(name)
-    if spec is not None and spec.type == "categorical":
-        return spec.choices
-    return (fixed.get(name, getattr(SpliceConfig(), name)),)
+    return space
 
 
 def _mapping(raw: dict, section: str, problem: Callable) -> dict:
