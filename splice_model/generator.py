@@ -4,6 +4,10 @@ Encoder channels 3 -> 16 -> 32 -> 64 -> 128 -> 128, each level a strided 3x3 con
 followed by BatchNorm + LeakyReLU; every level's input also goes through a 1x1 conv whose output is
 concatenated into the matching decoder level; the decoder mirrors the encoder; a final 1x1 conv + sigmoid
 gives RGB. Fully convolutional: any H x W renders (padded to a multiple of 32, at least 64, then cropped back).
+
+It starts as the released code's does (docs/design.md, "Generator"): zero-padded convs, conv weights from
+xavier_normal_(gain=0.02) with zero bias, BatchNorm weights from N(1, 0.02) with zero bias, so its first
+output is a flat grey (sigmoid of ~0).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from torch import nn
 ENCODER_CHANNELS = (16, 32, 64, 128, 128)
 SKIP_CHANNELS = 4  # the released code's 1x1 skip width
 DOWNSAMPLING = 2 ** len(ENCODER_CHANNELS)
+INIT_GAIN = 0.02  # the released config's init_type: xavier, init_gain: 0.02
 
 
 def _norm(channels: int) -> nn.BatchNorm2d:
@@ -25,8 +30,8 @@ def _norm(channels: int) -> nn.BatchNorm2d:
 
 def _conv_block(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(
-        # Replicate padding: border-friendly like reflection, and valid even on the 1x1 maps of tiny inputs.
-        nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, padding_mode="replicate"),
+        # Zero padding, as the released code: it also keeps channels-last on CUDA (a pad kernel would not).
+        nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2),
         _norm(out_channels),
         nn.LeakyReLU(0.2, inplace=True),
     )
@@ -53,6 +58,7 @@ class SpliceGenerator(nn.Module):
             for c_deeper, c_out in zip((*channels[1:], channels[-1]), channels)
         )
         self.to_rgb = nn.Conv2d(channels[0], 3, 1)
+        self.apply(_released_init)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         height, width = image.shape[-2:]
@@ -65,6 +71,17 @@ class SpliceGenerator(nn.Module):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = up(torch.cat([skip, x], dim=1))
         return torch.sigmoid(self.to_rgb(x))[..., :height, :width]
+
+
+def _released_init(module: nn.Module) -> None:
+    # The released code's init: small conv weights make every conv's output start near 0 and set the scale
+    # Adam's constant lr moves them on (BatchNorm follows every conv, so that scale shapes the training).
+    if isinstance(module, nn.Conv2d):
+        nn.init.xavier_normal_(module.weight, gain=INIT_GAIN)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, INIT_GAIN)
+        nn.init.zeros_(module.bias)
 
 
 def _pad_to_multiple(image: torch.Tensor, multiple: int, min_side: int = 0) -> torch.Tensor:

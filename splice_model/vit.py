@@ -1,8 +1,9 @@
-"""DINO-ViT feature extractor: last-block [CLS] token, attention keys and their self-similarity.
+"""DINO / DINOv2 ViT feature extractor: last-block [CLS] token, attention keys and their self-similarity.
 
 Presets are a small table (name -> architecture, patch size, official weights URL). The model is timm's
-`VisionTransformer`, which loads DINO's checkpoints by key name; only the positional-embedding
-interpolation is replaced by DINO's own (`dino_pos_embed`) so non-square inputs match DINO exactly.
+`VisionTransformer`, which loads DINO's and DINOv2's checkpoints by key name; only the positional-embedding
+interpolation is replaced by DINO's own (`dino_pos_embed`, which DINOv2 shares) so non-square inputs match
+exactly.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class ViTFeatures(nn.Module):
         self.model = model
         self.preset_name = preset_name
         self.patch_size = model.patch_embed.patch_size[0]
+        self.registers = model.register_tokens.shape[1] if hasattr(model, "register_tokens") else 0
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         model.patch_embed.strict_img_size = False
@@ -69,15 +71,22 @@ class ViTFeatures(nn.Module):
         tokens = model.patch_embed(x[..., : height // patch * patch, : width // patch * patch])
         tokens = torch.cat([model.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         tokens = tokens + dino_pos_embed(model.pos_embed, height, width, self.patch_size).to(tokens.dtype)
+        if self.registers:
+            # DINOv2 inserts its registers after CLS, after the position embeddings (they have none).
+            registers = model.register_tokens.expand(tokens.shape[0], -1, -1).to(tokens.dtype)
+            tokens = torch.cat([tokens[:, :1], registers, tokens[:, 1:]], dim=1)
         tokens = model.blocks(tokens)
         keys, self._keys = self._keys, None
+        if self.registers:
+            # Registers are not image patches: the structure terms compare CLS and the patches only.
+            keys = torch.cat([keys[:, :1], keys[:, 1 + self.registers :]], dim=1)
         keys = keys.float()
-        normalized = F.normalize(keys, dim=-1)
-        return {
-            "cls": tokens[:, 0].float(),
-            "keys": keys,
-            "selfsim": normalized @ normalized.transpose(1, 2),
-        }
+        # Autocast puts matmuls on its bf16 list whatever their inputs' dtype: the self-similarity (Eq. 2)
+        # that the structure loss and scores compare must stay fp32 (a few GFLOP), so autocast is off here.
+        with torch.autocast(keys.device.type, enabled=False):
+            normalized = F.normalize(keys, dim=-1)
+            selfsim = normalized @ normalized.transpose(1, 2)
+        return {"cls": tokens[:, 0].float(), "keys": keys, "selfsim": selfsim}
 
 
 def dino_pos_embed(pos_embed: torch.Tensor, height: int, width: int, patch_size: int) -> torch.Tensor:
@@ -143,17 +152,7 @@ def build_vit(preset_name: str = DEFAULT_VIT, weights: str | os.PathLike | None 
     preset = VIT_PRESETS[preset_name]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(preset.random_seed)
-        model = VisionTransformer(
-            img_size=224,
-            patch_size=preset.patch_size,
-            embed_dim=preset.embed_dim,
-            depth=preset.depth,
-            num_heads=preset.num_heads,
-            mlp_ratio=4.0,
-            qkv_bias=True,
-            num_classes=0,
-            norm_layer=partial(nn.LayerNorm, eps=1e-6),
-        )
+        model = vit_architecture(preset)
     if weights is not None:
         state = read_dino_checkpoint(weights)
     elif preset.url is not None:
@@ -163,6 +162,31 @@ def build_vit(preset_name: str = DEFAULT_VIT, weights: str | os.PathLike | None 
     if state is not None:
         _load_state(model, state, source=str(weights or preset.url))
     return ViTFeatures(model, preset_name)
+
+
+def vit_architecture(preset: VitPreset) -> VisionTransformer:
+    """The preset's network with fresh weights, as DINO's / DINOv2's own code builds it.
+
+    DINOv2 adds LayerScale (`blocks.N.ls1.gamma`, `ls2.gamma`), the 518-px grid's 37 x 37 position
+    embeddings, and, in the _reg variants, `register_tokens` (1, R, d): kept under DINOv2's own key name
+    (and not as timm's `reg_token`, whose position embeddings DINOv2 does not have) so that checkpoints
+    load by key name.
+    """
+    model = VisionTransformer(
+        img_size=preset.img_size,
+        patch_size=preset.patch_size,
+        embed_dim=preset.embed_dim,
+        depth=preset.depth,
+        num_heads=preset.num_heads,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        init_values=1e-5 if preset.layer_scale else None,
+        num_classes=0,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+    )
+    if preset.register_tokens:
+        model.register_tokens = nn.Parameter(torch.randn(1, preset.register_tokens, preset.embed_dim) * 0.02)
+    return model
 
 
 def read_dino_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -218,10 +242,11 @@ def _hub_checkpoint(preset_name: str, url: str) -> dict[str, torch.Tensor]:
 
 
 def _load_state(model: VisionTransformer, state: dict[str, torch.Tensor], source: str) -> None:
-    # DINO checkpoints carry no classifier head; anything else missing or extra means a wrong file.
+    # DINO checkpoints carry no classifier head, and DINOv2's `mask_token` serves only its masked
+    # pretraining, never features; anything else missing or extra means a wrong file.
     expected = {k: v.shape for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(state))
-    unexpected = sorted(k for k in set(state) - set(expected) if not k.startswith("head."))
+    unexpected = sorted(k for k in set(state) - set(expected) if not k.startswith("head.") and k != "mask_token")
     wrong = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k]))
     if missing or unexpected or wrong:
         detail = "; ".join(
@@ -231,6 +256,7 @@ def _load_state(model: VisionTransformer, state: dict[str, torch.Tensor], source
         )
         raise WeightsError(
             f"{source}: does not match this ViT preset ({detail}); pick the preset the "
-            f"checkpoint was trained as (e.g. dino_vits8 for dino_deitsmall8_pretrain.pth)"
+            f"checkpoint was trained as (e.g. dino_vits8 for dino_deitsmall8_pretrain.pth, dinov2_vits14_reg for "
+            f"dinov2_vits14_reg4_pretrain.pth)"
         )
     model.load_state_dict({k: v for k, v in state.items() if k in expected})

@@ -85,6 +85,32 @@ def tiny_config() -> SpliceConfig:
     )
 
 
+# ------------------------------------------------------------------------------------- real ViT weights
+# A real DINOv2 ViT-S/14 lies beside the repository (../shared/weights) where CI and this project's
+# workplaces run; a user's clone lacks it. Tests that random weights cannot pass (marked real_vit) use it and
+# skip without it. The project itself never ships, downloads or defaults to this file.
+
+REAL_VIT_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "dinov2_vits14_imgfocus.pth"
+REAL_VIT_PRESET = "dinov2_vits14"
+REAL_PAIRS = Path(__file__).resolve().parent.parent / "examples" / "real"
+
+
+@pytest.fixture(scope="session")
+def real_vit_weights() -> Path:
+    """The real DINOv2 ViT-S/14 weights file; skips the test when it is not beside the repository."""
+    if not REAL_VIT_WEIGHTS.is_file():
+        pytest.skip(f"real ViT weights not found: {REAL_VIT_WEIGHTS} (a DINOv2 ViT-S/14 state dict)")
+    return REAL_VIT_WEIGHTS
+
+
+@pytest.fixture(scope="session")
+def real_vit(real_vit_weights):
+    """The real DINOv2 ViT-S/14 features, built once per session."""
+    from splice_model.vit import build_vit
+
+    return build_vit(REAL_VIT_PRESET, real_vit_weights)
+
+
 # ------------------------------------------------------------------------------------------ one real search
 # A real search (local Ray, SQLite MLflow store, the shipped example images) is the expensive fixture: it is
 # run once per test session and shared by every test that inspects a finished search.

@@ -63,6 +63,49 @@ def test_layer_channels_follow_paper_a1(generator):
     assert generator.to_rgb.kernel_size == (1, 1)
 
 
+def _convs(generator: SpliceGenerator) -> list[nn.Conv2d]:
+    return [m for m in generator.modules() if isinstance(m, nn.Conv2d)]
+
+
+def test_parameter_count_is_the_released_generators(generator):
+    assert sum(p.numel() for p in generator.parameters()) == 1_037_523
+
+
+def test_conv_weights_start_at_the_released_init_scale(generator):
+    """xavier_normal_(gain=0.02), zero bias: each conv's weight std within 1.5x of the released init's.
+    PyTorch's default init (kaiming-uniform, a=sqrt(5)) is 7-35x larger and fails this."""
+    for conv in _convs(generator):
+        fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        released_std = 0.02 * (2.0 / (fan_in + fan_out)) ** 0.5
+        ratio = conv.weight.std().item() / released_std
+        assert 1 / 1.5 < ratio < 1.5, (conv, ratio)
+        assert torch.count_nonzero(conv.bias) == 0
+
+
+def test_batchnorm_weights_start_near_one(generator):
+    norms = [m for m in generator.modules() if isinstance(m, nn.BatchNorm2d)]
+    weights = torch.cat([m.weight.detach() for m in norms])
+    assert abs(weights.mean().item() - 1.0) < 0.005
+    assert 0.01 < weights.std().item() < 0.03  # N(1, 0.02), not PyTorch's constant 1
+    assert all(torch.count_nonzero(m.bias) == 0 for m in norms)
+
+
+def test_convolutions_pad_with_zeros(generator):
+    assert all(conv.padding_mode == "zeros" for conv in _convs(generator))
+    assert all(conv.padding == (conv.kernel_size[0] // 2,) * 2 for conv in _convs(generator))
+
+
+def test_first_output_is_flat_grey(generator):
+    """The released generator's first picture is a flat grey (0.50 +- 0.005); a default-init one is
+    coloured noise (channel means 0.47 / 0.67 / 0.55, std 0.12)."""
+    image = torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = generator(image)
+    assert (out.mean(dim=(0, 2, 3)) - 0.5).abs().max() < 0.005
+    assert out.std() < 0.01  # ~0.005 here, 0.12 with the default init
+
+
 def test_render_pil_and_path(generator, structure_image, image_paths):
     structure_path, _ = image_paths
     expected = generator(to_tensor(structure_image)[None])[0].detach()

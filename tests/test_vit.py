@@ -30,17 +30,23 @@ def test_preset(monkeypatch) -> str:
     return TEST_PRESET
 
 
-def random_dino_state(seed: int = 0, embed: int = EMBED, depth: int = DEPTH, patch: int = PATCH) -> dict:
+def random_dino_state(
+    seed: int = 0, embed: int = EMBED, depth: int = DEPTH, patch: int = PATCH, dinov2: bool = False, registers: int = 0
+) -> dict:
     """A state dict with DINO's key names and shapes, random values large enough that every part matters
-    (e.g. a strongly varying positional embedding makes any interpolation difference visible)."""
+    (e.g. a strongly varying positional embedding makes any interpolation difference visible).
+
+    `dinov2`: DINOv2's layout instead: the 518-px grid, LayerScale gammas, `mask_token`, and `registers`
+    register tokens (`register_tokens`), as in Meta's `dinov2_vit*14[_reg4]_pretrain.pth`."""
     gen = torch.Generator().manual_seed(seed)
 
     def rand(*shape, scale=0.1, offset=0.0):
         return offset + scale * torch.randn(*shape, generator=gen)
 
+    grid = (518 if dinov2 else 224) // patch
     state = {
         "cls_token": rand(1, 1, embed, scale=0.5),
-        "pos_embed": rand(1, 1 + (224 // patch) ** 2, embed, scale=0.5),
+        "pos_embed": rand(1, 1 + grid**2, embed, scale=0.5),
         "patch_embed.proj.weight": rand(embed, 3, patch, patch, scale=0.05),
         "patch_embed.proj.bias": rand(embed),
         "norm.weight": rand(embed, offset=1.0),
@@ -64,11 +70,23 @@ def random_dino_state(seed: int = 0, embed: int = EMBED, depth: int = DEPTH, pat
                 b + "mlp.fc2.bias": rand(embed),
             }
         )
+        if dinov2:
+            state.update(
+                {b + "ls1.gamma": rand(embed, scale=0.5, offset=1.0), b + "ls2.gamma": rand(embed, offset=0.5)}
+            )
+    if dinov2:
+        state["mask_token"] = rand(1, embed)  # only DINOv2's masked pretraining uses it
+    if registers:
+        state["register_tokens"] = rand(1, registers, embed, scale=0.5)
     return state
 
 
 def dino_reference(state: dict, images: torch.Tensor, patch: int, heads: int) -> dict:
-    """DINO's ViT forward, written out: returns the last block's cls (pre-norm), keys and selfsim."""
+    """DINO's ViT forward, written out: returns the last block's cls (pre-norm), keys and selfsim.
+
+    With DINOv2 keys in `state`: LayerScale scales each residual branch, and register tokens go in after CLS
+    once the position embeddings are added (DINOv2's `prepare_tokens_with_masks`); they are left out of the
+    keys (not image patches)."""
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     x = (images - mean) / std
@@ -90,6 +108,9 @@ def dino_reference(state: dict, images: torch.Tensor, patch: int, heads: int) ->
         assert int(w0) == grid.shape[-2] and int(h0) == grid.shape[-1]
         pos = torch.cat([pos_embed[:, :1], grid.permute(0, 2, 3, 1).reshape(1, -1, dim)], dim=1)
     x = x + pos
+    registers = state.get("register_tokens")
+    if registers is not None:
+        x = torch.cat([x[:, :1], registers.expand(B, -1, -1), x[:, 1:]], dim=1)
 
     d = x.shape[-1]
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
@@ -100,12 +121,15 @@ def dino_reference(state: dict, images: torch.Tensor, patch: int, heads: int) ->
         qkv = F.linear(y, p("attn.qkv.weight"), p("attn.qkv.bias")).reshape(B, T, 3, heads, d // heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         attn = ((q @ k.transpose(-2, -1)) * (d // heads) ** -0.5).softmax(dim=-1)
-        x = x + F.linear((attn @ v).transpose(1, 2).reshape(B, T, d), p("attn.proj.weight"), p("attn.proj.bias"))
+        ls1, ls2 = state.get(f"blocks.{i}.ls1.gamma", 1.0), state.get(f"blocks.{i}.ls2.gamma", 1.0)
+        x = x + ls1 * F.linear((attn @ v).transpose(1, 2).reshape(B, T, d), p("attn.proj.weight"), p("attn.proj.bias"))
         y = F.layer_norm(x, (d,), p("norm2.weight"), p("norm2.bias"), eps=1e-6)
-        x = x + F.linear(
+        x = x + ls2 * F.linear(
             F.gelu(F.linear(y, p("mlp.fc1.weight"), p("mlp.fc1.bias"))), p("mlp.fc2.weight"), p("mlp.fc2.bias")
         )
         keys = k.transpose(1, 2).reshape(B, T, d)  # heads concatenated, CLS included
+    if registers is not None:
+        keys = torch.cat([keys[:, :1], keys[:, 1 + registers.shape[1] :]], dim=1)
     unit = F.normalize(keys, dim=-1)
     return {"cls": x[:, 0], "keys": keys, "selfsim": unit @ unit.transpose(1, 2)}
 
@@ -399,3 +423,124 @@ def test_not_dino_note_only_for_random_presets():
     assert "NOT DINO" in not_dino_note("random_tiny8")
     assert all(not_dino_note(name) is None for name, preset in VIT_PRESETS.items() if preset.url is not None)
     assert not_dino_note("no_such_preset") is None
+
+
+def test_selfsim_is_fp32_under_bf16_autocast(test_preset):
+    """Autocast runs matmuls in bf16 whatever their inputs: the self-similarity that the structure loss and
+    scores compare must still be the fp32 cosine similarity of the (fp32) keys."""
+    features = build_vit(test_preset)
+    images = torch.rand(2, 3, 64, 80, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        got = features(images)
+    unit = F.normalize(got["keys"], dim=-1)
+    assert got["selfsim"].dtype == torch.float32
+    torch.testing.assert_close(got["selfsim"], unit @ unit.transpose(1, 2), rtol=0, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------- DINOv2
+V2_PRESET = "test_dinov2_tiny"
+
+
+@pytest.mark.parametrize("registers", [0, 4], ids=["plain", "reg4"])
+@pytest.mark.parametrize("size", [(224, 224), (518, 518), (224, 308), (182, 140)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_dinov2_features_match_reference(monkeypatch, tmp_path, registers, size):
+    """A checkpoint in Meta's DINOv2 layout (mask_token included) gives DINOv2's features: LayerScale, the
+    37 x 37 grid interpolated by DINO's rule, and registers that take part in attention but not in the keys."""
+    preset = VitPreset(EMBED, DEPTH, HEADS, 14, url=None, img_size=518, layer_scale=True, register_tokens=registers)
+    monkeypatch.setitem(VIT_PRESETS, V2_PRESET, preset)
+    state = random_dino_state(seed=5, patch=14, dinov2=True, registers=registers)
+    torch.save(state, tmp_path / "dinov2.pth")
+    features = build_vit(V2_PRESET, tmp_path / "dinov2.pth")
+    images = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got, want = features(images), dino_reference(state, images, 14, HEADS)
+    grid = (size[0] // 14) * (size[1] // 14)
+    assert got["keys"].shape == (2, 1 + grid, EMBED)  # CLS and the patches: no registers
+    for name in ("cls", "keys", "selfsim"):
+        torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+def test_registers_change_the_features(monkeypatch, tmp_path):
+    """The registers are really in the forward pass (a loader that dropped them would still match shapes)."""
+    monkeypatch.setitem(VIT_PRESETS, V2_PRESET, VitPreset(EMBED, DEPTH, HEADS, 14, None, 0, "", 518, True, 4))
+    state = random_dino_state(seed=6, patch=14, dinov2=True, registers=4)
+    torch.save(state, tmp_path / "a.pth")
+    torch.save({**state, "register_tokens": -state["register_tokens"]}, tmp_path / "b.pth")
+    images = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        a, b = (build_vit(V2_PRESET, tmp_path / name)(images)["cls"] for name in ("a.pth", "b.pth"))
+    assert (a - b).abs().max() > 1e-3
+
+
+def official_dinov2_shapes(embed: int, depth: int, registers: int) -> dict[str, tuple]:
+    """Key names and shapes of Meta's `dinov2_vit*14[_reg4]_pretrain.pth` (without mask_token)."""
+    shapes = {
+        "cls_token": (1, 1, embed),
+        "pos_embed": (1, 1 + 37 * 37, embed),
+        "patch_embed.proj.weight": (embed, 3, 14, 14),
+        "patch_embed.proj.bias": (embed,),
+        "norm.weight": (embed,),
+        "norm.bias": (embed,),
+    }
+    if registers:
+        shapes["register_tokens"] = (1, registers, embed)
+    for i in range(depth):
+        b = f"blocks.{i}."
+        for norm in ("norm1", "norm2"):
+            shapes.update({b + norm + ".weight": (embed,), b + norm + ".bias": (embed,)})
+        shapes.update(
+            {
+                b + "attn.qkv.weight": (3 * embed, embed),
+                b + "attn.qkv.bias": (3 * embed,),
+                b + "attn.proj.weight": (embed, embed),
+                b + "attn.proj.bias": (embed,),
+                b + "ls1.gamma": (embed,),
+                b + "mlp.fc1.weight": (4 * embed, embed),
+                b + "mlp.fc1.bias": (4 * embed,),
+                b + "mlp.fc2.weight": (embed, 4 * embed),
+                b + "mlp.fc2.bias": (embed,),
+                b + "ls2.gamma": (embed,),
+            }
+        )
+    return shapes
+
+
+DINOV2 = {"s": (384, 12), "b": (768, 12), "l": (1024, 24)}  # width, depth
+
+
+@pytest.mark.parametrize("name", [n for n in VIT_PRESETS if n.startswith("dinov2_")])
+def test_dinov2_presets_have_the_official_layout_and_url(name):
+    """Each preset's network has exactly the official checkpoint's keys and shapes (built on the meta
+    device: ViT-L costs nothing) and points at its file in DINOv2's download folder."""
+    from splice_model.vit import vit_architecture
+
+    size, registers = name[len("dinov2_vit")], 4 if name.endswith("_reg") else 0
+    embed, depth = DINOV2[size]
+    preset = VIT_PRESETS[name]
+    with torch.device("meta"):
+        model = vit_architecture(preset)
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == official_dinov2_shapes(embed, depth, registers)
+    arch = f"dinov2_vit{size}14"
+    assert (
+        preset.url == f"https://dl.fbaipublicfiles.com/dinov2/{arch}/{arch}{'_reg4' if registers else ''}_pretrain.pth"
+    )
+
+
+@pytest.mark.real_vit
+def test_real_dinov2_file_matches_timms_construction(real_vit_weights, real_vit):
+    """timm's own `vit_small_patch14_dinov2`, loaded with the same file through timm's checkpoint filter,
+    gives the same last-block CLS token and keys on a square 518-px input."""
+    import timm
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    reference = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0).eval()
+    state = torch.load(real_vit_weights, map_location="cpu", weights_only=True)
+    reference.load_state_dict(checkpoint_filter_fn(state, reference))
+    kept = {}
+    reference.blocks[-1].attn.qkv.register_forward_hook(lambda m, i, out: kept.update(keys=out[..., 384:768]))
+    images = torch.rand(1, 3, 518, 518, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = real_vit(images)
+        tokens = reference.blocks(reference._pos_embed(reference.patch_embed((images - real_vit.mean) / real_vit.std)))
+    torch.testing.assert_close(ours["cls"], tokens[:, 0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours["keys"], kept["keys"], rtol=0, atol=1e-5)
