@@ -11,10 +11,12 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-demo: $(BIN)/.installed  ## quick search of the example pairs on this machine (local Ray, local MLflow)
-	$(BIN)/splice-tune search examples/pairs.csv --space quick --warm-start auto
-	$(BIN)/splice-tune best --all --out-dir splice-runs/demo-best
-	$(BIN)/splice-tune report
+# Real ViT weights for the demo (examples/demo.py): `make demo VIT_WEIGHTS=FILE [VIT=dino_vits16]`.
+VIT_WEIGHTS ?=
+VIT ?=
+
+demo: $(BIN)/.installed  ## search the example pairs here (local Ray, local MLflow), render the winners, report
+	$(BIN)/python examples/demo.py --vit-weights "$(VIT_WEIGHTS)" --vit "$(VIT)"
 
 test: lint  ## lint, then the whole suite, as CI runs it
 	$(BIN)/python -m pytest -q

@@ -156,7 +156,7 @@ def build_vit(preset_name: str = DEFAULT_VIT, weights: str | os.PathLike | None 
     if weights is not None:
         state = read_dino_checkpoint(weights)
     elif preset.url is not None:
-        state = _hub_checkpoint(preset_name, preset.url)
+        state = read_dino_checkpoint(official_checkpoint(preset_name))
     else:
         state = None
     if state is not None:
@@ -222,8 +222,18 @@ def read_dino_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def _hub_checkpoint(preset_name: str, url: str) -> dict[str, torch.Tensor]:
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+def hub_cache_path(preset_name: str) -> Path | None:
+    """Where torch hub's cache keeps the preset's official checkpoint (whether or not it is there yet);
+    None for the random presets."""
+    url = VIT_PRESETS[preset_name].url
+    return None if url is None else Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def official_checkpoint(preset_name: str) -> Path:
+    """The preset's official checkpoint in torch hub's cache, downloaded there first when missing (30 s
+    network timeout); WeightsError saying how to provide the file when it cannot be had."""
+    url = VIT_PRESETS[preset_name].url
+    cached = hub_cache_path(preset_name)
     if not cached.is_file():
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(30)
@@ -238,7 +248,7 @@ def _hub_checkpoint(preset_name: str, url: str) -> dict[str, torch.Tensor]:
             ) from None
         finally:
             socket.setdefaulttimeout(previous)
-    return read_dino_checkpoint(cached)
+    return cached
 
 
 def _load_state(model: VisionTransformer, state: dict[str, torch.Tensor], source: str) -> None:

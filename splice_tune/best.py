@@ -10,6 +10,7 @@ works when no trial finished (the best stopped-early trial's settings are used t
 
 from __future__ import annotations
 
+import difflib
 import json
 import tempfile
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class BestRequest:
 
     pair: str | None = None
     all_pairs: bool = False
+    trial: str | None = None  # PAIR-tN: this trial, not the winner (e.g. one picked from the contact sheet)
     search: str | None = None
     by: str = "splice"
     out: Path | None = None
@@ -96,6 +98,10 @@ def run_best(
     client, uri = results.open_store(request.tracking_uri, request.root)
     experiment = results.find_search(client, request.search, uri)
     pairs = results.search_pairs(client, experiment)
+    metric = BY_METRIC[request.by]
+    if request.trial is not None:
+        pair, run = _picked_trial(pairs, request.trial, experiment.name)
+        return _render_chosen(request, [(pair, run)], {}, client, uri, experiment, metric, console, progress_console)
     if request.all_pairs:
         targets = list(pairs.values())
         if not targets:
@@ -103,7 +109,6 @@ def run_best(
     else:
         targets = [results.select_pair(pairs, request.pair, experiment.name)]
 
-    metric = BY_METRIC[request.by]
     if metric in results.JUDGE_SCORES and not results.judged([run for pair in targets for run in pair.trials]):
         raise BadInput(
             f"--by {request.by}: search {experiment.name!r} has no judge scores (its search space names no "
@@ -123,11 +128,51 @@ def run_best(
         raise BadInput(list(skipped.values()))
     for problem in skipped.values():
         console.print(f"[yellow]skipped:[/] {problem}", highlight=False)
+    return _render_chosen(request, chosen, skipped, client, uri, experiment, metric, console, progress_console)
 
+
+def _picked_trial(pairs: dict[str, results.PairRuns], name: str, search: str) -> tuple[results.PairRuns, Run]:
+    """The pair and run of trial `name` (PAIR-tN, as the contact sheet and `report` name it); BadInput
+    naming the search's trials of that pair, or the closest names, when there is no such trial."""
+    for pair in pairs.values():
+        for run in pair.trials:
+            if results.trial_name(run) == name:
+                return pair, run
+    pair_name = name.rsplit("-t", 1)[0]
+    if pair_name in pairs:
+        known = sorted((results.trial_name(run) for run in pairs[pair_name].trials), key=_trial_number)
+        hint = f"pair {pair_name}'s trials are {', '.join(known) or 'none yet'}"
+    else:
+        names = [results.trial_name(run) for pair in pairs.values() for run in pair.trials]
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else f"its pairs are {', '.join(pairs) or 'none yet'}"
+    raise BadInput(
+        f"--trial {name}: search {search!r} has no such trial; {hint} (names as in `splice-tune report`'s contact "
+        f"sheets: PAIR-tN)"
+    )
+
+
+def _trial_number(name: str) -> int:
+    number = name.rsplit("-t", 1)[-1]
+    return int(number) if number.isdigit() else -1
+
+
+def _render_chosen(
+    request: BestRequest,
+    chosen: list[tuple[results.PairRuns, Run]],
+    skipped: dict[str, str],
+    client: MlflowClient,
+    uri: str,
+    experiment: Experiment,
+    metric: str,
+    console: Console,
+    progress_console: Console,
+) -> list[BestResult]:
     rendered = []
     for pair, run in chosen:
         out = _out_path(request, pair.name)
-        _describe(console, pair, run, metric, uri, experiment.experiment_id)
+        how = "picked" if request.trial is not None else f"winner by {metric}"
+        _describe(console, pair, run, how, uri, experiment.experiment_id)
         with tempfile.TemporaryDirectory(prefix="splice-best-") as tmp:
             rendered.append(_render(client, pair, run, request, out, Path(tmp), console, progress_console))
     if request.as_json:
@@ -192,8 +237,14 @@ def json_document(
 
 def _check_flags(request: BestRequest) -> None:
     problems = []
-    if request.all_pairs == (request.pair is not None):
-        problems.append("--pair NAME or --all: give exactly one (which pair's winner to render)")
+    flags = (("--pair", request.pair), ("--all", request.all_pairs), ("--trial", request.trial))
+    chosen = [flag for flag, given in flags if given]
+    if len(chosen) != 1:
+        given = f" (got {' and '.join(chosen)})" if chosen else ""
+        problems.append(
+            f"--pair NAME, --all or --trial PAIR-tN: give exactly one (which pair's winner, or which trial, "
+            f"to render){given}"
+        )
     if request.by not in SCORE_NAMES:
         problems.append(f"--by {request.by}: choose one of {', '.join(SCORE_NAMES)}")
     if request.out is not None:
@@ -237,14 +288,15 @@ def _choose(pair: results.PairRuns, metric: str, search: str, retrain: bool, lin
 
 
 def _out_path(request: BestRequest, pair: str) -> Path:
-    return request.out or (request.out_dir or Path(".")) / f"{pair}_best.png"
+    name = f"{request.trial}.png" if request.trial is not None else f"{pair}_best.png"
+    return request.out or (request.out_dir or Path(".")) / name
 
 
-def _describe(console: Console, pair: results.PairRuns, run: Run, metric: str, uri: str, experiment_id: str) -> None:
-    """The winner's params (sampled ones first), scores, run id and MLflow link."""
+def _describe(console: Console, pair: results.PairRuns, run: Run, how: str, uri: str, experiment_id: str) -> None:
+    """The trial's params (sampled ones first), scores, run id and MLflow link; `how` it was chosen."""
     state = results.trial_state(run)
     console.print(
-        f"[bold]{pair.name}[/]: winner by {metric}: trial {results.trial_name(run)} ({state}), run {run.info.run_id}",
+        f"[bold]{pair.name}[/]: {how}: trial {results.trial_name(run)} ({state}), run {run.info.run_id}",
         highlight=False,
     )
     sampled = results.sampled_names(run)

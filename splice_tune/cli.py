@@ -140,14 +140,16 @@ def train(
         autocompletion=_complete(VIT_PRESETS),
         help=f"ViT preset (random_tiny* are NOT DINO) {_default('vit')}.",
     ),
-    vit_weights: Optional[Path] = typer.Option(None, help="Local DINO checkpoint file (else torch hub's cache)."),
+    vit_weights: Optional[Path] = typer.Option(
+        None, help="Local DINO or DINOv2 checkpoint file (else torch hub's cache)."
+    ),
     judge_vit: Optional[str] = typer.Option(
         None,
         metavar=_choices(VIT_PRESETS),
         autocompletion=_complete(VIT_PRESETS),
         help="A second ViT that also scores the result (judge_* scores); the generator never trains against it.",
     ),
-    judge_vit_weights: Optional[Path] = typer.Option(None, help="Local DINO checkpoint file of --judge-vit."),
+    judge_vit_weights: Optional[Path] = typer.Option(None, help="Local DINO or DINOv2 checkpoint file of --judge-vit."),
     alpha: Optional[float] = typer.Option(None, help=f"Weight of the structure loss {_default('alpha')}."),
     beta: Optional[float] = typer.Option(None, help=f"Weight of the identity loss {_default('beta')}."),
     lr: Optional[float] = typer.Option(None, help=f"Adam learning rate {_default('lr')}."),
@@ -290,6 +292,14 @@ def best(
         None, "--pair", "-p", help="Pair whose winner to render (its name in pairs.csv)."
     ),
     all_pairs: bool = typer.Option(False, "--all", help="Render every pair's winner of the search."),
+    trial: Optional[str] = typer.Option(
+        None,
+        "--trial",
+        "-t",
+        metavar="PAIR-tN",
+        help="Render this trial instead of a winner (e.g. one picked from `report`'s contact sheet); "
+        "writes PAIR-tN.png.",
+    ),
     search: Optional[str] = typer.Option(None, help="Search name \\[default: the latest search]."),
     by: str = typer.Option(
         "splice",
@@ -313,11 +323,13 @@ def best(
         "for scripts (keys: README); the rest goes to stderr.",
     ),
 ) -> None:
-    """Render a pair's winning trial at the structure image's full resolution."""
+    """Render a pair's winning trial (or a trial you pick) at the structure image's full resolution."""
     from splice_tune.best import BestRequest, run_best
 
     run_best(
-        BestRequest(pair, all_pairs, search, by, out, out_dir, max_side, retrain_steps, root, tracking_uri, as_json),
+        BestRequest(
+            pair, all_pairs, trial, search, by, out, out_dir, max_side, retrain_steps, root, tracking_uri, as_json
+        ),
         progress_console=console,
     )
 

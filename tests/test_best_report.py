@@ -217,6 +217,48 @@ def test_best_json_for_scripts(finished_search, tmp_path, monkeypatch, capsys):
         assert winner["mlflow_url"].endswith(f"/#/experiments/{document['experiment_id']}/runs/{result.run_id}")
 
 
+def test_best_trial_renders_the_picked_trial_not_the_winner(finished_search, tmp_path, monkeypatch, capsys):
+    """`best --trial PAIR-tN` renders a trial a person picked from the contact sheet, here the worst one."""
+    monkeypatch.chdir(tmp_path)
+    winner = lowest(finished_trials(finished_search.tracking_uri, "cows"), "splice_score")
+    client = MlflowClient(finished_search.tracking_uri)
+    trials = client.search_runs(
+        [experiment_id(finished_search.tracking_uri)], filter_string="tags.`splice_tune.pair` = 'cows'"
+    )
+    picked = max(
+        (run for run in trials if run.info.run_name.startswith("cows-t") and "splice_score" in run.data.metrics),
+        key=lambda run: run.data.metrics["splice_score"],
+    )
+    assert picked.info.run_id != winner.info.run_id
+    name = picked.info.run_name
+    code, out, err = run_cli(["best", "--trial", name, "--root", store_root(finished_search)], capsys, monkeypatch)
+    assert code == 0, err
+    assert f"cows: picked: trial {name} (" in out and f"run {picked.info.run_id}" in out
+    written = Image.open(tmp_path / f"{name}.png")
+    structure_path = finished_search.folder / "cows_structure.png"
+    expected = generator_output(finished_search.tracking_uri, picked.info.run_id, structure_path, tmp_path / "check")
+    assert np.array_equal(np.asarray(written.convert("RGB")), expected)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--trial", "cows-t99"], ["--trial cows-t99", "no such trial", "pair cows's trials are cows-t0, cows-t1"]),
+        (["--trial", "cowz-t1"], ["--trial cowz-t1", "did you mean cows-t1"]),
+        (["--trial", "cows-t0", "--pair", "cows"], ["give exactly one", "--pair and --trial"]),
+    ],
+    ids=["no such trial", "no such pair", "with --pair"],
+)
+def test_best_trial_bad_input_exits_2_and_writes_nothing(
+    args, expected, finished_search, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(["best", *args, "--root", store_root(finished_search)], capsys, monkeypatch)
+    assert code == 2
+    assert all(text in err for text in expected), err
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("command", ["ls", "best", "report"])
 def test_mlflow_tracking_uri_names_the_store(command, store_copy, tmp_path, monkeypatch, capsys):
     root, uri = store_copy
