@@ -73,6 +73,14 @@ class SpliceGenerator(nn.Module):
         return torch.sigmoid(self.to_rgb(x))[..., :height, :width]
 
 
+def widest_activation(height: int, width: int, channels: tuple[int, ...] = ENCODER_CHANNELS) -> int:
+    """Elements of the largest tensor the generator makes for one H x W image: the first decoder level's
+    input at the padded full resolution (its skip concatenated with the upsampled level below)."""
+    padded_h = max(height + -height % DOWNSAMPLING, 2 * DOWNSAMPLING)
+    padded_w = max(width + -width % DOWNSAMPLING, 2 * DOWNSAMPLING)
+    return (SKIP_CHANNELS + channels[1]) * padded_h * padded_w
+
+
 def _released_init(module: nn.Module) -> None:
     # The released code's init: small conv weights make every conv's output start near 0 and set the scale
     # Adam's constant lr moves them on (BatchNorm follows every conv, so that scale shapes the training).

@@ -6,13 +6,14 @@ A checkpoint is a plain dict (format tag, generator weights, the run's config, s
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
 import torch
 
 from .config import SpliceConfig
-from .generator import SpliceGenerator
+from .generator import SpliceGenerator, widest_activation
 from .images import as_image_tensor
 
 CHECKPOINT_FORMAT = "splice-tune-generator/1"
@@ -66,13 +67,30 @@ def load_checkpoint(
     return generator, SpliceConfig.from_dict(checkpoint["config"]), meta
 
 
+# CUDA's pad and conv kernels index with 32 bits: a tensor of 2**31 elements or more fails there (a ~60 MP
+# output), while the CPU renders it.
+CUDA_MAX_ELEMENTS = 2**31 - 1
+
+
+def render_device(device: torch.device, height: int, width: int) -> torch.device:
+    """Where an H x W render can run: `device`, or the CPU when the generator's widest tensor would exceed
+    what CUDA's kernels can index."""
+    if device.type == "cuda" and widest_activation(height, width) > CUDA_MAX_ELEMENTS:
+        return torch.device("cpu")
+    return device
+
+
 def render(generator: SpliceGenerator, image, max_side: int | None = None) -> torch.Tensor:
     """Run the generator on a whole image (path, PIL image or (3, H, W) tensor) at full resolution.
 
     `max_side` caps the long side (the image is downscaled first); the result is (3, H, W) in [0, 1] on
-    the CPU, the same size as the (capped) input.
+    the CPU, the same size as the (capped) input. An image too large for CUDA's kernels (`render_device`)
+    renders on the CPU with a copy of the generator.
     """
     device = next(generator.parameters()).device
-    tensor = as_image_tensor(image, max_side).to(device)
+    tensor = as_image_tensor(image, max_side)
+    target = render_device(device, *tensor.shape[-2:])
+    if target != device:
+        generator = copy.deepcopy(generator).to(target)
     with torch.no_grad():
-        return generator(tensor[None])[0].float().cpu()
+        return generator(tensor.to(target)[None])[0].float().cpu()

@@ -91,16 +91,34 @@ def autocast(amp: bool | str, device: torch.device) -> AbstractContextManager:
     return torch.autocast(device.type, dtype=torch.bfloat16) if uses_amp(amp, device) else nullcontext()
 
 
+def exact_fp32_kernels(device: torch.device) -> None:
+    """On CUDA, make fp32 convolutions and matmuls exact fp32 (cuDNN convolutions default to TF32's 10-bit
+    mantissa): `amp: false` promises exact fp32, and the fp32 self-similarity under autocast relies on fp32
+    matmuls too. bf16 work under autocast is unaffected. Backward kernels with atomic adds still make CUDA
+    runs not bit-reproducible."""
+    if device.type != "cuda":
+        return
+    if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision"):
+        # torch >= 2.9's precision API; mixing it with the legacy allow_tf32 flags is an error there.
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 _VIT_CACHE: dict[tuple, ViTFeatures] = {}
 
 
 def load_features(config: SpliceConfig, device: torch.device | str = "cpu", *, judge: bool = False) -> ViTFeatures:
     """The config's frozen ViT (with `judge`, its judge ViT) on `device`, built once per process and reused
-    (trials share a worker)."""
+    (trials share a worker). Under bf16 autocast its matmul weights are bf16, cast once here (`build_vit`)."""
     preset, weights = (config.judge_vit, config.judge_vit_weights) if judge else (config.vit, config.vit_weights)
-    key = (preset, weights, str(device))
+    device = torch.device(device)
+    bf16 = uses_amp(config.amp, device)
+    key = (preset, weights, str(device), bf16)
     if key not in _VIT_CACHE:
-        _VIT_CACHE[key] = build_vit(preset, weights).to(device)
+        _VIT_CACHE[key] = build_vit(preset, weights, bf16_weights=bf16).to(device)
     return _VIT_CACHE[key]
 
 
@@ -112,13 +130,26 @@ class SpliceTrainer:
     """Holds one run's state (generator, optimiser, RNG, targets); `events()` trains and yields progress."""
 
     def __init__(
-        self, structure_image, appearance_image, config: SpliceConfig | None = None, features: ViTFeatures | None = None
+        self,
+        structure_image,
+        appearance_image,
+        config: SpliceConfig | None = None,
+        features: ViTFeatures | None = None,
+        lagged_readout: bool | None = None,
     ):
+        """`lagged_readout` (see `events`): None means on CUDA only, where a per-step host sync can idle the
+        GPU; on a CPU the sync costs nothing."""
         self.config = config = config or SpliceConfig()
         problems = config.validate()
         if problems:
             raise ValueError("invalid SpliceConfig: " + "; ".join(problems))
         self.device = resolve_device(config.device)
+        exact_fp32_kernels(self.device)
+        self.lagged_readout = self.device.type == "cuda" if lagged_readout is None else lagged_readout
+        if self.device.type == "cuda":
+            # cuDNN's autotuner pays off only when every step has the same shapes: crops that always cover
+            # the whole short side (crop_min_cover 1). Random crop sizes would re-tune at every new size.
+            torch.backends.cudnn.benchmark = config.crop_min_cover == 1.0
         self.structure = as_image_tensor(structure_image, config.max_side).to(self.device)
         self.appearance = as_image_tensor(appearance_image, config.max_side).to(self.device)
         self.features = features.to(self.device) if features is not None else load_features(config, self.device)
@@ -173,7 +204,25 @@ class SpliceTrainer:
         return vit_resize(images, self.config.vit_size, self.config.vit_max_side, self.config.vit_resample)
 
     def train_step(self) -> dict[str, float]:
-        """One optimisation step; returns its loss terms. Raises NonFiniteLossError on NaN/inf."""
+        """One optimisation step; returns its loss terms. Raises NonFiniteLossError on NaN/inf, before the
+        optimiser touches the weights."""
+        read = self._backward()
+        values = read(self.step + 1)
+        self.optimizer.step()
+        self.step += 1
+        return values
+
+    def _lagged_step(self) -> Callable[[], dict[str, float]]:
+        """One optimisation step whose loss read-out (a host sync) is left for later: the returned function
+        reads the terms, raising NonFiniteLossError as `train_step` does, but after the optimiser step."""
+        read = self._backward()
+        self.optimizer.step()
+        self.step += 1
+        step = self.step
+        return lambda: read(step)
+
+    def _backward(self) -> Callable[[int], dict[str, float]]:
+        """This step's forward and backward pass; returns the read-out of its loss terms (for a 1-based step)."""
         config = self.config
         structure_crop = augment_structure(self.structure, config, self.rng)[None]
         appearance_crop = augment_appearance(self.appearance, config, self.rng)[None]
@@ -200,18 +249,19 @@ class SpliceTrainer:
                 terms["full_appearance"] = appearance_loss(full["cls"], target["cls"][1:])
                 terms["full_structure"] = structure_loss(full["selfsim"], self.scorer.structure_selfsim)
                 total = total + config.loss_scale * (terms["full_appearance"] + config.alpha * terms["full_structure"])
-        terms = {"total": total, **terms}
-        readout = torch.stack([t.detach().float() for t in terms.values()])
+        names = [f"loss/{name}" for name in ("total", *terms)]
+        readout = torch.stack([t.detach().float() for t in (total, *terms.values())])
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        # The step's one host sync, after the backward is queued so a GPU never idles waiting for it; a
-        # non-finite loss raises before the optimiser touches the weights.
-        values = dict(zip((f"loss/{name}" for name in terms), readout.tolist()))
-        if not math.isfinite(values["loss/total"]):
-            raise NonFiniteLossError(self.step + 1, values)
-        self.optimizer.step()
-        self.step += 1
-        return values
+
+        def read(step: int) -> dict[str, float]:
+            # The host sync, after the backward is queued so a GPU never idles waiting for it.
+            values = dict(zip(names, readout.tolist()))
+            if not math.isfinite(values["loss/total"]):
+                raise NonFiniteLossError(step, values)
+            return values
+
+        return read
 
     def evaluate(self) -> tuple[dict[str, float], torch.Tensor]:
         """Scores of G(structure image) at the current weights (and the judge's, judge_ prefixed, when the
@@ -225,13 +275,30 @@ class SpliceTrainer:
         return scores, output[0].cpu()
 
     def events(self) -> Iterator[StepEvent | EvalEvent]:
-        """Train up to `config.steps`, yielding a StepEvent per step and an EvalEvent per evaluation."""
+        """Train up to `config.steps`, yielding a StepEvent per step and an EvalEvent per evaluation.
+
+        With `lagged_readout`, step k's StepEvent comes once step k+1 is queued: its loss read-out, the one
+        host sync of a step, then no longer stops the host from running ahead of a GPU. Evaluations and the
+        end read every pending step first, so an EvalEvent still follows its step's StepEvent; a non-finite
+        loss raises one step later than it would otherwise, after the optimiser step (the weights of a
+        diverged run are not kept either way).
+        """
         config = self.config
+        pending = None  # (step, read-out) of the last queued step, with lagged_readout
         while self.step < config.steps:
-            losses = self.train_step()
-            yield StepEvent(self.step, losses)
+            if self.lagged_readout:
+                read = self._lagged_step()
+                if pending is not None:
+                    yield StepEvent(pending[0], pending[1]())
+                pending = (self.step, read)
+            else:
+                losses = self.train_step()
+                yield StepEvent(self.step, losses)
             final = self.step == config.steps
             if final or self.step % config.eval_every == 0:
+                if pending is not None:
+                    yield StepEvent(pending[0], pending[1]())
+                    pending = None
                 scores, output = self.evaluate()
                 yield EvalEvent(self.step, scores, output, final=final)
 

@@ -13,6 +13,7 @@ import math
 import os
 import socket
 import urllib.error
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -44,6 +45,7 @@ class ViTFeatures(nn.Module):
         self.preset_name = preset_name
         self.patch_size = model.patch_embed.patch_size[0]
         self.registers = model.register_tokens.shape[1] if hasattr(model, "register_tokens") else 0
+        self.bf16_weights = model.patch_embed.proj.weight.dtype == torch.bfloat16
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         model.patch_embed.strict_img_size = False
@@ -62,6 +64,12 @@ class ViTFeatures(nn.Module):
         return super().train(False)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        # A ViT with bf16 matmul weights (build_vit's bf16_weights) computes under bf16 autocast wherever
+        # it is called, so it is never fed fp32 inputs it cannot take.
+        with torch.autocast(images.device.type, dtype=torch.bfloat16) if self.bf16_weights else nullcontext():
+            return self._forward(images)
+
+    def _forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         model = self.model
         x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
         height, width = x.shape[-2:]
@@ -122,7 +130,9 @@ def vit_resize(
     height, width = images.shape[-2:]
     size = vit_input_size(height, width, short_side, max_side)
     if size == (height, width):
-        return images
+        # fp32 like a resized input: a bf16 generator output of exactly this size would otherwise reach the
+        # ViT in another dtype (and recompile a compiled ViT at a random step).
+        return images.float()
     return F.interpolate(images.float(), size=size, mode=resample, align_corners=False, antialias=True)
 
 
@@ -140,11 +150,19 @@ def vit_input_size(height: int, width: int, short_side: int = 224, max_side: int
     return (new_long, new_short) if width <= height else (new_short, new_long)
 
 
-def build_vit(preset_name: str = DEFAULT_VIT, weights: str | os.PathLike | None = None) -> ViTFeatures:
+def build_vit(
+    preset_name: str = DEFAULT_VIT, weights: str | os.PathLike | None = None, *, bf16_weights: bool = False
+) -> ViTFeatures:
     """Build a preset's ViT on the CPU with its weights, frozen and in eval mode.
 
     Weights come from `weights` (a local DINO-format checkpoint) when given; otherwise DINO presets use
     the official checkpoint through torch hub's cache (downloaded once), and random presets are seeded.
+
+    `bf16_weights`: the Linear and patch-embedding weights in bf16 (LayerNorms and embeddings stay fp32),
+    for use under bf16 autocast only. Autocast caches its casts only for weights that require grad, so a
+    frozen fp32 ViT is re-cast on every Linear call (about 100 extra kernels and 2 bytes per parameter of
+    traffic per pass); cast once here, the features are bit-identical. Such a ViT always computes under bf16
+    autocast, also where its caller has none: keep the default for exact fp32 features.
     """
     if preset_name not in VIT_PRESETS:
         known = ", ".join(VIT_PRESETS)
@@ -161,6 +179,10 @@ def build_vit(preset_name: str = DEFAULT_VIT, weights: str | os.PathLike | None 
         state = None
     if state is not None:
         _load_state(model, state, source=str(weights or preset.url))
+    if bf16_weights:
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                module.to(torch.bfloat16)
     return ViTFeatures(model, preset_name)
 
 

@@ -355,18 +355,25 @@ def _render(
             raise BadInput(f"run {run.info.run_id}: {error}; retrain it with --retrain-steps N") from None
         scores = {name: run.data.metrics[name] for name in SCORES if name in run.data.metrics}
         how = "rendered with the trial's generator"
-    image = to_pil(render(generator, structure, request.max_side))
     out.parent.mkdir(parents=True, exist_ok=True)
-    image.save(out)
     written, checkpoint_out = f"{out}", None
     if request.retrain_steps is not None:
-        # A retraining can take long: keep its generator like `splice-tune train` does.
+        # A retraining can take long: keep its generator, like `splice-tune train`, before the render (the
+        # largest thing a run computes) can fail.
         checkpoint_out = save_checkpoint(out.with_suffix(".pt"), generator, config, config.steps, scores)
-        written += f" and {checkpoint_out}"
+        written = f"{checkpoint_out} and {out}"
         console.print(
             "retrained scores: " + ", ".join(f"{name} {number(scores[name])}" for name in SCORES if name in scores),
             highlight=False,
         )
+    try:
+        image = to_pil(render(generator, structure, request.max_side))
+    except RuntimeError as error:  # e.g. out of device memory
+        kept = f"; the retrained generator is saved in {checkpoint_out}" if checkpoint_out else ""
+        raise Failure(
+            f"pair {pair.name}: cannot render at this size ({str(error).splitlines()[0]}); try --max-side N{kept}"
+        ) from None
+    image.save(out)
     console.print(f"wrote {written} ({image.width}x{image.height}, {how})", highlight=False)
     return BestResult(pair.name, run.info.run_id, out, image.size, scores, checkpoint_out)
 

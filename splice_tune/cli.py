@@ -136,18 +136,20 @@ def train(
     steps: Optional[int] = typer.Option(None, help=f"Training steps {_default('steps')}."),
     vit: Optional[str] = typer.Option(
         None,
-        metavar=_choices(VIT_PRESETS),
+        # Twelve presets do not fit a metavar column: the help text lists them, where they wrap between names.
+        metavar="<preset>",
         autocompletion=_complete(VIT_PRESETS),
-        help=f"ViT preset (random_tiny* are NOT DINO) {_default('vit')}.",
+        help=f"ViT preset: {', '.join(VIT_PRESETS)} (random_tiny* are NOT DINO) {_default('vit')}.",
     ),
     vit_weights: Optional[Path] = typer.Option(
         None, help="Local DINO or DINOv2 checkpoint file (else torch hub's cache)."
     ),
     judge_vit: Optional[str] = typer.Option(
         None,
-        metavar=_choices(VIT_PRESETS),
+        metavar="<preset>",
         autocompletion=_complete(VIT_PRESETS),
-        help="A second ViT that also scores the result (judge_* scores); the generator never trains against it.",
+        help="A second ViT preset (as --vit) that also scores the result (judge_* scores); the generator never "
+        "trains against it.",
     ),
     judge_vit_weights: Optional[Path] = typer.Option(None, help="Local DINO or DINOv2 checkpoint file of --judge-vit."),
     alpha: Optional[float] = typer.Option(None, help=f"Weight of the structure loss {_default('alpha')}."),

@@ -132,14 +132,25 @@ def _as_flag(problem: str) -> str:
 def _write(
     trainer: SpliceTrainer, structure, request: TrainRequest, checkpoint: Path, scores: dict[str, float]
 ) -> None:
-    """The rendered image, then the checkpoint; Failure (saying whether the image was written) when either fails."""
+    """The checkpoint, then the rendered image: the training is kept before anything can fail at rendering
+    (a full-resolution render is the largest thing a run computes). Failure, saying what was written, when
+    either fails."""
     out = request.out
     # Through the package at call time, so a replaced `splice_model.save_checkpoint` (a simulated full disk in
     # the tests) is the one used.
     try:
-        image = splice_model.render(trainer.generator, structure, max_side=request.render_max_side)
-        splice_model.to_pil(image).save(out)
         splice_model.save_checkpoint(checkpoint, trainer.generator, trainer.config, trainer.step, scores)
     except OSError as error:
-        written = f"; {out} was written" if out.is_file() else ""
-        raise Failure(f"cannot write {error.filename or out}: {error.strerror or error}{written}") from None
+        raise Failure(
+            f"cannot write {error.filename or checkpoint}: {error.strerror or error}; nothing written"
+        ) from None
+    try:
+        image = splice_model.render(trainer.generator, structure, max_side=request.render_max_side)
+        splice_model.to_pil(image).save(out)
+    except (OSError, RuntimeError) as error:  # a full disk, or a render the device cannot hold
+        reason = f"{error.strerror or error}" if isinstance(error, OSError) else str(error).splitlines()[0]
+        raise Failure(
+            f"cannot write {getattr(error, 'filename', None) or out}: {reason}; the trained generator is saved in "
+            f"{checkpoint} (render it with `splice_model.render(splice_model.load_checkpoint(PATH)[0], IMAGE)`, "
+            f"with --render-max-side N on a re-run for a smaller image)"
+        ) from None

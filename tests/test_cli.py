@@ -20,6 +20,7 @@ from conftest import make_appearance_image, make_structure_image
 
 import splice_model
 import splice_model.train
+from splice_model.presets import VIT_PRESETS
 from splice_tune.cli import _print_summary, main
 from splice_tune.formatting import number
 
@@ -78,7 +79,22 @@ def test_train_diverging_is_one_line_exit_1_nothing_written(work, capsys, monkey
     assert sorted(path.name for path in work.iterdir()) == before
 
 
-def test_train_writes_the_image_before_the_checkpoint(work, capsys, monkeypatch):
+def test_train_saves_the_checkpoint_before_rendering(work, capsys, monkeypatch):
+    """A render that fails (a device that cannot hold the full-resolution output) loses no training."""
+
+    def render_fails(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore lines")
+
+    monkeypatch.setattr(splice_model, "render", render_fails)
+    code, _, err = run_cli(["train", "s.png", "a.png", *TINY, "--steps", "2", "--out", "o.png"], capsys, monkeypatch)
+    assert code == 1 and "Traceback" not in err
+    [line] = error_lines(err)
+    assert "cannot write o.png: CUDA error: an illegal memory access" in line and "saved in o.pt" in line
+    assert (work / "o.pt").is_file() and not (work / "o.png").exists()
+    assert splice_model.load_checkpoint(work / "o.pt")[2]["step"] == 2
+
+
+def test_train_with_a_full_disk_writes_nothing(work, capsys, monkeypatch):
     def disk_full(path, *args, **kwargs):
         raise OSError(28, "No space left on device", str(path))
 
@@ -86,8 +102,8 @@ def test_train_writes_the_image_before_the_checkpoint(work, capsys, monkeypatch)
     code, _, err = run_cli(["train", "s.png", "a.png", *TINY, "--steps", "2", "--out", "o.png"], capsys, monkeypatch)
     assert code == 1 and "Traceback" not in err
     [line] = error_lines(err)
-    assert "cannot write o.pt: No space left on device" in line and "o.png was written" in line
-    assert (work / "o.png").is_file() and not (work / "o.pt").exists()
+    assert "cannot write o.pt: No space left on device; nothing written" in line
+    assert not (work / "o.png").exists() and not (work / "o.pt").exists()
 
 
 class _Validated(Exception):
@@ -172,7 +188,7 @@ def test_version_prints_the_installed_version():
     [
         ("splice-tune se", ["search"]),
         ("splice-tune best --by s", ["splice", "structure"]),
-        ("splice-tune search pairs.csv --space ", ["default", "paper", "quick"]),
+        ("splice-tune search pairs.csv --space ", ["cpu_real", "default", "paper", "quick"]),
         ("splice-tune train s.png a.png --vit random", ["random_tiny8", "random_tiny16"]),
         ("splice-tune best --by judge", ["judge", "judge_structure", "judge_appearance"]),
     ],
@@ -217,8 +233,10 @@ def test_help_shows_flags_as_flags_and_lists_choices():
     ):
         assert not flag.startswith("<"), f"a flag takes no value, yet --help gives it a type: {flag}"
     assert best["--by"].startswith("<splice|structure|appearance|judge|judge_structure|judge_appearance>")
-    assert search["--space"].startswith("<default|paper|quick|FILE.yaml>")
-    assert train["--vit"].startswith("<dino_vits16|dino_vits8|dino_vitb16|dino_vitb8|random_tiny8|random_tiny16>")
+    assert search["--space"].startswith("<cpu_real|default|paper|quick|FILE.yaml>")
+    assert train["--vit"].startswith("<preset>  ViT preset: dino_vits16, dino_vits8, dino_vitb16,")
+    listed = script(["train", "--help"]).stdout  # the help text wraps between preset names, never inside one
+    assert all(re.search(rf"\b{name}\b", listed) for name in VIT_PRESETS)
 
 
 def test_spaces_lists_the_shipped_spaces_with_their_descriptions(capsys, monkeypatch):

@@ -166,3 +166,30 @@ def test_bad_checkpoints(tmp_path):
     torch.save({"state_dict": {}}, other)  # a readable file, but not ours
     with pytest.raises(CheckpointError, match="other.pt"):
         load_checkpoint(other)
+
+
+def test_widest_activation_is_the_largest_tensor_the_generator_makes():
+    """Counted on the meta device (no memory): every module's inputs and outputs, the concatenations included."""
+    from splice_model.generator import widest_activation
+
+    with torch.device("meta"):
+        model = SpliceGenerator()
+    sizes = []
+    for module in model.modules():
+        module.register_forward_pre_hook(lambda m, args: sizes.extend(a.numel() for a in args))
+        module.register_forward_hook(lambda m, args, out: sizes.append(out.numel()))
+    for height, width in [(100, 70), (1080, 1920), (31, 31)]:
+        sizes.clear()
+        model(torch.empty(1, 3, height, width, device="meta"))
+        assert max(sizes) == widest_activation(height, width), (height, width)
+
+
+def test_renders_too_large_for_cuda_kernels_go_to_the_cpu():
+    """CUDA's pad and conv kernels index with 32 bits: a ~60 MP render (36 channels x H x W >= 2**31) goes
+    to the CPU instead of failing after the training."""
+    from splice_model.rendering import render_device
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert render_device(cuda, 7000, 7000) == cuda  # 36 x 7008 x 7008 = 1.77e9 elements
+    assert render_device(cuda, 6000, 10000) == cpu  # 36 x 6016 x 10016 = 2.17e9
+    assert render_device(cpu, 20000, 20000) == cpu

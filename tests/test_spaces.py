@@ -56,7 +56,7 @@ def problems_of(name_or_path: str | Path, overrides: list[str] = (), folder: Pat
 # ---------------------------------------------------------------------------------------------- shipped
 
 
-@pytest.mark.parametrize("name", ["default", "quick", "paper"])
+@pytest.mark.parametrize("name", ["default", "quick", "paper", "cpu_real"])
 def test_shipped_spaces_load(name: str) -> None:
     space = load_space(name)
     assert space.path == splice_tune.spaces.SPACES_DIR / f"{name}.yaml"
@@ -66,7 +66,7 @@ def test_shipped_spaces_load(name: str) -> None:
 
 def test_shipped_spaces_listing() -> None:
     spaces = shipped_spaces()
-    assert set(spaces) == {"default", "quick", "paper"} and all(spaces.values())
+    assert set(spaces) == {"default", "quick", "paper", "cpu_real"} and all(spaces.values())
 
 
 def test_paper_space_is_the_paper() -> None:
@@ -424,7 +424,7 @@ def test_missing_and_directory(tmp_path: Path) -> None:
 
 def test_unknown_shipped_name() -> None:
     assert "did you mean 'quick'?" in problems_of("quik")[0]
-    assert "shipped spaces are default, paper, quick" in problems_of("zzzzzz")[0]
+    assert "shipped spaces are cpu_real, default, paper, quick" in problems_of("zzzzzz")[0]
 
 
 def test_install_without_shipped_spaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -144,6 +144,43 @@ def test_same_seed_is_bit_identical_other_seed_differs(structure_image, appearan
     assert scores_a != scores_c
 
 
+def event_log(trainer: SpliceTrainer) -> list[tuple]:
+    return [
+        (type(event).__name__, event.step, getattr(event, "losses", None) or getattr(event, "scores", None))
+        for event in trainer.events()
+    ]
+
+
+def test_lagged_readout_gives_the_same_events_in_the_same_order(structure_image, appearance_image, tiny_config):
+    """Reading a step's losses once the next step is queued (the CUDA default: no host sync per step) changes
+    neither the values nor the order: each EvalEvent still follows its own step's StepEvent."""
+    config = tiny_config.replace(steps=7, eval_every=3, full_image_every=4)
+    synced = event_log(SpliceTrainer(structure_image, appearance_image, config, lagged_readout=False))
+    lagged = event_log(SpliceTrainer(structure_image, appearance_image, config, lagged_readout=True))
+    assert lagged == synced
+    assert [(kind, step) for kind, step, _ in synced if kind == "EvalEvent"] == [("EvalEvent", s) for s in (3, 6, 7)]
+
+
+def test_lagged_readout_still_stops_a_diverging_run_at_its_step(
+    monkeypatch, structure_image, appearance_image, tiny_config
+):
+    calls = iter(range(100))
+    from splice_model.losses import structure_loss as real
+
+    monkeypatch.setattr(
+        "splice_model.train.structure_loss",
+        lambda output, target: real(output, target) * (float("nan") if next(calls) == 3 else 1.0),
+    )
+    trainer = SpliceTrainer(
+        structure_image, appearance_image, tiny_config.replace(full_image_every=100), lagged_readout=True
+    )
+    seen = []
+    with pytest.raises(NonFiniteLossError) as error:
+        for event in trainer.events():
+            seen.append(event.step)
+    assert error.value.step == 3 and seen == [1, 2]  # calls 0, 1: step 1 (a full-image step); 3: step 3
+
+
 # --- control flow: stopping, divergence, evaluation cadence ------------------------------------------------
 
 

@@ -544,3 +544,50 @@ def test_real_dinov2_file_matches_timms_construction(real_vit_weights, real_vit)
         tokens = reference.blocks(reference._pos_embed(reference.patch_embed((images - real_vit.mean) / real_vit.std)))
     torch.testing.assert_close(ours["cls"], tokens[:, 0], rtol=0, atol=1e-5)
     torch.testing.assert_close(ours["keys"], kept["keys"], rtol=0, atol=1e-5)
+
+
+def test_bf16_weights_give_the_same_features_under_autocast(test_preset):
+    """Casting the frozen ViT's Linear/patch weights to bf16 once (instead of autocast re-casting them on every
+    call) changes nothing but the work: the features are bit-identical, and the LayerNorms stay fp32."""
+    images = torch.rand(2, 3, 64, 80, generator=torch.Generator().manual_seed(3))
+    fp32, bf16 = build_vit(test_preset), build_vit(test_preset, bf16_weights=True)
+    assert bf16.model.blocks[0].attn.qkv.weight.dtype == torch.bfloat16
+    assert bf16.model.patch_embed.proj.weight.dtype == torch.bfloat16
+    assert bf16.model.blocks[0].norm1.weight.dtype == torch.float32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want, got = fp32(images), bf16(images)
+    for name in ("cls", "keys", "selfsim"):
+        assert torch.equal(got[name], want[name]), name
+
+
+def test_load_features_casts_for_amp_and_keeps_fp32_otherwise(tiny_config):
+    from splice_model.train import load_features
+
+    cpu = torch.device("cpu")
+    exact = load_features(tiny_config.replace(amp=False), cpu)
+    autocast = load_features(tiny_config.replace(amp=True), cpu)
+    assert exact.model.blocks[0].mlp.fc1.weight.dtype == torch.float32
+    assert autocast.model.blocks[0].mlp.fc1.weight.dtype == torch.bfloat16
+    assert load_features(tiny_config.replace(amp=True), cpu) is autocast  # built once per process
+
+
+def test_vit_resize_always_hands_the_vit_fp32():
+    """An input already at the ViT's size comes back fp32 too: one dtype, so a compiled ViT never recompiles."""
+    image = torch.rand(1, 3, 48, 64).to(torch.bfloat16)
+    assert vit_resize(image, 48, 96).dtype == torch.float32
+    assert vit_resize(image, 40, 96).dtype == torch.float32
+
+
+def test_exact_fp32_turns_tf32_off_on_cuda():
+    """cuDNN convolutions default to TF32 on CUDA; `amp: false` promises exact fp32 (flags only: no GPU needed)."""
+    from splice_model.train import exact_fp32_kernels
+
+    conv, matmul = torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    try:
+        exact_fp32_kernels(torch.device("cpu"))
+        assert torch.backends.cudnn.conv.fp32_precision == conv  # nothing to do on the CPU
+        exact_fp32_kernels(torch.device("cuda"))
+        assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+        assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+    finally:
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = conv, matmul
