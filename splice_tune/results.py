@@ -281,9 +281,15 @@ def serving_ui(root: Path) -> str | None:
     return url
 
 
+# MLflow 3's UI opens every experiment in its GenAI view (traces, sessions, prompts) unless the link asks for
+# its "model training" one: its global workflow switch wins over the experiment's mlflow.experimentKind tag.
+UI_TRAINING_VIEW = "workflowType=machine_learning"
+
+
 def ui_link(base: str, experiment_id: str, run_id: str | None = None) -> str:
-    """The MLflow UI page of a run, or the experiment's runs view, under the UI at `base` (see `ui_base`)."""
-    return f"{base}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "")
+    """The MLflow UI page of a run, or the experiment's runs view, under the UI at `base` (see `ui_base`),
+    in the UI's model-training view."""
+    return f"{base}/#/experiments/{experiment_id}/runs" + (f"/{run_id}" if run_id else "") + f"?{UI_TRAINING_VIEW}"
 
 
 def config_from_params(params: dict[str, str]) -> SpliceConfig:

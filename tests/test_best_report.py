@@ -170,9 +170,10 @@ def test_best_renders_the_winning_generator_at_full_resolution(
     assert f"{metric} {number(winner.data.metrics[metric])}" in out  # 4 significant digits
     # No UI serves this store: the links name the port `splice-tune ui` would use, and how to start it.
     experiment = experiment_id(finished_search.tracking_uri)
-    assert f"MLflow run: http://127.0.0.1:5000/#/experiments/{experiment}/runs/{winner.info.run_id}\n" in out
+    view = "?workflowType=machine_learning"  # MLflow 3's UI would open its GenAI view otherwise
+    assert f"MLflow run: http://127.0.0.1:5000/#/experiments/{experiment}/runs/{winner.info.run_id}{view}\n" in out
     assert (
-        f"MLflow, every trial: http://127.0.0.1:5000/#/experiments/{experiment}/runs  (start the UI with: "
+        f"MLflow, every trial: http://127.0.0.1:5000/#/experiments/{experiment}/runs{view}  (start the UI with: "
         f"splice-tune ui --root {store_root(finished_search)})\n"
     ) in out
     structure_path = finished_search.folder / "cows_structure.png"
@@ -214,7 +215,9 @@ def test_best_json_for_scripts(finished_search, tmp_path, monkeypatch, capsys):
         assert winner["sampled"] == {"alpha": float(run.data.params["alpha"]), "lr": float(run.data.params["lr"])}
         assert winner["settings"]["vit"] == "random_tiny8" and winner["settings"]["steps"] == 30
         assert (winner["retrained_steps"], winner["retrained_scores"], winner["checkpoint"]) == (None, None, None)
-        assert winner["mlflow_url"].endswith(f"/#/experiments/{document['experiment_id']}/runs/{result.run_id}")
+        assert winner["mlflow_url"].endswith(
+            f"/#/experiments/{document['experiment_id']}/runs/{result.run_id}?workflowType=machine_learning"
+        )
 
 
 def test_best_trial_renders_the_picked_trial_not_the_winner(finished_search, tmp_path, monkeypatch, capsys):
@@ -708,7 +711,10 @@ def test_ui_serves_the_search_over_http_on_localhost(store_copy, tmp_path, monke
             )
             assert code == 0, err
             assert f"MLflow run: {base}/#/experiments/{experiment_id(uri)}/runs/" in out
-            assert f"MLflow, every trial: {base}/#/experiments/{experiment_id(uri)}/runs\n" in out
+            assert (
+                f"MLflow, every trial: {base}/#/experiments/{experiment_id(uri)}/runs?workflowType=machine_learning\n"
+                in out
+            )
         finally:
             process.terminate()
             code = process.wait(timeout=60)

