@@ -44,8 +44,9 @@ def train_one(task: tuple) -> dict:
     torch.set_num_threads(1)
     name, run, structure, appearance, settings = task
     init, seed = run
-    if init == "pytorch":
-        generator._released_init = lambda module: None  # keep PyTorch's default init
+    # The pool's workers run one task after another: keep the released init to put back.
+    released = generator.__dict__.setdefault("_released_init_kept", generator._released_init)
+    generator._released_init = (lambda module: None) if init == "pytorch" else released
     started = time.perf_counter()
     result = train_pair(structure, appearance, SpliceConfig(**settings, seed=seed))
     return {

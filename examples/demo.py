@@ -1,7 +1,7 @@
 """`make demo`: a search of the example pairs, then each pair's winner rendered and the report.
 
 With real ViT weights it searches the real photo pairs of `examples/real/demo.csv` with the `cpu_real` space
-(a real ViT, 300 steps at 224 px: about 6 minutes on 2 cores). The weights are the first of:
+(a real ViT, 450 steps at 224 px: about 6 minutes on 2 cores). The weights are the first of:
 
 1. `--vit-weights FILE` (`make demo VIT_WEIGHTS=FILE`; `VIT=PRESET` names its architecture, default
    dinov2_vits14; e.g. `VIT=dino_vits16` for DINO's `dino_deitsmall16_pretrain.pth`);
