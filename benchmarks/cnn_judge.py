@@ -335,7 +335,8 @@ def separation_check(
     transfer: torch.Tensor | None = None,
     judge: CnnJudge | None = None,
 ) -> dict:
-    """Does the judge tell structure from appearance on this pair? Scores both copies (and `transfer`).
+    """Does the judge tell structure from appearance on this pair? Scores both copies (and `transfer`); the
+    result also holds everything `CnnJudge.baselines` returns.
 
     Copying the structure image must score a clearly worse appearance than copying the appearance image,
     and copying the appearance image a clearly worse structure than copying the structure image (which
@@ -348,6 +349,7 @@ def separation_check(
     s_copy, a_copy = base["structure_copy"], base["appearance_copy"]
     tiny = 1e-6  # the structure copy's structure term is exactly 0: its ratio is then base / 1e-6
     result = {
+        **base,
         "structure_copy": s_copy,
         "appearance_copy": a_copy,
         "appearance_ratio": s_copy["judge_appearance"] / max(a_copy["judge_appearance"], tiny),

@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vit-weights", type=Path, default=SHARED_WEIGHTS)
     args = parser.parse_args(argv)
 
-    from cnn_judge import CnnJudge
-    from search_value import judge_check, judge_ratio
+    from cnn_judge import CnnJudge, separation_check
+    from search_value import judge_ratio
 
     from splice_model.images import load_image
     from splice_tune.pairs import read_pairs
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         pair = next(p for p in pairs if p.name == result["pair"])
         structure, appearance = load_image(pair.structure, 224), load_image(pair.appearance)
         judged = judge.score(result["output"], structure, appearance)
-        ratio = judge_ratio(judged, judge_check(judge, structure, appearance))
+        ratio = judge_ratio(judged, separation_check(structure, appearance, judge=judge))
         rows.setdefault(pair.name, {})[result["init"]] = (result["scores"]["splice_score"], ratio)
     print(f"\n{args.steps} steps at the paper's point; splice_score / judge_ratio (lower is better)\n")
     print("| pair | " + " | ".join(RUNS.values()) + " |\n| --- |" + " --- |" * len(RUNS))

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
-from cnn_judge import CnnJudge, JudgeWeightsError  # noqa: E402
+from cnn_judge import CnnJudge, JudgeWeightsError, separation_check  # noqa: E402
 from PIL import Image, ImageDraw, ImageOps  # noqa: E402
 
 from splice_model import WeightsError, build_vit, load_checkpoint, render  # noqa: E402
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  fixed: {json.dumps(fixed)}", flush=True)
 
     images = {pair.name: (load_image(pair.structure, args.max_side), load_image(pair.appearance)) for pair in pairs}
-    checks = {name: judge_check(judge, *images[name]) for name in images}
+    checks = {name: separation_check(*images[name], judge=judge) for name in images}
     print_judge_check(checks)
     if not all(check["separates"] for check in checks.values()):
         print("  WARNING: the judge does not separate the copies of every pair; read its column with care")
@@ -149,18 +149,6 @@ def fixed_settings(args: argparse.Namespace) -> dict:
         "vit_max_side": 2 * args.vit_size,
         "device": args.device,
         "seed": 0,
-    }
-
-
-def judge_check(judge: CnnJudge, structure: torch.Tensor, appearance: torch.Tensor) -> dict:
-    """The judge's copy baselines on the pair, and whether it separates them (each copy fails its other term
-    by a factor of 5 or more)."""
-    base = judge.baselines(structure, appearance)
-    s_copy, a_copy = base["structure_copy"], base["appearance_copy"]
-    return {
-        **base,
-        "separates": a_copy["judge_structure"] > 5 * s_copy["judge_structure"]
-        and s_copy["judge_appearance"] > 5 * a_copy["judge_appearance"],
     }
 
 
