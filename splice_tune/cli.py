@@ -1,11 +1,12 @@
 """The `splice-tune` command line: train one pair, search many, then look at and render the results.
 
 Exit codes: 0 done, 1 the work itself failed, 2 bad input (one readable line per problem, nothing written),
-130 interrupted (Ctrl-C; the search prints how to resume it).
+130 / 143 / 129 interrupted by SIGINT (Ctrl-C) / SIGTERM / SIGHUP (the search prints how to resume it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 from pathlib import Path
@@ -277,14 +278,22 @@ def search(
         again = shlex.join(arg for arg in sys.argv[1:] if arg != "--resume")
         if "--name" not in sys.argv:
             again += f" --name {stop.name}"
-        console.print(
-            f"search {stop.name} interrupted: its state is saved ({stop.interrupted_runs} running "
-            f"trial(s) marked interrupted in MLflow). Continue it with:\n  splice-tune {again} --resume",
-            highlight=False,
-            soft_wrap=True,
-        )
-        raise typer.Exit(130)
-    _print_summary(summary)
+        if stop.reason:
+            said = (
+                f"[red]error:[/] search {stop.name} stopped: {stop.reason}. Then continue it with:\n"
+                f"  splice-tune {again} --resume"
+            )
+        elif stop.started:
+            said = (
+                f"search {stop.name} interrupted: its state is saved ({stop.interrupted_runs} running "
+                f"trial(s) marked interrupted in MLflow). Continue it with:\n  splice-tune {again} --resume"
+            )
+        else:
+            said = f"search {stop.name} stopped before its first trial; start it again with:\n  splice-tune {again}"
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            console.print(said, highlight=False, soft_wrap=True)
+        raise typer.Exit(stop.exit_code)  # 128 + the signal's number; 1 for a full disk
+    _print_summary(summary, root)
     _raise_failures(summary)
 
 
@@ -411,17 +420,39 @@ def list_searches(
     show(root, tracking_uri, as_json=as_json)
 
 
-def _print_summary(summary) -> None:
+SUMMARY_ROWS = 12  # a search of more pairs shows its best and worst few: the summary fits one screen
+SUMMARY_FAILURES = 5  # pairs named in the failure lines; the rest are counted
+
+
+def _print_summary(summary, root: Path | None = None) -> None:
+    """Each pair's winner, then how to render them and where the rest is. Fits one screen at any number of
+    pairs: beyond `SUMMARY_ROWS` pairs, the table shows the best and the worst few by the objective and a
+    line says how many are between (`ls` and `report` list every pair)."""
     from rich.table import Table
 
     from splice_model.presets import not_dino_note
     from splice_tune.best import by_name
 
-    out = Console()
-    table = Table(title=f"search {summary.name}: each pair's winner by {summary.metric}", title_justify="left")
+    out = Console(soft_wrap=True)
+    pairs = list(summary.pairs)
+    with_winner = sorted((pair for pair in pairs if pair.run_id), key=lambda pair: pair.score)
+    shown, between = pairs, 0
+    if len(pairs) > SUMMARY_ROWS:
+        few = SUMMARY_ROWS // 2
+        shown = with_winner[:few] + with_winner[-few:] if len(with_winner) > 2 * few else with_winner
+        between = len(with_winner) - len(shown)
+    title = f"search {summary.name}: each pair's winner by {summary.metric}"
+    if len(shown) < len(pairs):
+        title = (
+            f"search {summary.name}: the best and worst {len(shown) // 2} of {len(pairs)} pairs' winners "
+            f"by {summary.metric}"
+        )
+    table = Table(title=title, title_justify="left")
     for column in ("pair", summary.metric, "finished", "stopped early", "failed", "winner's params"):
         table.add_column(column, overflow="fold")
-    for pair in summary.pairs:
+    for index, pair in enumerate(shown):
+        if between and index == len(shown) // 2:
+            table.add_row(f"... {between} more", "", "", "", "", "")
         params = " ".join(f"{k}={number(v)}" for k, v in sorted(pair.params.items())) or "-"
         table.add_row(
             pair.pair,
@@ -432,10 +463,31 @@ def _print_summary(summary) -> None:
             params if pair.run_id else "no finished trial",
         )
     out.print(table)
+    if len(pairs) > 1:
+        counts = {key: sum(pair.counts[key] for pair in pairs) for key in ("finished", "stopped early", "failed")}
+        out.print(
+            f"{len(pairs)} pairs, {len(with_winner)} with a winner; trials: {counts['finished']} finished, "
+            f"{counts['stopped early']} stopped early, {counts['failed']} failed",
+            highlight=False,
+        )
     by = "" if summary.metric == "splice_score" else f" --by {by_name(summary.metric)}"
-    for pair in summary.pairs:
-        if pair.run_id:
-            out.print(f"  splice-tune best --pair {pair.pair} --search {summary.name}{by}", highlight=False)
+    store = "" if root is None or root == DEFAULT_ROOT else f" --root {shlex.quote(str(root))}"
+    if len(with_winner) == 1 and len(pairs) == 1:
+        out.print(
+            f"  splice-tune best --pair {with_winner[0].pair} --search {summary.name}{by}{store}", highlight=False
+        )
+    elif with_winner:
+        out.print(
+            f"render every winner: splice-tune best --all --search {summary.name}{by}{store} "
+            f"(one: --pair {with_winner[0].pair} instead of --all)",
+            highlight=False,
+        )
+    if len(shown) < len(pairs):
+        out.print(
+            f"every pair: splice-tune ls{store}; plots and contact sheets: splice-tune report "
+            f"--search {summary.name}{store}",
+            highlight=False,
+        )
     note = not_dino_note(getattr(summary, "vit", None) or "")
     if note:
         out.print(f"[bold red]{note}[/]", highlight=False)
@@ -451,13 +503,17 @@ def _raise_failures(summary) -> None:
 
     failed = [pair for pair in summary.pairs if pair.failure]
     if failed:
-        raise Failure(
-            [
-                f"pair {pair.pair}: no trial finished: {pair.failure}; each trial's full error is in "
-                f"MLflow: {ui_link(summary.tracking_uri, summary.experiment_id, pair.parent_run_id)}"
-                for pair in failed
-            ]
-        )
+        lines = [
+            f"pair {pair.pair}: no trial finished: {pair.failure}; each trial's full error is in "
+            f"MLflow: {ui_link(summary.tracking_uri, summary.experiment_id, pair.parent_run_id)}"
+            for pair in failed[:SUMMARY_FAILURES]
+        ]
+        if len(failed) > SUMMARY_FAILURES:
+            lines.append(
+                f"and {len(failed) - SUMMARY_FAILURES} more pairs where no trial finished "
+                f"(splice-tune ls lists them: their failed column equals their trials)"
+            )
+        raise Failure(lines)
 
 
 # Every command renders its --help through _Command (flags without a type), set here once for all of them.

@@ -1,13 +1,14 @@
 """What a person watching a search sees: a compact live table per pair, then a summary of the winners.
 
-Without a terminal (CI logs, nohup) a live table cannot redraw itself, so the search prints one progress
-line every `PROGRESS_EVERY_S` seconds instead, and the table once at the end.
+Without a terminal (CI logs, nohup, a job scheduler) a live table cannot redraw itself, so the search prints
+one short progress line every `PROGRESS_EVERY_S` seconds instead; the summary follows the run either way.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,7 +46,15 @@ class PairProgress:
 
 class LiveView:
     """Per pair: trials finished / running / stopped early / failed, and the best score so far; for the
-    whole search the time elapsed and an estimate of the time left."""
+    whole search the totals, the time elapsed and an estimate of the time left.
+
+    What it prints stays the same size whatever the number of pairs: the live table fits the terminal's
+    height (totals first, then the pairs worth seeing: running, failing, just changed), and a progress line
+    names only a few pairs (`MAX_NAMED` per kind) and stays under `LINE_CHARS` characters.
+    """
+
+    MAX_NAMED = 3
+    LINE_CHARS = 300
 
     def __init__(
         self,
@@ -65,11 +74,19 @@ class LiveView:
         self.started = time.monotonic()
         self._work_at_start = 0.0
         self._stopped = threading.Event()
+        # Pairs with news since the last progress line, and since the table last showed them (newest last).
+        self._changed: dict[str, None] = {}
+        self._recent: dict[str, None] = {}
+        self._lock = threading.Lock()
+        interactive = console.is_interactive
+        # A log cannot redraw a table: without a terminal, progress lines only (the summary follows the run).
         self.live = (
-            None if quiet else Live(get_renderable=self.table, console=console, refresh_per_second=2, transient=False)
+            Live(get_renderable=self.table, console=console, refresh_per_second=2, transient=False)
+            if not quiet and interactive
+            else None
         )
         self._printer = None
-        if not quiet and not console.is_interactive:
+        if not quiet and not interactive:
             self._printer = threading.Thread(target=self._print_progress, name="splice-tune-progress", daemon=True)
 
     def __enter__(self) -> "LiveView":
@@ -94,6 +111,14 @@ class LiveView:
         while not self._stopped.wait(self.progress_every):
             self.console.print(self.progress_line(), highlight=False, soft_wrap=True)
 
+    def touch(self, pair: str) -> None:
+        """Note that `pair` changed (a trial started, reported or ended): the next line and table name it.
+        Cheap, as the search's loop calls it on every event; the live table redraws itself twice a second."""
+        with self._lock:  # the progress line's and the live table's threads read these
+            for recent in (self._changed, self._recent):
+                recent.pop(pair, None)
+                recent[pair] = None
+
     def _work(self) -> float:
         return sum(progress.work(self.evals_per_trial) for progress in self.pairs.values())
 
@@ -107,15 +132,59 @@ class LiveView:
         eta = _clock((total - work) / pace) if pace > 0 else "-"
         return f"elapsed {_clock(elapsed)}, ETA {eta}"
 
+    def totals(self) -> str:
+        """ "5/8 trials done, 2 running, 1 stopped early, 0 failed; 2/4 pairs complete" """
+        progress = list(self.pairs.values())
+        done, budget = sum(p.done for p in progress), sum(p.budget for p in progress)
+        running = sum(len(p.running) for p in progress)
+        stopped, failed = sum(p.stopped_early for p in progress), sum(p.failed for p in progress)
+        complete = sum(p.done >= p.budget for p in progress)
+        return (
+            f"{done}/{budget} trials done, {running} running, {stopped} stopped early, {failed} failed; "
+            f"{complete}/{len(progress)} pairs complete"
+        )
+
+    def _shown(self, pair: str) -> str:
+        progress = self.pairs[pair]
+        best = f" best {number(progress.best)}" if math.isfinite(progress.best) else ""
+        failed = f", {progress.failed} failed" if progress.failed else ""
+        return f"{pair} {progress.done}/{progress.budget}{failed}{best}"
+
+    def _worth_naming(self) -> list[tuple[str, list[str]]]:
+        """The kinds of pairs a reader wants named, each with its pairs (most telling first)."""
+        failing = sorted(
+            (p for p, progress in self.pairs.items() if progress.failed), key=lambda p: -self.pairs[p].failed
+        )
+        with self._lock:
+            changed, self._changed = list(reversed(self._changed)), {}
+        kinds = [("failing", failing), ("just changed", changed)]
+        open_pairs = [pair for pair, progress in self.pairs.items() if progress.done < progress.budget]
+        total = sum(progress.budget for progress in self.pairs.values())
+        if open_pairs and self._work() >= total / 2:  # once half is done, what holds the search up
+            lagging = sorted(open_pairs, key=lambda p: self.pairs[p].work(self.evals_per_trial) / self.pairs[p].budget)
+            kinds.append(("lagging", lagging))
+        return kinds
+
     def progress_line(self) -> str:
-        """One line for logs: the timing, then per pair trials done / running / stopped / failed and its best."""
-        pairs = [
-            f"{pair} {progress.done}/{progress.budget} done, {len(progress.running)} running, "
-            f"{progress.stopped_early} stopped, {progress.failed} failed, best {self.metric} "
-            f"{number(progress.best) if math.isfinite(progress.best) else '-'}"
-            for pair, progress in self.pairs.items()
-        ]
-        return f"[{dt.datetime.now():%H:%M:%S}] search progress: {self.timing()} | " + " | ".join(pairs)
+        """One line for logs: the time, the totals, then a few pairs worth naming (failing, changed since the
+        last line, lagging), never more than `LINE_CHARS` characters. A search of a few pairs names each."""
+        head = f"[{dt.datetime.now():%H:%M:%S}] search progress: {self.totals()}, {self.timing()}"
+        if len(self.pairs) <= self.MAX_NAMED:
+            kinds = [("", list(self.pairs))]
+        else:
+            kinds = self._worth_naming()
+        line = head
+        for named in range(self.MAX_NAMED, 0, -1):  # fewer names per kind until the line fits
+            parts = [head]
+            for kind, pairs in kinds:
+                if pairs:
+                    names = ", ".join(self._shown(pair) for pair in pairs[:named])
+                    more = f" +{len(pairs) - named} more" if len(pairs) > named else ""
+                    parts.append(f"{kind + ': ' if kind else ''}{names}{more}")
+            line = " | ".join(parts)
+            if len(line) <= self.LINE_CHARS:
+                return line
+        return line[: self.LINE_CHARS - 2].rsplit(" ", 1)[0] + " …"
 
     def load(self, runs) -> None:
         """Counts from trial runs already recorded (a resumed search starts from what its first part did)."""
@@ -140,11 +209,39 @@ class LiveView:
         if self.live:
             self.live.refresh()
 
+    def _table_pairs(self, rows: int) -> tuple[list[str], int]:
+        """At most `rows` pairs for the table: running, failing, just changed, then the rest in the CSV's
+        order; and how many are left out."""
+        if len(self.pairs) <= rows:
+            return list(self.pairs), 0
+        running = [pair for pair, progress in self.pairs.items() if progress.running]
+        failing = [pair for pair, progress in self.pairs.items() if progress.failed]
+        chosen: dict[str, None] = {}
+        with self._lock:
+            recent = list(reversed(self._recent))
+        for pair in [*running, *failing, *recent, *self.pairs]:
+            if len(chosen) >= rows:
+                break
+            chosen[pair] = None
+        order = {pair: index for index, pair in enumerate(self.pairs)}
+        return sorted(chosen, key=order.__getitem__), len(self.pairs) - len(chosen)
+
     def table(self) -> Table:
-        table = Table(title=f"splice-tune search: {self.timing()}", title_justify="left")
+        """The live table, no taller than the terminal: title and totals, then the pairs worth seeing."""
+        # Title, totals caption, borders and header take 7 lines; one more says what is left out.
+        rows = max(self.console.height - 8, 3)
+        shown, hidden = self._table_pairs(rows)
+        caption = self.totals() + (f"; {hidden} more pairs not shown (all of them: splice-tune ls)" if hidden else "")
+        table = Table(
+            title=f"splice-tune search: {self.timing()}",
+            title_justify="left",
+            caption=caption,
+            caption_justify="left",
+        )
         for column in ("pair", "done", "running", "stopped early", "failed", f"best {self.metric}"):
             table.add_column(column, justify="left" if column == "pair" else "right")
-        for pair, progress in self.pairs.items():
+        for pair in shown:
+            progress = self.pairs[pair]
             best = number(progress.best) if math.isfinite(progress.best) else "-"
             retried = f" ({progress.retried} retried)" if progress.retried else ""
             table.add_row(
@@ -161,3 +258,22 @@ class LiveView:
 def _clock(seconds: float) -> str:
     """H:MM:SS."""
     return str(dt.timedelta(seconds=round(seconds)))
+
+
+# What varies between notes of one kind: quoted names and paths, numbers, and which image of the pair.
+_NOTE_DETAILS = re.compile(r"'[^']*'|\"[^\"]*\"|\S*/\S*|\d+(?:\.\d+)?|\b(?:structure|appearance)\b")
+
+
+def grouped_notes(notes: list[str], examples: int = 2) -> list[str]:
+    """The notes to print: each kind once or twice as it is, and a kind with more notes than `examples` as
+    its first `examples` and one line counting the rest ("... and 510 more like these"). A kind is a note
+    with its details (names, paths, numbers, which image) left out; the order is the first note's."""
+    kinds: dict[str, list[str]] = {}
+    for note in notes:
+        kinds.setdefault(_NOTE_DETAILS.sub("_", note), []).append(note)
+    lines = []
+    for group in kinds.values():
+        lines += group[:examples]
+        if len(group) > examples:
+            lines.append(f"... and {len(group) - examples} more notes like these")
+    return lines

@@ -8,8 +8,13 @@ search ended in `search_summary`.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import fcntl
 import logging
 import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
@@ -17,8 +22,8 @@ import torch
 from rich.console import Console
 
 from splice_model.images import load_image
-from splice_tune import search, search_plan, store, studies, tracking, tune_callback
-from splice_tune.console import LiveView
+from splice_tune import disk_space, search, search_plan, stopping, store, studies, tracking, tune_callback
+from splice_tune.console import LiveView, grouped_notes
 from splice_tune.errors import BadInput
 from splice_tune.pairs import Pair, read_pairs
 from splice_tune.search import PairScheduler, PairSearcher, evals_per_trial
@@ -30,15 +35,21 @@ from splice_tune.trainable import TrialSetup, run_trial
 # Searches started before the driver was split saved their Ray callback under this name; `--resume` of such a
 # search unpickles it from here.
 _TrackingCallback = tune_callback.TrackingCallback
+LOCKS_FOLDER = "locks"  # under --root: one lock file per search, held while it runs
 
 __all__ = ["SearchInterrupted", "SearchPlan", "SearchRequest", "SearchSummary", "plan_search", "run_search"]
 
 
 class SearchInterrupted(Exception):
-    """The search stopped before its budget was used (Ctrl-C); its state is saved and it can be resumed."""
+    """The search stopped before its budget was used (Ctrl-C, SIGTERM, SIGHUP); its state is saved and it can
+    be resumed (`started` False: it stopped before Ray saved anything, and the same command starts it anew).
+    `exit_code` is 128 + the signal's number."""
 
-    def __init__(self, name: str, interrupted_runs: int):
-        self.name, self.interrupted_runs = name, interrupted_runs
+    def __init__(
+        self, name: str, interrupted_runs: int, exit_code: int = 130, started: bool = True, reason: str | None = None
+    ):
+        self.name, self.interrupted_runs, self.exit_code, self.started = name, interrupted_runs, exit_code, started
+        self.reason = reason  # why the search stopped itself (a full disk); None for a signal
         super().__init__(f"search {name!r} interrupted")
 
 
@@ -93,18 +104,69 @@ def run_search(
 ) -> SearchSummary:
     """Validate, then run the whole search; returns each pair's winner (also printed unless quiet).
 
-    Raises SearchInterrupted after Ctrl-C (trials then running are marked interrupted in MLflow; the same
-    command with --resume continues). `trainable` replaces the trial function (fault-injection tests).
+    Raises SearchInterrupted after Ctrl-C, SIGTERM or SIGHUP (trials then running are marked interrupted in
+    MLflow; the same command with --resume continues). `trainable` replaces the trial function (fault-injection tests).
     """
+    console = console or Console(stderr=True, quiet=request.quiet)
+    plan = plan_search(request)
+    with _running_alone(request.root, plan.name):
+        return _start_and_run(plan, console, trainable)
+
+
+def _start_and_run(plan: SearchPlan, console: Console, trainable) -> SearchSummary:
+    request = plan.request
+    _start_ray(request)  # before any MLflow write: a cluster that cannot be joined or is too small is bad input
+    # After Ray's start: its core worker installs a SIGTERM handler that dumps a crash report and aborts.
+    with stopping.stop_signals() as stop:
+        try:
+            return _run(plan, console, trainable, stop)
+        except KeyboardInterrupt:
+            # A signal outside Ray's run: before it (recording the pairs) or after (recording the winners).
+            interrupted = tracking.SearchTracker(plan.tracking_uri, plan.name).mark_interrupted()
+            raise SearchInterrupted(plan.name, interrupted, stop.exit_code, started=stop.fit_started) from None
+        except Exception as error:
+            if not disk_space.is_full(error):
+                raise
+            raise _stopped_by_full_disk(plan, _first_line(error)) from None
+
+
+def _stopped_by_full_disk(plan: SearchPlan, seen: str) -> SearchInterrupted:
+    """The search ends on a full disk: runs left running are marked interrupted when the store can still be
+    written (else the next --resume marks them), and the error names the full place."""
+    interrupted = 0
+    with contextlib.suppress(Exception):
+        interrupted = tracking.SearchTracker(plan.tracking_uri, plan.name).mark_interrupted()
+    places = {
+        "the MLflow store": store.local_path(plan.tracking_uri),
+        "its artifacts": store.artifact_root(plan.request.root) if store.local_path(plan.tracking_uri) else None,
+        "Ray's storage": Path(plan.storage) if search_plan.is_local(plan.storage) else None,
+        "the Optuna storage": studies.sqlite_file(plan.optuna_url),
+    }
+    line = (
+        f"no space left on device for {disk_space.full_places(places)}; first seen as: {seen}. Free space there "
+        f"(nothing recorded so far is lost)"
+    )
+    return SearchInterrupted(plan.name, interrupted, exit_code=1, reason=line)
+
+
+def _first_line(error: BaseException | str) -> str:
+    """The line of an error (or a traceback's text) that says the disk is full, else its last line."""
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    found = [line for line in lines if disk_space.is_full(line)]
+    return (found or lines or ["(no text)"])[-1][:300]
+
+
+def _run(plan: SearchPlan, console: Console, trainable, stop: stopping.StopState) -> SearchSummary:
+    """The search after its checks and Ray's start: MLflow records, Ray Tune's run, how it ended."""
     import ray
     from ray import tune
 
-    console = console or Console(stderr=True, quiet=request.quiet)
-    plan = plan_search(request)
-    _start_ray(request)  # before any MLflow write: a cluster that cannot be joined or is too small is bad input
-    space = plan.space
-    for note in [*space.notes, *(note for pair in plan.pairs for note in pair.notes), *plan.warm.notes]:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
+    request, space = plan.request, plan.space
+    # Notes of one kind (every image downscaled) are a few examples and a count; each pair's run keeps its own.
+    notes = [*space.notes, *(note for pair in plan.pairs for note in pair.notes), *plan.warm.notes]
+    for note in grouped_notes(notes):
+        console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
 
     tracker, parent_runs = _record_start(plan)
     # One object per pair in Ray's object store: a trial fetches its own pair's images, not every pair's.
@@ -134,11 +196,50 @@ def run_search(
         tuner = _tuner(plan, trainable, callback, tracker, view, parent_runs)
         console.print(
             f"search [bold]{plan.name}[/]: {len(plan.pairs)} pairs x {space.budget.trials_per_pair} "
-            f"trials, space {space.path}, MLflow {plan.tracking_uri}, Optuna {studies.shown(plan.optuna_url)}"
+            f"trials, space {space.path}, MLflow {plan.tracking_uri}, Optuna {studies.shown(plan.optuna_url)}",
+            soft_wrap=True,
         )
         with view, tune_callback.ray_noise_filtered(request.verbose):
-            grid = tuner.fit()
-    return _conclude(plan, tracker, grid)
+            stop.fit_started = True
+            try:
+                grid = tuner.fit()
+            finally:
+                stopping.leave_fit()
+    return _conclude(plan, tracker, grid, stop)
+
+
+@contextlib.contextmanager
+def _running_alone(root: Path, name: str) -> Iterator[None]:
+    """Hold search `name`'s lock (ROOT/locks/NAME.lock) while it runs; `BadInput` naming the process that
+    holds it, when the same search already runs (a second --resume from another terminal). The lock is the
+    kernel's (flock): a driver that dies, however, releases it."""
+    folder = Path(root) / LOCKS_FOLDER
+    made = [path for path in (Path(root), folder) if not path.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.lock"
+    made += [] if path.exists() else [path]
+    with open(path, "a+") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read().strip() or "another process"
+            raise BadInput(
+                [f"search {name!r} is already running ({holder}); wait for it to end, or stop it first"]
+            ) from None
+        file.seek(0)
+        file.truncate()
+        started = dt.datetime.now().astimezone().isoformat(timespec="seconds")
+        file.write(f"pid {os.getpid()} on {socket.gethostname()}, since {started}")
+        file.flush()
+        try:
+            yield
+        except BadInput:
+            # Refused before anything ran (a cluster too small): leave no trace, as every refusal does.
+            for made_path in reversed(made):
+                with contextlib.suppress(OSError):
+                    made_path.unlink() if made_path.is_file() else made_path.rmdir()
+            raise
 
 
 def _record_start(plan: SearchPlan) -> tuple[tracking.SearchTracker, dict[str, str]]:
@@ -198,14 +299,16 @@ def _tuner(
     )
 
 
-def _conclude(plan: SearchPlan, tracker: tracking.SearchTracker, grid) -> SearchSummary:
-    """End the pair runs after Ray returned: KILLED and `SearchInterrupted` when trials are left (Ctrl-C),
+def _conclude(plan: SearchPlan, tracker: tracking.SearchTracker, grid, stop: stopping.StopState) -> SearchSummary:
+    """End the pair runs after Ray returned: KILLED and `SearchInterrupted` when trials are left (a signal),
     else FINISHED with each pair's winner, or FAILED for a pair whose every trial failed or diverged."""
+    if stop.reason is not None:  # the search stopped itself: a full disk, seen by a trial
+        raise _stopped_by_full_disk(plan, stop.reason)
     if ended_trials(tracker, grid) < len(plan.pairs) * plan.space.budget.trials_per_pair:
         interrupted = tracker.mark_interrupted()
         for pair in plan.pairs:
             tracker.finish_pair(pair.name, status="KILLED", summary={})
-        raise SearchInterrupted(plan.name, interrupted)
+        raise SearchInterrupted(plan.name, interrupted, stop.exit_code)
     summary = summarize(plan, tracker)
     for result in summary.pairs:
         tracker.finish_pair(

@@ -103,7 +103,7 @@ def flag_problems(request: SearchRequest) -> list[str]:
 def storage_path(request: SearchRequest) -> str:
     """Where Ray keeps the search's experiment folder: --storage (default ROOT/ray), absolute when local."""
     storage = request.storage or str(request.root / "ray")
-    if _is_local(storage):
+    if is_local(storage):
         # Ray wants an absolute path; a file:// URI names the same folder.
         storage = str(Path(storage.removeprefix("file://")).expanduser().resolve())
     return storage
@@ -130,7 +130,7 @@ def name_problems(request: SearchRequest, name: str | None, storage: str) -> lis
         experiment = f"{storage.rstrip('/')}/{name}"
         try:
             # Shared or cloud storage (s3://, gs://) is read through Ray's own filesystem layer (pyarrow).
-            exists = Path(experiment).exists() if _is_local(storage) else tune.Tuner.can_restore(experiment)
+            exists = Path(experiment).exists() if is_local(storage) else tune.Tuner.can_restore(experiment)
         except (OSError, ValueError) as error:  # what pyarrow raises for an unknown scheme or unreachable store
             problems.append(
                 f"--storage {storage}: cannot read it ({' '.join(str(error).split())}); check the "
@@ -313,7 +313,7 @@ def _shown(space: SearchSpace) -> str:
     return str(space.path) if space.path else "search space"
 
 
-def _is_local(storage: str) -> bool:
+def is_local(storage: str) -> bool:
     """True for a folder this machine reads directly (a path, also a shared mount, or file://); False for a
     URI that only Ray's filesystem layer reads (s3://, gs://, ...)."""
     return "://" not in storage or storage.startswith("file://")
@@ -326,7 +326,7 @@ def _default_name(request: SearchRequest) -> str:
 
 
 def _latest_search(storage: str) -> str | None:
-    if not _is_local(storage) or not Path(storage).is_dir():
+    if not is_local(storage) or not Path(storage).is_dir():
         return None
     searches = [path for path in Path(storage).iterdir() if path.is_dir() and SEARCH_NAME.match(path.name)]
     return max(searches, key=lambda path: path.stat().st_mtime).name if searches else None

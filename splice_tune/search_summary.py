@@ -50,9 +50,12 @@ def summarize(plan: SearchPlan, tracker: tracking.SearchTracker) -> SearchSummar
     """Each pair's winner (lowest objective among its finished trials) and its trial counts, from MLflow."""
     metric = plan.space.objective.metric
     sampled = set(plan.space.params)
+    by_pair: dict[str, list] = {}
+    for run in tracker.trial_runs():  # one read of the store for every pair: the cost stays per trial
+        by_pair.setdefault(run.data.tags.get(tracking.TAG_PAIR), []).append(run)
     pairs = []
     for pair in plan.pairs:
-        runs = tracker.trial_runs(pair.name)
+        runs = by_pair.get(pair.name, [])
         best = results.winner(runs, metric)
         pairs.append(
             PairResult(

@@ -136,6 +136,7 @@ class SearchTracker:
             self.client = MlflowClient(tracking_uri=tracking_uri)  # MLflow creates the schema here
             self.experiment_id = self._get_or_create_experiment(artifact_root)
         self._pair_run_ids: dict[str, str] = {}
+        self._pair_runs: dict[str, Run] | None = None  # pair name -> its run, read once (`_find_pair_run`)
 
     def _get_or_create_experiment(self, artifact_root: Path | None) -> str:
         experiment = retry(self.client.get_experiment_by_name, self.search_name)
@@ -172,9 +173,17 @@ class SearchTracker:
         retry(self.client.set_experiment_tag, self.experiment_id, key, value)
 
     def _find_pair_run(self, pair_name: str) -> Run | None:
-        runs = search_all(self.client, self.experiment_id, tag_filter(**{TAG_KIND: KIND_PAIR, TAG_PAIR: pair_name}))
-        # Oldest first: if a crash ever left two, every later call keeps choosing the same one.
-        return min(runs, key=lambda run: run.info.start_time) if runs else None
+        if self._pair_runs is None:
+            # Every pair's run in one read, not one query per pair: a search of thousands of pairs starts in
+            # time proportional to its pairs. This tracker's driver is the only writer of pair runs (one
+            # driver per search: its lock), so what it creates later is added here.
+            runs = search_all(self.client, self.experiment_id, tag_filter(**{TAG_KIND: KIND_PAIR}))
+            # Oldest last, so it wins: if a crash ever left two, every later call keeps choosing the same one.
+            self._pair_runs = {
+                run.data.tags.get(TAG_PAIR): run
+                for run in sorted(runs, key=lambda run: run.info.start_time, reverse=True)
+            }
+        return self._pair_runs.get(pair_name)
 
     def pair_run(
         self,
@@ -200,6 +209,7 @@ class SearchTracker:
                 run_name=pair_name,
                 tags={TAG_KIND: KIND_PAIR, TAG_SEARCH: self.search_name, TAG_PAIR: pair_name},
             )
+            self._pair_runs[pair_name] = run
         elif run.info.status != "RUNNING":
             retry(self.client.update_run, run.info.run_id, status="RUNNING")
         run_id = run.info.run_id
@@ -270,6 +280,7 @@ class SearchTracker:
         stopped_early: bool = False,
         error: str | None = None,
         keep_error: bool = False,
+        interrupted: bool = False,
     ) -> None:
         """End a trial's run from the driver, for what the trial cannot record itself: the scheduler stopped
         it, or its process died. A run that already holds an error tag keeps it when `keep_error` is set
@@ -287,6 +298,8 @@ class SearchTracker:
             tags += [RunTag(TAG_STOPPED_EARLY, "true"), RunTag(TAG_STOP_REASON, SCHEDULER_STOP)]
         if error and not (keep_error and TAG_ERROR in run.data.tags):
             tags.append(RunTag(TAG_ERROR, error[-MAX_ERROR_CHARS:]))
+        if interrupted:  # stopped with the search (a full disk); --resume runs it again
+            tags.append(RunTag(TAG_INTERRUPTED, "true"))
         log_batch(self.client, run.info.run_id, tags=tags)
         retry(self.client.set_terminated, run.info.run_id, status)
 

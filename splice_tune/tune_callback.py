@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from splice_tune import tracking
+from splice_tune import disk_space, stopping, tracking
 from splice_tune.console import LiveView
 
 
@@ -59,12 +59,17 @@ class TrackingCallback(Callback):
     def view(self) -> LiveView:
         return _SESSIONS[self.search_name].view
 
+    def setup(self, **info):
+        # Called inside Tuner.fit, after Ray installed its SIGINT handler: every stop signal goes through it.
+        stopping.adopt_ray_handler()
+
     def _progress(self, trial):
+        # The table redraws itself; an event only notes its pair (nothing here grows with the pairs).
+        self.view.touch(trial.config["pair"])
         return self.view.pairs[trial.config["pair"]]
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._progress(trial).running.add(trial.trial_id)
-        self.view.refresh()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         progress = self._progress(trial)
@@ -72,7 +77,6 @@ class TrackingCallback(Callback):
         value = result.get(self.view.metric)
         if value is not None and math.isfinite(value):
             progress.best = min(progress.best, value)  # every score is lower-is-better
-        self.view.refresh()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         progress = self._progress(trial)
@@ -85,20 +89,34 @@ class TrackingCallback(Callback):
                 self.tracker.mark_trial(trial.trial_id, "KILLED", stopped_early=True)
         else:
             progress.finished += 1
-        self.view.refresh()
+
+    def on_step_end(self, iteration, trials, **info):
+        stopping.poll()  # a full disk that Ray's syncing thread reported
+
+    def _disk_full(self, trial) -> bool:
+        """A trial that failed on a full disk: stop the whole search (every trial would fail the same way, and
+        use up its retries); the trial stays unfinished, so --resume runs it again once there is space."""
+        text = _ray_error(trial)
+        if not disk_space.is_full(text):
+            return False
+        with contextlib.suppress(Exception):  # the full disk may be the store's
+            self.tracker.mark_trial(trial.trial_id, "KILLED", interrupted=True)
+        stopping.request_stop(_full_line(text))
+        return True
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         progress = self._progress(trial)
         progress.running.discard(trial.trial_id)
-        progress.retried += 1
-        self.view.refresh()
+        if not self._disk_full(trial):
+            progress.retried += 1
 
     def on_trial_error(self, iteration, trials, trial, **info):
         progress = self._progress(trial)
         progress.running.discard(trial.trial_id)
         progress.failed += 1
+        if self._disk_full(trial):  # with --max-failures 0: no retry left to keep it unfinished
+            return
         self.tracker.mark_trial(trial.trial_id, "FAILED", error=_error_text(_ray_error(trial)), keep_error=True)
-        self.view.refresh()
 
 
 def _ray_error(trial) -> str:
@@ -110,6 +128,12 @@ def _ray_error(trial) -> str:
         text = str(trial.get_error() or "")
     # The file gathers every attempt's failure, each under a "Failure # N (occurred at ...)" line.
     return re.split(r"^Failure # \d+ \(occurred at [^)]*\)\n", text, flags=re.MULTILINE)[-1].strip()
+
+
+def _full_line(text: str) -> str:
+    """The line of a trial's traceback that says the disk is full."""
+    lines = [line.strip() for line in text.splitlines() if disk_space.is_full(line)]
+    return (lines or ["a trial's write failed: no space left on device"])[-1][:300]
 
 
 def _error_text(text: str) -> str:
@@ -127,6 +151,8 @@ def _error_text(text: str) -> str:
 _RAY_REPLACED = {
     "ray.tune.tune": ("Stop signal received", "Experiment has been interrupted", "Trials did not complete")
 }
+# Where Ray logs a failed save of the experiment's state or a trial's checkpoint (with its traceback).
+_RAY_STATE_SAVERS = ("ray.tune.execution.experiment_state", "ray.tune.tune", "ray.tune.execution.tune_controller")
 # Each failed trial's traceback, kept in MLflow (tag splice_tune.error); printed only with --verbose.
 _RAY_TRACEBACKS = {"ray.tune.execution.tune_controller": ("Trial task failed",)}
 
@@ -140,15 +166,28 @@ class _DropLines(logging.Filter):
         return not record.getMessage().startswith(self.prefixes)
 
 
+class _FullDisk(logging.Filter):
+    """Ray's tracebacks of a state save that failed on a full disk: dropped, and the search stopped with
+    one line instead (the driver names the full place)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not (disk_space.is_full(error) or disk_space.is_full(record.getMessage())):
+            return True
+        stopping.request_stop(_full_line(f"{type(error).__name__}: {error}" if error else record.getMessage()))
+        return False
+
+
 @contextlib.contextmanager
 def ray_noise_filtered(verbose: bool):
     """While Ray runs the search, drop its log lines that splice-tune replaces or keeps in MLflow."""
     dropped = _RAY_REPLACED if verbose else {**_RAY_REPLACED, **_RAY_TRACEBACKS}
-    filters = {name: _DropLines(prefixes) for name, prefixes in dropped.items()}
-    for name, dropper in filters.items():
+    filters = [(name, _DropLines(prefixes)) for name, prefixes in dropped.items()]
+    filters += [(name, _FullDisk()) for name in _RAY_STATE_SAVERS]
+    for name, dropper in filters:
         logging.getLogger(name).addFilter(dropper)
     try:
         yield
     finally:
-        for name, dropper in filters.items():
+        for name, dropper in filters:
             logging.getLogger(name).removeFilter(dropper)

@@ -315,8 +315,92 @@ def test_without_a_terminal_progress_lines_replace_the_live_table():
             time.sleep(0.05)
     lines = [line for line in log.file.getvalue().splitlines() if "search progress" in line]
     assert re.fullmatch(
-        r"\[\d\d:\d\d:\d\d\] search progress: elapsed \d:\d\d:\d\d, ETA \d:\d\d:\d\d \| cows 1/3 "
-        r"done, 1 running, 0 stopped, 0 failed, best splice_score 0\.8765",
+        r"\[\d\d:\d\d:\d\d\] search progress: 1/3 trials done, 1 running, 0 stopped early, 0 failed; 0/1 "
+        r"pairs complete, elapsed \d:\d\d:\d\d, ETA \d:\d\d:\d\d \| cows 1/3 best 0\.8765",
         lines[-1],
     ), lines[-1]
     assert "\x1b[" not in log.file.getvalue()  # a log gets no cursor movements
+
+
+def test_the_progress_line_of_a_thousand_pairs_names_a_few_and_stays_short():
+    from rich.console import Console
+
+    from splice_tune.console import LiveView
+
+    pairs = [f"pair-{index:04d}" for index in range(1000)]
+    view = LiveView(pairs, budget=2, metric="splice_score", console=Console(file=io.StringIO()), quiet=True)
+    for pair in pairs[:700]:
+        view.pairs[pair].finished = 2
+    view.pairs["pair-0003"].failed, view.pairs["pair-0003"].finished = 2, 0
+    view.pairs["pair-0950"].running.add("t1")
+    view.touch("pair-0950")
+    view.touch("pair-0699")
+    line = view.progress_line()
+    assert len(line) <= LiveView.LINE_CHARS, line
+    assert "1400/2000 trials done, 1 running, 0 stopped early, 2 failed; 700/1000 pairs complete" in line
+    assert "failing: pair-0003 2/2, 2 failed |" in line
+    assert "just changed: pair-0699 2/2, pair-0950 0/2 |" in line
+    assert "lagging: pair-0700 0/2, pair-0701 0/2" in line and line.endswith(" more")  # 300 pairs: a few, a count
+    # What changed is named once: the next line has nothing new to name.
+    assert "just changed" not in view.progress_line()
+
+
+def test_the_live_table_fits_the_terminal_and_shows_the_pairs_worth_seeing():
+    from rich.console import Console
+
+    from splice_tune.console import LiveView
+
+    terminal = Console(file=io.StringIO(), force_terminal=True, width=120, height=24)
+    pairs = [f"pair-{index:04d}" for index in range(1000)]
+    view = LiveView(pairs, budget=2, metric="splice_score", console=terminal, quiet=True)
+    view.pairs["pair-0500"].running.add("t1")
+    view.pairs["pair-0777"].failed = 1
+    view.touch("pair-0123")
+    terminal.print(view.table())
+    shown = _ANSI.sub("", terminal.file.getvalue())
+    assert len(shown.splitlines()) <= 24, shown
+    assert all(pair in shown for pair in ("pair-0500", "pair-0777", "pair-0123")), shown
+    assert "1/2000 trials done, 1 running" in shown and "more pairs not shown (all of them: splice-tune ls)" in shown
+
+
+def test_notes_of_one_kind_are_two_examples_and_a_count():
+    from splice_tune.console import grouped_notes
+
+    downscaled = [
+        f"pairs.csv:{row}: {column} 'p{row}_{column}.png': 192x128 will be downscaled to max side 96"
+        for row in range(2, 258)
+        for column in ("structure", "appearance")
+    ]
+    notes = ["space: an unusual note", *downscaled, "warm start: from search old"]
+    assert grouped_notes(notes) == [
+        "space: an unusual note",
+        downscaled[0],
+        downscaled[1],
+        "... and 510 more notes like these",
+        "warm start: from search old",
+    ]
+
+
+def test_the_summary_of_a_thousand_pairs_fits_one_screen(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "160")
+    pairs = [
+        SimpleNamespace(
+            pair=f"pair-{index:04d}",
+            score=index / 1000 if index % 100 else None,
+            counts={"finished": 2 if index % 100 else 0, "stopped early": 0, "failed": 0 if index % 100 else 2},
+            params={"alpha": "0.1"} if index % 100 else {},
+            run_id=f"run{index}" if index % 100 else None,
+        )
+        for index in range(1000)
+    ]
+    summary = SimpleNamespace(
+        name="big", experiment_id="1", tracking_uri="sqlite:///x.db", metric="splice_score", pairs=pairs
+    )
+    _print_summary(summary, Path("runs"))
+    out = _ANSI.sub("", capsys.readouterr().out)
+    assert len(out.splitlines()) <= 30, out
+    assert "the best and worst 6 of 1000 pairs' winners" in out
+    assert "pair-0001" in out and "pair-0999" in out and "... 978 more" in out  # 990 with a winner - 12 shown
+    assert "1000 pairs, 990 with a winner; trials: 1980 finished, 0 stopped early, 20 failed" in out
+    assert "splice-tune best --all --search big --root runs" in out and "best --pair" not in out
+    assert "every pair: splice-tune ls --root runs" in out

@@ -158,13 +158,14 @@ def test_without_a_terminal_a_search_prints_progress_lines(tmp_path, ray_session
     run_search(request, console=log)
     lines = [line for line in log.file.getvalue().splitlines() if "search progress:" in line]
     pattern = re.compile(
-        r"\[\d\d:\d\d:\d\d\] search progress: elapsed \d:\d\d:\d\d, ETA (-|\d:\d\d:\d\d) \| "
-        r"cows (\d)/2 done, (\d) running, 0 stopped, 0 failed, best splice_score (-|[\d.]+)"
+        r"\[\d\d:\d\d:\d\d\] search progress: (?P<done>\d)/2 trials done, (?P<running>\d) running, 0 stopped "
+        r"early, 0 failed; [01]/1 pairs complete, elapsed \d:\d\d:\d\d, ETA (?P<eta>-|\d:\d\d:\d\d) \| "
+        r"cows (?P=done)/2( best (?P<best>[\d.]+))?"
     )
     matches = [pattern.fullmatch(line) for line in lines]
     assert lines and all(matches), log.file.getvalue()
-    assert any(match.group(2) == "1" and match.group(3) == "1" for match in matches), lines  # mid-search
-    assert any(match.group(1) != "-" and match.group(4) != "-" for match in matches), lines  # an ETA, a best
+    assert any(match["done"] == "1" and match["running"] == "1" for match in matches), lines  # mid-search
+    assert any(match["eta"] != "-" and match["best"] for match in matches), lines  # an ETA, a best
     assert "\x1b[" not in log.file.getvalue()
 
 
