@@ -19,6 +19,8 @@ from ray.tune import Callback
 from splice_tune import disk_space, stopping, tracking
 from splice_tune.console import LiveView
 
+_log = logging.getLogger(__name__)
+
 
 @dataclass
 class SearchSession:
@@ -90,6 +92,11 @@ class TrackingCallback(Callback):
         else:
             progress.finished += 1
 
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        """Delete the trial's earlier checkpoints (Ray keeps them all: see the driver's CheckpointConfig). A
+        resume whose saved state still names a deleted one trains that trial again from step 0."""
+        prune_checkpoints(checkpoint)
+
     def on_step_end(self, iteration, trials, **info):
         stopping.poll()  # a full disk that Ray's syncing thread reported
 
@@ -117,6 +124,21 @@ class TrackingCallback(Callback):
         if self._disk_full(trial):  # with --max-failures 0: no retry left to keep it unfinished
             return
         self.tracker.mark_trial(trial.trial_id, "FAILED", error=_error_text(_ray_error(trial)), keep_error=True)
+
+
+def prune_checkpoints(latest) -> None:
+    """Delete every checkpoint folder beside `latest` (a `ray.tune.Checkpoint`, on local or cloud storage)."""
+    import pyarrow.fs
+
+    folder, name = latest.path.rstrip("/").rsplit("/", 1)
+    try:
+        found = latest.filesystem.get_file_info(pyarrow.fs.FileSelector(folder))
+        for entry in found:
+            base = entry.path.rstrip("/").rsplit("/", 1)[-1]
+            if entry.type == pyarrow.fs.FileType.Directory and base.startswith("checkpoint_") and base != name:
+                latest.filesystem.delete_dir(entry.path)
+    except OSError as error:  # storage that cannot delete (a full or read-only disk) keeps them: only space
+        _log.debug("could not prune checkpoints beside %s: %s", latest.path, error)
 
 
 def _ray_error(trial) -> str:
