@@ -18,7 +18,7 @@ from pathlib import Path
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 _FULL_TEXTS = ("no space left on device", "database or disk is full", "disk quota exceeded")
 # A filesystem with less than this free is named as the full one (a write that failed may leave a little).
-NEARLY_FULL_BYTES = 64 * 2**20
+NEARLY_FULL_BYTES = 16 * 2**20
 
 
 def is_full(error: BaseException | str | None) -> bool:
@@ -50,10 +50,10 @@ def _size(count: float) -> str:
     return f"{count:.1f} TB"  # pragma: no cover - the loop returns first
 
 
-def full_places(places: dict[str, Path | None]) -> str:
+def full_places(places: dict[str, Path | None], only_full: bool = False) -> str:
     """ "the MLflow store and Ray's storage (/tmp/small: 12 KB free of 12.0 MB)": the labelled local places
     whose filesystem is (nearly) full, together per filesystem; all of them, if none looks full now (space
-    was freed meanwhile, or the full one was a quota)."""
+    was freed meanwhile, or the full one was a quota), or "" with `only_full`."""
     by_device: dict[int, tuple[Path, list[str]]] = {}
     for label, path in places.items():
         if path is None:
@@ -66,6 +66,8 @@ def full_places(places: dict[str, Path | None]) -> str:
         usage = shutil.disk_usage(where)
         described.append((usage.free, f"{_join(labels)} ({where}: {_size(usage.free)} free of {_size(usage.total)})"))
     nearly_full = [text for free, text in described if free < NEARLY_FULL_BYTES]
+    if only_full:
+        return "; ".join(nearly_full)
     return "; ".join(nearly_full or [text for _, text in sorted(described)])
 
 

@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 
 from splice_model.images import load_image
-from splice_tune import disk_space, search, search_plan, stopping, store, studies, tracking, tune_callback
+from splice_tune import disk_space, ray_state, search, search_plan, stopping, store, studies, tracking, tune_callback
 from splice_tune.console import LiveView, grouped_notes
 from splice_tune.errors import BadInput
 from splice_tune.pairs import Pair, read_pairs
@@ -125,28 +125,40 @@ def _start_and_run(plan: SearchPlan, console: Console, trainable) -> SearchSumma
             interrupted = tracking.SearchTracker(plan.tracking_uri, plan.name).mark_interrupted()
             raise SearchInterrupted(plan.name, interrupted, stop.exit_code, started=stop.fit_started) from None
         except Exception as error:
-            if not disk_space.is_full(error):
+            # A full disk shows itself in many ways, some not naming it (a truncated file Ray reads back
+            # raises EOFError): an error while one of the search's places is full is taken for that.
+            if not (disk_space.is_full(error) or disk_space.full_places(_places(plan), only_full=True)):
                 raise
-            raise _stopped_by_full_disk(plan, _first_line(error)) from None
+            raise _stopped_by_full_disk(plan, stop.reason or _first_line(error)) from None
 
 
 def _stopped_by_full_disk(plan: SearchPlan, seen: str) -> SearchInterrupted:
     """The search ends on a full disk: runs left running are marked interrupted when the store can still be
     written (else the next --resume marks them), and the error names the full place."""
     interrupted = 0
-    with contextlib.suppress(Exception):
-        interrupted = tracking.SearchTracker(plan.tracking_uri, plan.name).mark_interrupted()
-    places = {
-        "the MLflow store": store.local_path(plan.tracking_uri),
-        "its artifacts": store.artifact_root(plan.request.root) if store.local_path(plan.tracking_uri) else None,
+    mlflow_log = logging.getLogger("mlflow.store.db.utils")  # it logs each failed write before raising it
+    mlflow_log.disabled = True
+    try:
+        with contextlib.suppress(Exception):
+            interrupted = tracking.SearchTracker(plan.tracking_uri, plan.name).mark_interrupted()
+    finally:
+        mlflow_log.disabled = False
+    line = (
+        f"no space left on device for {disk_space.full_places(_places(plan))}; first seen as: {seen}. Free "
+        f"space there (nothing recorded so far is lost)"
+    )
+    return SearchInterrupted(plan.name, interrupted, exit_code=1, reason=line)
+
+
+def _places(plan: SearchPlan) -> dict[str, Path | None]:
+    """Where the search writes on this machine, by what a user calls it (None: not local)."""
+    local_store = store.local_path(plan.tracking_uri)
+    return {
+        "the MLflow store": local_store,
+        "its artifacts": store.artifact_root(plan.request.root) if local_store else None,
         "Ray's storage": Path(plan.storage) if search_plan.is_local(plan.storage) else None,
         "the Optuna storage": studies.sqlite_file(plan.optuna_url),
     }
-    line = (
-        f"no space left on device for {disk_space.full_places(places)}; first seen as: {seen}. Free space there "
-        f"(nothing recorded so far is lost)"
-    )
-    return SearchInterrupted(plan.name, interrupted, exit_code=1, reason=line)
 
 
 def _first_line(error: BaseException | str) -> str:
@@ -193,7 +205,7 @@ def _run(plan: SearchPlan, console: Console, trainable, stop: stopping.StopState
         request.progress_every,
     )
     with tune_callback.session(plan.name, tracker, view) as callback:
-        tuner = _tuner(plan, trainable, callback, tracker, view, parent_runs)
+        tuner = _tuner(plan, trainable, callback, tracker, view, parent_runs, console)
         console.print(
             f"search [bold]{plan.name}[/]: {len(plan.pairs)} pairs x {space.budget.trials_per_pair} "
             f"trials, space {space.path}, MLflow {plan.tracking_uri}, Optuna {studies.shown(plan.optuna_url)}",
@@ -259,42 +271,71 @@ def _record_start(plan: SearchPlan) -> tuple[tracking.SearchTracker, dict[str, s
 
 
 def _tuner(
-    plan: SearchPlan, trainable, callback, tracker: tracking.SearchTracker, view: LiveView, parent_runs: dict[str, str]
+    plan: SearchPlan,
+    trainable,
+    callback,
+    tracker: tracking.SearchTracker,
+    view: LiveView,
+    parent_runs: dict[str, str],
+    console: Console,
 ):
     """The Tune run of the whole search: a new one (whose searcher creates the pairs' studies in the Optuna
     storage), or with --resume the interrupted one restored (with its searcher, reattached to the same
-    stored studies, and the callback it pickled, not `callback`)."""
+    stored studies, and the callback it pickled, not `callback`). A resume whose saved Ray state cannot be
+    read back (`ray_state.damage`) continues from the studies and MLflow runs in a new Tune run instead."""
     from ray import tune
 
     request, space = plan.request, plan.space
+    pair_names = [pair.name for pair in plan.pairs]
     if request.resume:
         # Runs left RUNNING by a driver that died are marked interrupted; those Ray resumes reopen them.
         tracker.mark_interrupted()
         view.load(tracker.trial_runs())
         search.use_storage(plan.name, plan.optuna_url)
-        # Failed trials used their retries already: resuming continues unfinished trials only.
-        return tune.Tuner.restore(
-            f"{plan.storage.rstrip('/')}/{plan.name}", trainable=trainable, resume_unfinished=True, resume_errored=False
+        experiment = f"{plan.storage.rstrip('/')}/{plan.name}"
+        damage = None
+        if search_plan.is_local(plan.storage):
+            ray_state.drop_damaged_errors(Path(experiment))
+            damage = ray_state.damage(Path(experiment))
+        if damage is None:
+            # Failed trials used their retries already: resuming continues unfinished trials only.
+            return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        kept = ray_state.set_aside(Path(experiment))
+        searcher, left = PairSearcher.from_studies(plan.name, pair_names, space, plan.optuna_url)
+        console.print(
+            f"[yellow]note:[/] Ray's saved state of search {plan.name} cannot be read back ({damage}); "
+            f"continuing from its Optuna studies and MLflow runs instead ({left} trials to go; the damaged "
+            f"state is kept in {kept})",
+            highlight=False,
+            soft_wrap=True,
         )
+        return _new_tuner(plan, trainable, callback, searcher, left)
+    searcher = PairSearcher(plan.name, pair_names, space, plan.optuna_url, parent_runs, plan.warm.points)
+    return _new_tuner(plan, trainable, callback, searcher, len(pair_names) * space.budget.trials_per_pair)
+
+
+def _new_tuner(plan: SearchPlan, trainable, callback, searcher: PairSearcher, trials: int):
+    """A Tune run of `trials` trials (at least one: a searcher with nothing left says so at once)."""
+    from ray import tune
+
     run_config = tune.RunConfig(
         name=plan.name,
         storage_path=plan.storage,
         verbose=0,
         callbacks=[callback],
-        failure_config=tune.FailureConfig(max_failures=request.max_failures),
+        failure_config=tune.FailureConfig(max_failures=plan.request.max_failures),
         # Every checkpoint kept as far as Ray knows: with num_to_keep set, Ray rewrites the whole search's
         # state (every trial's) on each trial checkpoint, a cost per trial that grows with the trials. The
         # driver callback deletes a trial's superseded checkpoints instead (`TrackingCallback.on_checkpoint`).
         checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
     )
-    pair_names = [pair.name for pair in plan.pairs]
     return tune.Tuner(
         trainable,
         run_config=run_config,
         tune_config=tune.TuneConfig(
-            search_alg=PairSearcher(plan.name, pair_names, space, plan.optuna_url, parent_runs, plan.warm.points),
-            scheduler=PairScheduler(space, evals_per_trial(space)),
-            num_samples=len(pair_names) * space.budget.trials_per_pair,
+            search_alg=searcher,
+            scheduler=PairScheduler(plan.space, evals_per_trial(plan.space)),
+            num_samples=max(trials, 1),
             max_concurrent_trials=plan.max_concurrent,
             # A worker process serves trial after trial: no new interpreter, imports or ViT load per trial.
             reuse_actors=True,
@@ -333,6 +374,8 @@ def _start_ray(request: SearchRequest) -> None:
 
     from splice_tune import cluster
 
+    # A trial's failure is recorded (MLflow, the live counts); Ray's own report of each one at exit is noise.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     # Our live table replaces Ray's own progress output (its config box, tables and TensorBoard hints).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     for chatty in ("ray._private.authentication.authentication_token_setup", "mlflow.store.db.utils"):

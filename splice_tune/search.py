@@ -89,6 +89,35 @@ class PairSearcher(Searcher):
                 study.enqueue_trial(point.params, user_attrs={SOURCE: point.source})
         self._attach()
 
+    @classmethod
+    def from_studies(
+        cls, search: str, pairs: list[str], space: SearchSpace, storage_url: str
+    ) -> tuple["PairSearcher", int]:
+        """A searcher that continues search `search` from its stored studies alone (Ray's saved state of it
+        was damaged): every study trial that ended counts against its pair's budget, and each one still
+        RUNNING (stopped with the search) is handed out again first, with its number and params, so its
+        MLflow run continues. Returns it and how many trials the pairs have left to start."""
+        searcher = cls.__new__(cls)
+        Searcher.__init__(searcher, metric=space.objective.metric, mode=space.objective.mode)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        searcher.search, searcher.pairs, searcher.space = search, list(pairs), space
+        searcher.storage_url = storage_url
+        searcher.budget = space.budget.trials_per_pair
+        searcher.distributions = space.distributions()
+        searcher.assigned, searcher.open = {}, set()
+        searcher.samplers = {pair: make_sampler(space, pair) for pair in searcher.pairs}
+        searcher._run_ids_stored = set()
+        use_storage(search, storage_url)
+        storage = optuna.storages.get_storage(storage_url)
+        ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+        for pair in searcher.pairs:
+            study = optuna.load_study(study_name=studies.study_name(search, pair), storage=storage)
+            for trial in study.get_trials(deepcopy=False, states=ended):
+                searcher.assigned[f"ended:{pair}:{trial.number}"] = (pair, trial.number)
+        searcher._attach()
+        left = len(searcher.pairs) * searcher.budget - len(searcher.assigned)
+        return searcher, left
+
     def __getstate__(self) -> dict:
         # Studies and the storage's connections stay out of Ray's pickles; the storage holds them.
         state = dict(self.__dict__)

@@ -81,6 +81,9 @@ class TrackingCallback(Callback):
             progress.best = min(progress.best, value)  # every score is lower-is-better
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        # Nothing continues from an ended trial: its checkpoints only took space (its record is in MLflow).
+        if trial.checkpoint is not None:
+            prune_checkpoints(trial.checkpoint, keep_latest=False)
         progress = self._progress(trial)
         progress.running.discard(trial.trial_id)
         last = trial.last_result or {}
@@ -126,11 +129,13 @@ class TrackingCallback(Callback):
         self.tracker.mark_trial(trial.trial_id, "FAILED", error=_error_text(_ray_error(trial)), keep_error=True)
 
 
-def prune_checkpoints(latest) -> None:
-    """Delete every checkpoint folder beside `latest` (a `ray.tune.Checkpoint`, on local or cloud storage)."""
+def prune_checkpoints(latest, keep_latest: bool = True) -> None:
+    """Delete every checkpoint folder beside `latest` (a `ray.tune.Checkpoint`, on local or cloud storage),
+    and `latest` too unless `keep_latest`."""
     import pyarrow.fs
 
     folder, name = latest.path.rstrip("/").rsplit("/", 1)
+    name = name if keep_latest else None
     try:
         found = latest.filesystem.get_file_info(pyarrow.fs.FileSelector(folder))
         for entry in found:
@@ -174,7 +179,14 @@ _RAY_REPLACED = {
     "ray.tune.tune": ("Stop signal received", "Experiment has been interrupted", "Trials did not complete")
 }
 # Where Ray logs a failed save of the experiment's state or a trial's checkpoint (with its traceback).
-_RAY_STATE_SAVERS = ("ray.tune.execution.experiment_state", "ray.tune.tune", "ray.tune.execution.tune_controller")
+# MLflow logs each failed SQLite write (with the exception being handled) before it raises it.
+_RAY_STATE_SAVERS = (
+    "ray.tune.execution.experiment_state",
+    "ray.tune.tune",
+    "ray.tune.execution.tune_controller",
+    "ray.air.execution._internal.event_manager",
+    "mlflow.store.db.utils",
+)
 # Each failed trial's traceback, kept in MLflow (tag splice_tune.error); printed only with --verbose.
 _RAY_TRACEBACKS = {"ray.tune.execution.tune_controller": ("Trial task failed",)}
 

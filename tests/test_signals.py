@@ -1,5 +1,6 @@
 """A search stopped as job schedulers and closed terminals stop it: SIGTERM, SIGHUP, a second signal during
-cleanup, and a second `--resume` of a search that is already running.
+cleanup, a second `--resume` of a search that is already running, Ray's saved state cut short, and a full
+disk (a 12 MB tmpfs, where this runs as root).
 
 The real CLI in subprocesses of its own (a new session each, as a scheduler's job step is), with a real
 local Ray, SQLite MLflow store and Optuna storage; each part resumes what the previous one left, and the
@@ -105,7 +106,11 @@ def test_sigterm_sighup_second_signal_and_a_concurrent_resume(tmp_path):
     assert took < CLEANUP_LIMIT_S, f"a second signal took {took:.1f} s to end the search"
     assert "stopping at once" in output and "Traceback" not in output, output
 
-    # 4. Resume to the end: every pair has exactly its budget, one finished run per trial, each eval once.
+    # 4. Ray's saved state cut short (as a full disk leaves it): the resume says so in a note and continues
+    # from the Optuna studies and MLflow runs, keeping the damaged folder; then to the end: every pair has
+    # exactly its budget, one finished run per trial, each eval once.
+    [state] = sorted((root / "ray" / SEARCH).glob("experiment_state-*.json"))[-1:]
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     third = subprocess.run(
         [sys.executable, "-m", "splice_tune.cli", *args, "--resume"],
         cwd=tmp_path,
@@ -114,6 +119,8 @@ def test_sigterm_sighup_second_signal_and_a_concurrent_resume(tmp_path):
         timeout=600,
     )
     assert third.returncode == 0, third.stdout + third.stderr
+    assert "cannot be read back" in third.stderr and "continuing from its Optuna studies" in third.stderr
+    assert len(list((root / "ray").glob(f"{SEARCH}.damaged-*"))) == 1
     runs = child_runs(tracking_uri, SEARCH)
     per_trial = Counter((run.data.tags[tracking.TAG_PAIR], run.data.tags[tracking.TAG_STUDY_TRIAL]) for run in runs)
     assert sorted(per_trial) == [(pair, str(n)) for pair in ("cows", "fruits") for n in range(3)]
@@ -137,3 +144,57 @@ def test_a_lock_left_by_a_dead_driver_does_not_block(tmp_path):
         text = (folder / "x.lock").read_text()
     assert text.startswith("pid ") and "elsewhere" not in text
     assert Path(folder / "x.lock").exists()
+
+
+def _mount_small(folder: Path, size: str) -> None:
+    folder.mkdir(exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.decode().strip()}")
+
+
+def test_a_full_disk_stops_the_search_in_one_line_and_resume_continues(tmp_path):
+    write_search_inputs(tmp_path)
+    write_space(tmp_path, steps=30, trials=2, concurrent=1)
+    small = tmp_path / "small"
+    _mount_small(small, "12m")
+    root = small / "runs"
+    args = ["search", "pairs.csv", "--space", "space.yaml", "--name", "full", "--root", str(root), "--quiet"]
+    try:
+        # A trial's checkpoint (the generator's and optimiser's state, ~12 MB) does not fit.
+        first = _start(args, tmp_path)
+        try:
+            output, _ = first.communicate(timeout=300)
+        finally:
+            _kill_group(first)
+        assert first.returncode == 1, output
+        errors = [line for line in output.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "no space left on device" in errors[0] and str(small) in errors[0], output
+        assert "--resume" in output and "Traceback" not in output, output
+        assert len(output.splitlines()) <= 12, output
+
+        # Space freed: the same command with --resume completes the budget, losing nothing.
+        subprocess.run(["mount", "-o", "remount,size=400m", str(small)], check=True)
+        second = subprocess.run(
+            [sys.executable, "-m", "splice_tune.cli", *args, "--resume"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert second.returncode == 0, second.stdout + second.stderr
+        tracking_uri = store.default_tracking_uri(root)
+        client = MlflowClient(tracking_uri)
+        experiment = client.get_experiment_by_name("full")
+        runs = [
+            run
+            for run in client.search_runs([experiment.experiment_id])
+            if run.data.tags.get(tracking.TAG_KIND) == "trial"
+        ]
+        per_trial = Counter((run.data.tags[tracking.TAG_PAIR], run.data.tags[tracking.TAG_STUDY_TRIAL]) for run in runs)
+        assert sorted(per_trial) == [(pair, str(n)) for pair in ("cows", "fruits") for n in range(2)]
+        assert set(per_trial.values()) == {1}
+        assert all(run.info.status == "FINISHED" for run in runs), [(r.info.run_name, r.info.status) for r in runs]
+        _assert_studies_match_mlflow(root, tracking_uri, "full", runs, trials=2)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
