@@ -186,16 +186,26 @@ def mattered(analyses: list[PairAnalysis]) -> list[tuple[str, float, int]]:
     return sorted(rows, key=lambda row: (-row[1], row[0]))
 
 
+WIDE_PAIRS = 12  # up to this many pairs, the summary has a column per pair
+
+
 def summary_html(winners: dict[str, dict[str, str] | None], params: list[str], analyses: list[PairAnalysis]) -> str:
     """The cross-pair summary on top of the report: each pair's winner params side by side (None: no winner
     yet), then which params mattered across pairs."""
     escape = html.escape
-    parts = ["<h2>All pairs</h2>", "<table><tr><th>param</th>"]
-    parts += [f"<th>{escape(pair)}</th>" for pair in winners]
-    parts.append("</tr>")
-    for name in params:
-        cells = [f"<td>{escape(number(won.get(name))) if won is not None else '-'}</td>" for won in winners.values()]
-        parts.append(f'<tr><td class="text">{escape(name)}</td>{"".join(cells)}</tr>')
+    parts = ["<h2>All pairs</h2>"]
+    if len(winners) <= WIDE_PAIRS:  # a column per pair, the params side by side
+        parts += ["<table><tr><th>param</th>", *(f"<th>{escape(pair)}</th>" for pair in winners), "</tr>"]
+        for name in params:
+            cells = [
+                f"<td>{escape(number(won.get(name))) if won is not None else '-'}</td>" for won in winners.values()
+            ]
+            parts.append(f'<tr><td class="text">{escape(name)}</td>{"".join(cells)}</tr>')
+    else:  # many pairs: a row per pair, which a page can hold at any number
+        parts += ["<table><tr><th>pair</th>", *(f"<th>{escape(name)}</th>" for name in params), "</tr>"]
+        for pair, won in winners.items():
+            cells = [f"<td>{escape(number(won.get(name))) if won is not None else '-'}</td>" for name in params]
+            parts.append(f'<tr><td class="text">{escape(pair)}</td>{"".join(cells)}</tr>')
     parts.append("</table>")
     rows = mattered(analyses)
     counted = sum(bool(analysis.importances) for analysis in analyses)

@@ -7,9 +7,10 @@ contact sheet (the two inputs, then every trial's output in rank order, its scor
 the analysis of its stored Optuna study (`analysis`: history, parallel coordinates, importances). All are
 written to the output folder and logged to the pair's parent run under ``report/``. One self-contained
 HTML page (images embedded), starting with a cross-pair summary, covers the pairs reported: ``index.html``
-for the whole search, ``PAIR.html`` with ``--pair``. The page is logged once, to the parent run of the
-first pair it covers: a copy on every pair's run would make the stored size grow with the square of the
-number of pairs.
+for the whole search, ``PAIR.html`` with ``--pair``. Beyond `PAGE_PAIRS` pairs, ``index.html`` keeps the
+summary and links, and the pairs' sections are on pages ``pairs-001.html``... of `PAGE_PAIRS` pairs each.
+The pages are logged once, to the parent run of the first pair they cover: a copy on every pair's run would
+make the stored size grow with the square of the number of pairs.
 """
 
 from __future__ import annotations
@@ -112,19 +113,52 @@ def run_report(request: ReportRequest, console: Console | None = None) -> Report
         reports.append(report)
 
     page = out_dir / ("index.html" if request.pair is None else f"{request.pair}.html")
-    page.write_text(_html_page(experiment.name, experiment.experiment_id, uri, reports, note), encoding="utf-8")
-    store.retry(client.log_artifact, reports[0].parent_run_id, str(page), "report")
+    pages = _write_pages(page, experiment.name, experiment.experiment_id, uri, reports, note)
+    for written in pages:
+        store.retry(client.log_artifact, reports[0].parent_run_id, str(written), "report")
+    figures = sum(1 + (r.analysis.figure is not None) for r in reports) + len(reports)
+    if len(reports) <= 3:
+        wrote = ", ".join(
+            f"{r.name}_pareto.png, {r.name}_sheet.png" + (f", {r.analysis.figure.name}" if r.analysis.figure else "")
+            for r in reports
+        )
+    else:  # one line at any number of pairs
+        wrote = f"{figures} figures of {len(reports)} pairs (PAIR_pareto.png, PAIR_sheet.png, PAIR_analysis.png)"
+    shown_pages = page.name if len(pages) == 1 else f"{page.name} and {len(pages) - 1} pages of {PAGE_PAIRS} pairs"
+    console.print(f"wrote {out_dir}: {wrote}, {shown_pages}", highlight=False, soft_wrap=True)
     console.print(
-        f"wrote {out_dir}: {', '.join(f'{r.name}_pareto.png, {r.name}_sheet.png' for r in reports)}"
-        f"{''.join(f', {r.analysis.figure.name}' for r in reports if r.analysis.figure)}, {page.name}",
-        highlight=False,
-    )
-    console.print(
-        f"logged to MLflow under report/ of each pair's parent run ({page.name} on pair "
+        f"logged to MLflow under report/ of each pair's parent run (the pages on pair "
         f"{reports[0].name}'s run); open {page}",
         highlight=False,
+        soft_wrap=True,
     )
     return ReportResult(out_dir, page, reports)
+
+
+# Pairs on one HTML page. A search of more pairs gets an index page (the cross-pair summary and a link to
+# every pair) and pages of this many pairs each: a single page would embed every pair's images.
+PAGE_PAIRS = 20
+
+
+def _write_pages(
+    page: Path, search: str, experiment_id: str, uri: str, reports: list[PairReport], note: str | None
+) -> list[Path]:
+    """Write the report's HTML: `page` alone for up to `PAGE_PAIRS` pairs, else `page` as the index and
+    `pairs-NNN.html` beside it. Returns the files written, the index first."""
+    if len(reports) <= PAGE_PAIRS:
+        page.write_text(_html_page(search, experiment_id, uri, reports, note), encoding="utf-8")
+        return [page]
+    chunks = [reports[start : start + PAGE_PAIRS] for start in range(0, len(reports), PAGE_PAIRS)]
+    names = [f"pairs-{index + 1:03d}.html" for index in range(len(chunks))]
+    where = {report.name: name for name, chunk in zip(names, chunks) for report in chunk}
+    page.write_text(_html_page(search, experiment_id, uri, reports, note, where), encoding="utf-8")
+    written = [page]
+    for index, (name, chunk) in enumerate(zip(names, chunks)):
+        title = f"pairs {index * PAGE_PAIRS + 1}-{index * PAGE_PAIRS + len(chunk)} of {len(reports)}"
+        text = _html_page(search, experiment_id, uri, chunk, note, subtitle=title, index=page.name)
+        (page.parent / name).write_text(text, encoding="utf-8")
+        written.append(page.parent / name)
+    return written
 
 
 def _pair_report(
@@ -319,7 +353,18 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _html_page(search: str, experiment_id: str, uri: str, reports: list[PairReport], note: str | None) -> str:
+def _html_page(
+    search: str,
+    experiment_id: str,
+    uri: str,
+    reports: list[PairReport],
+    note: str | None,
+    pages: dict[str, str] | None = None,
+    subtitle: str | None = None,
+    index: str | None = None,
+) -> str:
+    """One self-contained page. With `pages` (pair -> the page that shows it), an index: the summary and
+    links, no pair sections. With `index`, one page of pairs, linking back to it."""
     escape = html.escape
     base, _ = results.ui_base(uri)
     parts = [
@@ -334,6 +379,8 @@ def _html_page(search: str, experiment_id: str, uri: str, reports: list[PairRepo
         ".muted{color:#666;font-size:13px}</style></head><body>",
         f"<h1>splice-tune report: search {escape(search)}</h1>",
     ]
+    if subtitle:
+        parts.append(f'<p><b>{escape(subtitle)}</b> (<a href="{escape(index or "")}">all pairs</a>)</p>')
     if note:
         parts.append(f'<p class="note"><b>Note:</b> {escape(note)}.</p>')
     parts.append(
@@ -342,14 +389,17 @@ def _html_page(search: str, experiment_id: str, uri: str, reports: list[PairRepo
         f"generated {dt.datetime.now():%Y-%m-%d %H:%M}. Scores: lower is better; splice_score 1.0 is "
         f"no better than copying an input.</p>"
     )
+    link = {r.name: f"{pages[r.name] if pages else ''}#{r.name}" for r in reports}
     parts.append(
-        "<p>Pairs: " + ", ".join(f'<a href="#{escape(r.name)}">{escape(r.name)}</a>' for r in reports) + "</p>"
+        "<p>Pairs: " + ", ".join(f'<a href="{escape(link[r.name])}">{escape(r.name)}</a>' for r in reports) + "</p>"
     )
-    winners = {r.name: r.winner.run.data.params if r.winner else None for r in reports}
-    params = list(dict.fromkeys(name for r in reports for name in r.varying))
-    parts.append(analysis.summary_html(winners, params, [r.analysis for r in reports if r.analysis]))
-    for report in reports:
-        parts += _pair_section(report, search, base, experiment_id)
+    if index is None:  # the summary across pairs is the index's (or the only page's)
+        winners = {r.name: r.winner.run.data.params if r.winner else None for r in reports}
+        params = list(dict.fromkeys(name for r in reports for name in r.varying))
+        parts.append(analysis.summary_html(winners, params, [r.analysis for r in reports if r.analysis]))
+    if pages is None:
+        for report in reports:
+            parts += _pair_section(report, search, base, experiment_id)
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -733,3 +733,23 @@ def test_a_ui_killed_without_cleaning_up_is_not_linked_to(tmp_path):
     (tmp_path / results.UI_STATE_FILE).write_text(json.dumps({**state, "pid": os.getpid()}))
     assert results.serving_ui(tmp_path) == "http://127.0.0.1:5123"
     assert results.ui_base(f"sqlite:///{tmp_path}/mlflow.db") == ("http://127.0.0.1:5123", None)
+
+
+def test_a_report_of_many_pairs_is_an_index_and_pages_of_twenty(tmp_path):
+    """45 pairs: index.html holds the summary (a row per pair) and links, no images; 3 pages hold the pairs."""
+    from splice_tune.report import PAGE_PAIRS, PairReport, _write_pages
+
+    png = tmp_path / "figure.png"
+    Image.new("RGB", (4, 4)).save(png)
+    reports = [
+        PairReport(f"pair{index:02d}", f"run{index}", [], None, png, png, varying=["alpha"]) for index in range(45)
+    ]
+    pages = _write_pages(tmp_path / "index.html", "big", "1", "sqlite:///x.db", reports, None)
+    assert [page.name for page in pages] == ["index.html", "pairs-001.html", "pairs-002.html", "pairs-003.html"]
+    index = pages[0].read_text()
+    assert "<img" not in index and 'href="pairs-003.html#pair44"' in index
+    assert '<tr><td class="text">pair44</td>' in index, "the summary has a row per pair"
+    for page, count in zip(pages[1:], (PAGE_PAIRS, PAGE_PAIRS, 5)):
+        text = page.read_text()
+        assert text.count("<h2 id=") == count and 'href="index.html"' in text
+    assert "pairs 41-45 of 45" in pages[3].read_text()
