@@ -16,7 +16,12 @@ import shutil
 from pathlib import Path
 
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-_FULL_TEXTS = ("no space left on device", "database or disk is full", "disk quota exceeded")
+_FULL_TEXTS = (
+    "no space left on device",
+    "database or disk is full",
+    "disk quota exceeded",
+    f"[errno {errno.ENOSPC}]",  # an OSError's text, e.g. pyarrow's "Error writing bytes to file"
+)
 # A filesystem with less than this free is named as the full one (a write that failed may leave a little).
 NEARLY_FULL_BYTES = 16 * 2**20
 
@@ -42,6 +47,11 @@ def _existing(path: Path) -> Path:
     return path
 
 
+def _device(path: Path) -> int:
+    """The filesystem `path` is on (places on one filesystem fill up together)."""
+    return os.stat(path).st_dev
+
+
 def _size(count: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if count < 1024 or unit == "GB":
@@ -59,7 +69,7 @@ def full_places(places: dict[str, Path | None], only_full: bool = False) -> str:
         if path is None:
             continue
         where = _existing(path)
-        device = os.stat(where).st_dev
+        device = _device(where)
         by_device.setdefault(device, (where, []))[1].append(label)
     described = []
     for where, labels in by_device.values():

@@ -122,7 +122,7 @@ def _start_and_run(plan: SearchPlan, console: Console, trainable) -> SearchSumma
             return _run(plan, console, trainable, stop)
         except KeyboardInterrupt:
             # A signal outside Ray's run: before it (recording the pairs) or after (recording the winners).
-            interrupted = tracking.SearchTracker(plan.tracking_uri, plan.name).mark_interrupted()
+            interrupted = _mark_interrupted(plan)
             raise SearchInterrupted(plan.name, interrupted, stop.exit_code, started=stop.fit_started) from None
         except Exception as error:
             # A full disk shows itself in many ways, some not naming it (a truncated file Ray reads back
@@ -135,19 +135,25 @@ def _start_and_run(plan: SearchPlan, console: Console, trainable) -> SearchSumma
 def _stopped_by_full_disk(plan: SearchPlan, seen: str) -> SearchInterrupted:
     """The search ends on a full disk: runs left running are marked interrupted when the store can still be
     written (else the next --resume marks them), and the error names the full place."""
-    interrupted = 0
-    mlflow_log = logging.getLogger("mlflow.store.db.utils")  # it logs each failed write before raising it
-    mlflow_log.disabled = True
-    try:
-        with contextlib.suppress(Exception):
-            interrupted = tracking.SearchTracker(plan.tracking_uri, plan.name).mark_interrupted()
-    finally:
-        mlflow_log.disabled = False
+    interrupted = _mark_interrupted(plan)
     line = (
         f"no space left on device for {disk_space.full_places(_places(plan))}; first seen as: {seen}. Free "
         f"space there (nothing recorded so far is lost)"
     )
     return SearchInterrupted(plan.name, interrupted, exit_code=1, reason=line)
+
+
+def _mark_interrupted(plan: SearchPlan) -> int:
+    """Mark the search's RUNNING trial runs interrupted, as far as the store can still be written (a full
+    disk, a tracking server gone: the next --resume marks what is left); how many were marked."""
+    mlflow_log = logging.getLogger("mlflow.store.db.utils")  # it logs each failed write before raising it
+    mlflow_log.disabled = True
+    try:
+        return tracking.SearchTracker(plan.tracking_uri, plan.name).mark_interrupted()
+    except Exception:  # whatever the store raises, the stop goes on and says how to resume
+        return 0
+    finally:
+        mlflow_log.disabled = False
 
 
 def _places(plan: SearchPlan) -> dict[str, Path | None]:
