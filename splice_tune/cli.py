@@ -280,7 +280,7 @@ def search(
             again += f" --name {stop.name}"
         if stop.reason:
             said = (
-                f"[red]error:[/] search {stop.name} stopped: {stop.reason}. Then continue it with:\n"
+                f"[red]error:[/] search {stop.name} stopped: {stop.reason}; then continue it with:\n"
                 f"  splice-tune {again} --resume"
             )
         elif stop.started:

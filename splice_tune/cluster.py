@@ -32,8 +32,17 @@ def tracking_problems(tracking_uri: str | None, address: str | None) -> list[str
     """Why `tracking_uri` (None: the embedded SQLite store) cannot serve this search, or [] when it can.
 
     With a cluster `address` it must be an MLflow server; a server must answer (checked with a real API
-    call, so a wrong port, a proxy that is not MLflow or refused credentials all show here).
+    call, so a wrong port, a proxy that is not MLflow or refused credentials all show here). A tracking
+    outage limit (`store.OUTAGE_ENV`) that is not a number is refused here too, not in every trial.
     """
+    try:
+        store.outage_limit()
+    except BadInput as error:
+        return [*error.problems, *_store_problems(tracking_uri, address)]
+    return _store_problems(tracking_uri, address)
+
+
+def _store_problems(tracking_uri: str | None, address: str | None) -> list[str]:
     scheme = store.scheme(tracking_uri)
     if scheme.split("+")[0] not in (*SERVER_SCHEMES, *DATABASE_SCHEMES):
         return [
@@ -122,18 +131,24 @@ def _unreachable(host: str, port: int) -> str | None:
 
 
 def code_runtime_env() -> dict:
-    """A Ray runtime_env that ships the `splice_model` and `splice_tune` package folders with the job.
+    """A Ray runtime_env that ships the `splice_model` and `splice_tune` package folders with the job, and
+    the driver's tracking-outage limit (`store.OUTAGE_ENV`) when it sets one.
 
-    Workers import them from there (ahead of any installed copy), so every node runs the driver's version
-    of the code and needs only the dependencies installed.
+    Workers import the code from there (ahead of any installed copy), so every node runs the driver's version
+    of the code and needs only the dependencies installed. The nodes' processes were started by `ray start`,
+    not by the driver, so they do not see its environment: without this a limit set for a search would
+    hold for the driver's own calls only, and trials would wait the default.
     """
     import splice_model
     import splice_tune
 
-    return {
+    runtime_env = {
         "py_modules": [str(Path(package.__file__).parent) for package in (splice_model, splice_tune)],
         "excludes": ["__pycache__", "*.pyc"],
     }
+    if os.environ.get(store.OUTAGE_ENV):
+        runtime_env["env_vars"] = {store.OUTAGE_ENV: os.environ[store.OUTAGE_ENV]}
+    return runtime_env
 
 
 def join(address: str) -> None:

@@ -125,16 +125,34 @@ def _start_and_run(plan: SearchPlan, console: Console, trainable) -> SearchSumma
             interrupted = _mark_interrupted(plan)
             raise SearchInterrupted(plan.name, interrupted, stop.exit_code, started=stop.fit_started) from None
         except Exception as error:
+            gone = _tracking_gone(error)
+            if gone is not None:  # the driver's own write gave up on the server (Ray wraps what its loop raised)
+                raise _stopped_itself(plan, stopping.TRACKING_GONE, str(gone)) from None
             # A full disk shows itself in many ways, some not naming it (a truncated file Ray reads back
             # raises EOFError): an error while one of the search's places is full is taken for that.
             if not (disk_space.is_full(error) or disk_space.full_places(_places(plan), only_full=True)):
                 raise
-            raise _stopped_by_full_disk(plan, stop.reason or _first_line(error)) from None
+            raise _stopped_itself(plan, stopping.FULL_DISK, stop.reason or _first_line(error)) from None
 
 
-def _stopped_by_full_disk(plan: SearchPlan, seen: str) -> SearchInterrupted:
-    """The search ends on a full disk: runs left running are marked interrupted when the store can still be
-    written (else the next --resume marks them), and the error names the full place."""
+def _tracking_gone(error: BaseException) -> store.TrackingUnreachable | None:
+    """The `TrackingUnreachable` that `error` is or was raised while handling, if any."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, store.TrackingUnreachable):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _stopped_itself(plan: SearchPlan, kind: str, seen: str) -> SearchInterrupted:
+    """The search ends on a full disk (runs left running are marked interrupted when the store can still be
+    written, else by the next --resume; the line names the full place) or on a tracking server gone past
+    the outage limit (nothing can be marked; the line is the server's)."""
+    if kind == stopping.TRACKING_GONE:
+        line = f"{seen}; nothing recorded so far is lost. Bring the server back (or wait for it)"
+        return SearchInterrupted(plan.name, 0, exit_code=1, reason=line)
     interrupted = _mark_interrupted(plan)
     line = (
         f"no space left on device for {disk_space.full_places(_places(plan))}; first seen as: {seen}. Free "
@@ -352,8 +370,8 @@ def _new_tuner(plan: SearchPlan, trainable, callback, searcher: PairSearcher, tr
 def _conclude(plan: SearchPlan, tracker: tracking.SearchTracker, grid, stop: stopping.StopState) -> SearchSummary:
     """End the pair runs after Ray returned: KILLED and `SearchInterrupted` when trials are left (a signal),
     else FINISHED with each pair's winner, or FAILED for a pair whose every trial failed or diverged."""
-    if stop.reason is not None:  # the search stopped itself: a full disk, seen by a trial
-        raise _stopped_by_full_disk(plan, stop.reason)
+    if stop.reason is not None:  # the search stopped itself: a full disk, or no tracking server, seen by a trial
+        raise _stopped_itself(plan, stop.kind, stop.reason)
     if ended_trials(tracker, grid) < len(plan.pairs) * plan.space.budget.trials_per_pair:
         interrupted = tracker.mark_interrupted()
         for pair in plan.pairs:

@@ -33,7 +33,8 @@ class StopState:
     """What stopped the search: the first signal's number, or a reason the search gave itself."""
 
     signum: int | None = None
-    reason: str | None = None  # e.g. the disk-full line, when the search stopped itself
+    reason: str | None = None  # when the search stopped itself: the first line that said why
+    kind: str | None = None  # and what it was: FULL_DISK or TRACKING_GONE
     ray_handler: Callable | None = None  # Ray's SIGINT handler, once `adopt_ray_handler` took it over
     asked: bool = False  # a stop has been asked for already
     fit_started: bool = False  # Ray's run began (its state is saved from then on)
@@ -105,14 +106,19 @@ def _say(line: str) -> None:
         sys.stderr.flush()
 
 
-def request_stop(reason: str) -> None:
+FULL_DISK = "full disk"
+TRACKING_GONE = "tracking server gone"
+
+
+def request_stop(reason: str, kind: str = FULL_DISK) -> None:
     """Stop the running search as a signal would; the first reason given is kept. From the driver's main
     thread (a Ray callback) the stop is asked for now; from another thread (Ray's state-syncing thread) at
     the next `poll`. Outside `fit`, or once a stop was asked for, it only records the reason."""
     state = _state
     if state is None:
         return
-    state.reason = state.reason or reason
+    if state.reason is None:
+        state.reason, state.kind = reason, kind
     if threading.current_thread() is threading.main_thread():
         poll()
 

@@ -10,7 +10,8 @@ Shared by the writer (`tracking`) and the reader (`results`), so each of these i
   on a damaged one. Whoever may create the store holds `store_lock`; an existing file must pass `_damage`
   first, and a damaged one is one line of `BadInput`.
 - **Reached.** Every database call goes through `retry`, which rides out SQLite's "database is locked" when
-  many trials write at once; `search_all` reads runs across result pages.
+  many trials write at once, and an MLflow server that is unreachable for a while (down, restarting,
+  answering 5xx) for up to `outage_limit()` seconds; `search_all` reads runs across result pages.
 - **Movable.** `mv` or `cp -r` the root and read on: `StoreClient` finds a run's artifacts under the root it
   was opened with, wherever the store was when the run was created.
 """
@@ -19,8 +20,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
+import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +32,7 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 import mlflow.artifacts
+import requests.exceptions
 import sqlalchemy.exc
 from filelock import FileLock
 from mlflow import MlflowClient
@@ -35,7 +40,7 @@ from mlflow.entities import FileInfo, Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-from splice_tune.errors import BadInput
+from splice_tune.errors import BadInput, Failure
 
 _log = logging.getLogger(__name__)
 
@@ -47,6 +52,20 @@ ARTIFACTS_FOLDER = "mlartifacts"
 RETRY_SECONDS = 60.0
 _FIRST_DELAY = 0.05
 _MAX_DELAY = 2.0
+
+# An MLflow server that does not answer (docs/design.md, Lost nodes and tracking outages): every call waits
+# for it with capped exponential backoff, for at most this long in all (per process and outage), then fails.
+OUTAGE_ENV = "SPLICE_TUNE_TRACKING_OUTAGE_S"
+DEFAULT_OUTAGE_S = 300.0
+_OUTAGE_FIRST_DELAY = 0.5
+_OUTAGE_MAX_DELAY = 10.0
+# MLflow's HTTP client retries every request on its own, by default 7 times with backoff factor 2 (about
+# 4 minutes) and a 120 s timeout per attempt. Under `retry`'s own loop that would multiply the wait and log a
+# urllib3 warning per attempt, so each request is tried once here, with a timeout that still lets a large
+# artifact upload progress (the timeout bounds each socket wait, not the transfer). A user's own setting wins.
+MLFLOW_HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+for _name, _value in MLFLOW_HTTP_LIMITS.items():
+    os.environ.setdefault(_name, _value)  # MLflow reads them at every request, and Ray workers inherit them
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _DAMAGED_HINT = "restore it from a backup, or use another --root (splice-tune never repairs or replaces a store)"
@@ -180,21 +199,147 @@ def is_locked(error: BaseException) -> bool:
     return "database is locked" in text or "database table is locked" in text
 
 
-def retry(call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-    """Call `call`, retrying with jittered exponential backoff while the database reports a lock.
+class TrackingUnreachable(Failure):
+    """The MLflow tracking server did not answer for longer than `outage_limit()`; the message names it."""
 
-    Gives up (re-raises) after about `RETRY_SECONDS`. Only safe for calls that are atomic or idempotent:
-    a write that failed on a lock was rolled back, so repeating it cannot duplicate anything.
+
+def outage_limit() -> float:
+    """How long (seconds) a call waits for an unreachable tracking server: ``$SPLICE_TUNE_TRACKING_OUTAGE_S``,
+    else `DEFAULT_OUTAGE_S`. A value that is not a number is refused rather than silently replaced."""
+    text = os.environ.get(OUTAGE_ENV, "").strip()
+    if not text:
+        return DEFAULT_OUTAGE_S
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        raise BadInput(f"{OUTAGE_ENV}={text}: expected a number of seconds (default {DEFAULT_OUTAGE_S:g})") from None
+
+
+# requests' errors for "the server is not there or not well": refused, reset, timed out, or answering 5xx /
+# 429 until urllib3 gave up (RetryError). MLflow wraps them into an MlflowException's message and context.
+_UNREACHABLE_ERRORS = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.RetryError,
+    requests.exceptions.ChunkedEncodingError,
+)
+_API_URL = re.compile(r"API request to (\w+://[^/\s]+)")
+
+
+def is_unreachable(error: BaseException) -> bool:
+    """True when `error` (or what it wraps) says the tracking server could not be reached or was
+    temporarily unable to answer, rather than refusing the request itself."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, _UNREACHABLE_ERRORS):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _server(error: BaseException) -> str:
+    found = _API_URL.search(str(error))
+    return found.group(1) if found else "(unknown URL)"
+
+
+class _Outage:
+    """This process's view of an outage of the tracking server, shared by every thread's calls, so that an
+    outage is announced once (and its end once) however many calls and retries wait for it, and so that a
+    process that already gave up on the server does not wait the whole limit again on its next call."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.since: float | None = None  # when the first call of this outage failed
+        self.last: float = 0.0  # when a call last failed
+        self.server = ""
+
+    def failed(self, error: BaseException) -> float:
+        """Note a failed call; the seconds it has been unreachable. Logs the outage's first line."""
+        now = time.monotonic()
+        with self._lock:
+            # A failure long after the last one (the process was idle) starts a new outage; "long" allows for
+            # the longest backoff and a request that waited its whole timeout for a server that hangs.
+            if self.since is None or now - self.last > 2 * _OUTAGE_MAX_DELAY + _request_timeout():
+                self.since, self.server = now, _server(error)
+                _log.warning(
+                    "MLflow tracking server %s unreachable (%s); waiting for it, for up to %g s (%s)",
+                    self.server,
+                    _reason(error),
+                    outage_limit(),
+                    OUTAGE_ENV,
+                )
+            self.last = now
+            return now - self.since
+
+    def answered(self) -> None:
+        if self.since is None:
+            return
+        with self._lock:
+            if self.since is not None:
+                _log.warning(
+                    "MLflow tracking server %s reachable again after %.0f s", self.server, time.monotonic() - self.since
+                )
+                self.since = None
+
+
+_OUTAGE = _Outage()
+
+
+def _request_timeout() -> float:
+    try:
+        return float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT", "120"))
+    except ValueError:
+        return 120.0  # MLflow's default; MLflow itself reports the bad value on its next request
+
+
+def _reason(error: BaseException) -> str:
+    """A few words from an unreachable server's error: urllib3's innermost cause, not its paragraph."""
+    text = " ".join(str(error).split())
+    found = re.search(
+        r"(Connection refused|Connection reset by peer|Connection aborted|RemoteDisconnected|"
+        r"Read timed out|timed out|too many \d+ error responses|Name or service not known)",
+        text,
+    )
+    return found.group(1) if found else text[:160]
+
+
+def retry(call: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """Call `call`, retrying while the store is locked or the tracking server is unreachable.
+
+    A locked SQLite database is retried with jittered exponential backoff for about `RETRY_SECONDS`, then
+    the error is re-raised. An unreachable server (refused, reset, timed out, 5xx) is waited for with
+    jittered backoff capped at `_OUTAGE_MAX_DELAY`, for `outage_limit()` seconds from the outage's start in
+    this process; then `TrackingUnreachable` names the server and the limit. Only safe for calls that are
+    atomic or idempotent: a write that failed on a lock was rolled back, and one whose answer was lost in an
+    outage may have been applied, which MLflow makes harmless for metrics (an identical row is kept once),
+    tags, params of the same value and artifacts (replaced).
     """
     deadline = time.monotonic() + RETRY_SECONDS
     delay = _FIRST_DELAY
+    outage_delay = _OUTAGE_FIRST_DELAY
     while True:
         try:
-            return call(*args, **kwargs)
+            result = call(*args, **kwargs)
         except (MlflowException, sqlalchemy.exc.OperationalError) as error:
+            if is_unreachable(error):
+                waited, limit = _OUTAGE.failed(error), outage_limit()
+                if waited >= limit:
+                    raise TrackingUnreachable(
+                        f"the MLflow tracking server at {_server(error)} was unreachable for {waited:.0f} s; "
+                        f"gave up at the limit of {limit:g} s (set {OUTAGE_ENV} to wait longer); last error: "
+                        f"{_reason(error)}"
+                    ) from error
+                # The last wait ends at the limit, so that the call is tried once more right then.
+                time.sleep(min(outage_delay * random.uniform(0.5, 1.0), limit - waited))
+                outage_delay = min(outage_delay * 2, _OUTAGE_MAX_DELAY)
+                continue
             if not is_locked(error) or time.monotonic() + delay > deadline:
                 raise
             _log.debug("tracking store locked; retrying %s in %.2f s", getattr(call, "__name__", call), delay)
+        else:
+            _OUTAGE.answered()
+            return result
         # Jitter keeps writers that collided once from colliding again in lockstep.
         time.sleep(delay * random.uniform(0.5, 1.5))
         delay = min(delay * 2, _MAX_DELAY)

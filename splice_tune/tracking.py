@@ -46,6 +46,7 @@ TAG_ERROR = "splice_tune.error"
 TAG_STOP_REASON = "splice_tune.stop_reason"
 TAG_NODE = "splice_tune.node_id"
 TAG_ATTEMPT = "splice_tune.attempt"
+TAG_RESUMED_FROM = "splice_tune.resumed_from_step"  # the checkpoint's step a retried/resumed attempt began at
 TAG_BEST_TRIAL = "best_trial_run_id"
 TAG_DESCRIPTION = MLFLOW_RUN_NOTE  # on an experiment, the description the MLflow UI shows
 

@@ -8,6 +8,7 @@ scheduler may stop the trial as soon as it sees the report.
 
 from __future__ import annotations
 
+import logging
 import math
 import tempfile
 import traceback
@@ -21,9 +22,12 @@ from ray import tune
 
 from splice_model import EvalEvent, NonFiniteLossError, SpliceConfig, SpliceTrainer, StepEvent, save_checkpoint, to_pil
 from splice_tune.spaces import SearchSpace
-from splice_tune.tracking import TAG_NODE
+from splice_tune.store import TrackingUnreachable
+from splice_tune.tracking import TAG_NODE, TAG_RESUMED_FROM
 from splice_tune.trial_logger import TrialLogger
 from splice_tune.warm_start import SOURCE
+
+_log = logging.getLogger(__name__)
 
 TRAINER_STATE = "trainer.pt"
 GENERATOR_FILE = "generator.pt"
@@ -67,11 +71,16 @@ def run_trial(trial: dict, setup: TrialSetup, on_event: Callable[[StepEvent | Ev
     structure, appearance = (image.float() / 255.0 for image in ray.get(setup.images[pair]))
     try:
         trainer = SpliceTrainer(structure, appearance, config)
-        for event in _restored_events(trainer):
+        events = _restored_events(trainer)
+        if trainer.step:
+            # Restored from a checkpoint: the record says where this attempt (a retry after a lost node or a
+            # crash, or a resume) continued, so how much it redid, and that it did not start over.
+            logger.set_tag(TAG_RESUMED_FROM, str(trainer.step))
+        for event in events:
             if on_event is not None:
                 on_event(event)
             if isinstance(event, EvalEvent):
-                _record_eval(event, trainer, logger, pair)
+                _record_eval(event, trainer, logger, pair, setup.space.objective.metric)
             else:
                 logger.log_step(event.step, event.losses)
     except NonFiniteLossError as error:
@@ -87,6 +96,10 @@ def run_trial(trial: dict, setup: TrialSetup, on_event: Callable[[StepEvent | Ev
                 "diverged": True,
             }
         )
+    except TrackingUnreachable:
+        # Nowhere to record it: the error, with the server's URL and the limit, goes to Ray's record of the
+        # trial instead, where the driver finds it (docs/design.md, Lost nodes and tracking outages).
+        raise
     except Exception:  # not BaseException: Ray stops a trial by raising SystemExit in it
         logger.fail(traceback.format_exc())
         raise
@@ -122,23 +135,32 @@ def _restored_events(trainer: SpliceTrainer) -> Iterable[StepEvent | EvalEvent]:
     """The trainer's events, continuing from the trial's last checkpoint when Ray restarts or resumes it."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            # On the CPU: the augmentation RNG's state must stay there; load_state_dict moves the rest.
-            state = torch.load(Path(folder) / TRAINER_STATE, map_location="cpu", weights_only=True)
-        trainer.load_state_dict(state)
+        try:
+            with checkpoint.as_directory() as folder:
+                # On the CPU: the augmentation RNG's state must stay there; load_state_dict moves the rest.
+                state = torch.load(Path(folder) / TRAINER_STATE, map_location="cpu", weights_only=True)
+        except Exception as error:  # any unreadable checkpoint: train again from the start
+            # Gone (superseded and pruned after Ray's last snapshot of the search) or cut short (a full disk):
+            # the trial trains again from step 0, with the same seed, and logs only the steps past what its
+            # run already holds (TrialLogger), so its record is the same as if nothing had happened.
+            _log.warning("trial checkpoint %s unreadable (%s); training again from step 0", checkpoint.path, error)
+        else:
+            trainer.load_state_dict(state)
     if trainer.step >= trainer.config.steps:
-        # Restored from its final checkpoint (killed right after reporting it): only the record is left.
+        # Restored from a final checkpoint (which earlier versions saved; killed right after reporting it):
+        # only the record is left.
         scores, output = trainer.evaluate()
         return [EvalEvent(trainer.step, scores, output, final=True)]
     return trainer.events()
 
 
-def _record_eval(event: EvalEvent, trainer: SpliceTrainer, logger: TrialLogger, pair: str) -> None:
+def _record_eval(event: EvalEvent, trainer: SpliceTrainer, logger: TrialLogger, pair: str, metric: str) -> None:
     """Log an eval to MLflow, then report it to Ray with a checkpoint (a stop can come right after the report)."""
     image = to_pil(event.output)
     logger.log_eval(event.step, event.scores, image)
     with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as artifacts:
-        torch.save(trainer.state_dict(), Path(folder) / TRAINER_STATE)
+        if not event.final:
+            torch.save(trainer.state_dict(), Path(folder) / TRAINER_STATE)
         generator_path = save_checkpoint(
             Path(artifacts) / GENERATOR_FILE, trainer.generator, trainer.config, event.step, event.scores
         )
@@ -147,7 +169,16 @@ def _record_eval(event: EvalEvent, trainer: SpliceTrainer, logger: TrialLogger, 
             logger.finish("FINISHED")
         else:
             logger.log_checkpoint(generator_path)
+        # Ray keeps every reported value of every trial in the search's saved state, which it rewrites whole:
+        # only what the driver uses goes there (every score is in MLflow). The final eval needs no checkpoint,
+        # as nothing continues from it.
         tune.report(
-            {**event.scores, "step": event.step, "final": event.final, "pair": pair, "mlflow_run_id": logger.run_id},
-            checkpoint=tune.Checkpoint.from_directory(folder),
+            {
+                metric: event.scores[metric],
+                "step": event.step,
+                "final": event.final,
+                "pair": pair,
+                "mlflow_run_id": logger.run_id,
+            },
+            checkpoint=None if event.final else tune.Checkpoint.from_directory(folder),
         )

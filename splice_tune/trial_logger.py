@@ -3,26 +3,25 @@
 Many trial processes write to one store at once. Per-step losses are therefore buffered in memory and
 written with the eval's scores in one batch per evaluation, which keeps the number of write transactions
 (what SQLite serialises) small, and every call rides out a locked database (`store.retry`) instead of
-dropping the record (docs/design.md, MLflow layout: Concurrent writes).
+dropping the record (docs/design.md, MLflow layout: Concurrent writes), and waits out an MLflow server that is
+briefly unreachable (docs/design.md, Lost nodes and tracking outages).
 """
 
 from __future__ import annotations
 
-import random
 import shutil
 import tempfile
-import time
+import uuid
 from pathlib import Path
 
 import PIL.Image
-import sqlalchemy.exc
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Run, RunTag
-from mlflow.exceptions import MlflowException
+from mlflow.tracking.multimedia import compress_image_size
 from mlflow.utils.mlflow_tags import MLFLOW_LOGGED_IMAGES, MLFLOW_PARENT_RUN_ID
 from mlflow.utils.validation import MAX_ENTITIES_PER_BATCH
 
-from splice_tune.store import RETRY_SECONDS, is_locked, retry, search_all, tag_filter
+from splice_tune.store import retry, search_all, tag_filter
 from splice_tune.tracking import (
     IMAGE_KEY,
     KIND_TRIAL,
@@ -87,7 +86,8 @@ class TrialLogger:
 
         identity = {TAG_STUDY_TRIAL: str(study_trial)} if study_trial is not None else {TAG_TRIAL: trial_id}
         extra_tags.update(identity)
-        runs = search_all(self.client, experiment_id, tag_filter(**{**identity, MLFLOW_PARENT_RUN_ID: parent_run_id}))
+        mine = tag_filter(**{**identity, MLFLOW_PARENT_RUN_ID: parent_run_id})
+        runs = search_all(self.client, experiment_id, mine)
         if runs:
             run = min(runs, key=lambda found: found.info.start_time)
             attempt = int(run.data.tags.get(TAG_ATTEMPT, "1")) + 1
@@ -117,7 +117,18 @@ class TrialLogger:
                 run_tags[TAG_VIT] = str(params["vit"])
             # PAIR-t<study trial>: what the UI lists, and the same name after a resume gives Ray new trial ids.
             name = f"{pair_name}-t{study_trial}" if study_trial is not None else trial_id
-            run = retry(self.client.create_run, experiment_id, run_name=name, tags=run_tags)
+            tried = False
+
+            def create() -> Run:
+                # A create whose answer an outage lost may have been applied: look for it before creating
+                # again, or the trial would have two runs (and later attempts would reopen the other one).
+                nonlocal tried
+                if tried and (created := self.client.search_runs([experiment_id], filter_string=mine)):
+                    return min(created, key=lambda found: found.info.start_time)
+                tried = True
+                return self.client.create_run(experiment_id, run_name=name, tags=run_tags)
+
+            run = retry(create)
         self.run_id: str = run.info.run_id
         log_batch(self.client, self.run_id, params=new_params(run, params))
 
@@ -156,26 +167,16 @@ class TrialLogger:
             del self._pending[: len(chunk)]
 
     def _log_image(self, image: PIL.Image.Image, step: int) -> None:
-        # log_image writes the files first and a run tag last; only that tag touches the database, but a
-        # cold artifact-repository cache also reads the run. A lock error therefore means either "files are
-        # there, tag missing" or "nothing written": the timestamp, which lands in the file name, tells which,
-        # so a retry never leaves a duplicate image at this step.
-        timestamp = now_ms()
-        deadline = time.monotonic() + RETRY_SECONDS
-        while True:
-            try:
-                self.client.log_image(
-                    self.run_id, image, key=IMAGE_KEY, step=step, timestamp=timestamp, synchronous=True
-                )
-                return
-            except (MlflowException, sqlalchemy.exc.OperationalError) as error:
-                if not is_locked(error) or time.monotonic() > deadline:
-                    raise
-            marker = f"{IMAGE_KEY}+step+{step}+timestamp+{timestamp}+"
-            if any(marker in info.path for info in retry(self.client.list_artifacts, self.run_id, "images")):
-                retry(self.client.set_tag, self.run_id, MLFLOW_LOGGED_IMAGES, True, synchronous=True)
-                return
-            time.sleep(random.uniform(0.05, 0.5))
+        # The files and tag MLflow's log_image writes (the UI's step slider reads these names), written here
+        # under one name chosen once: log_image picks a fresh uuid per call, so repeating it after a locked
+        # database or a lost server answer could leave two images at one step. Each write below replaces what
+        # an earlier try of it wrote, so `retry` may repeat any of them.
+        stem = f"{IMAGE_KEY}+step+{step}+timestamp+{now_ms()}+{uuid.uuid4()}"
+        with tempfile.TemporaryDirectory() as tmp:
+            for picture, name in ((image, f"{stem}.png"), (compress_image_size(image), f"{stem}+compressed.webp")):
+                picture.save(Path(tmp) / name)
+                retry(self.client.log_artifact, self.run_id, str(Path(tmp) / name), "images")
+        retry(self.client.set_tag, self.run_id, MLFLOW_LOGGED_IMAGES, True, synchronous=True)
 
     def log_checkpoint(self, checkpoint_path: Path) -> None:
         """Store the generator as artifact ``checkpoint/generator.pt``, replacing the previous eval's, so
@@ -218,6 +219,10 @@ class TrialLogger:
             error = marker + error[-(MAX_ERROR_CHARS - len(marker)) :]
         retry(self.client.set_tag, self.run_id, TAG_ERROR, error, synchronous=True)
         self.finish("FAILED")
+
+    def set_tag(self, key: str, value: str) -> None:
+        """Set one tag on the trial's run."""
+        retry(self.client.set_tag, self.run_id, key, value, synchronous=True)
 
     def mark_stopped_early(self, reason: str = SCHEDULER_STOP) -> None:
         """Tag the run as stopped early (with why) and end it KILLED."""

@@ -103,28 +103,33 @@ class TrackingCallback(Callback):
     def on_step_end(self, iteration, trials, **info):
         stopping.poll()  # a full disk that Ray's syncing thread reported
 
-    def _disk_full(self, trial) -> bool:
-        """A trial that failed on a full disk: stop the whole search (every trial would fail the same way, and
-        use up its retries); the trial stays unfinished, so --resume runs it again once there is space."""
+    def _stops_the_search(self, trial) -> bool:
+        """A trial that failed on a full disk, or on a tracking server gone past the outage limit: stop the
+        whole search (every trial would fail the same way, using up its retries); the trial stays
+        unfinished, so --resume runs it again once there is space or a server."""
         text = _ray_error(trial)
-        if not disk_space.is_full(text):
-            return False
-        with contextlib.suppress(Exception):  # the full disk may be the store's
-            self.tracker.mark_trial(trial.trial_id, "KILLED", interrupted=True)
-        stopping.request_stop(_full_line(text))
-        return True
+        if disk_space.is_full(text):
+            with contextlib.suppress(Exception):  # the full disk may be the store's
+                self.tracker.mark_trial(trial.trial_id, "KILLED", interrupted=True)
+            stopping.request_stop(_full_line(text), stopping.FULL_DISK)
+            return True
+        gone = _TRACKING_GONE.search(text)
+        if gone:  # nothing to mark: the server is not there (the next --resume marks the run)
+            stopping.request_stop(gone.group(0), stopping.TRACKING_GONE)
+            return True
+        return False
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         progress = self._progress(trial)
         progress.running.discard(trial.trial_id)
-        if not self._disk_full(trial):
+        if not self._stops_the_search(trial):
             progress.retried += 1
 
     def on_trial_error(self, iteration, trials, trial, **info):
         progress = self._progress(trial)
         progress.running.discard(trial.trial_id)
         progress.failed += 1
-        if self._disk_full(trial):  # with --max-failures 0: no retry left to keep it unfinished
+        if self._stops_the_search(trial):  # with --max-failures 0: no retry left to keep it unfinished
             return
         self.tracker.mark_trial(trial.trial_id, "FAILED", error=_error_text(_ray_error(trial)), keep_error=True)
 
@@ -155,6 +160,10 @@ def _ray_error(trial) -> str:
         text = str(trial.get_error() or "")
     # The file gathers every attempt's failure, each under a "Failure # N (occurred at ...)" line.
     return re.split(r"^Failure # \d+ \(occurred at [^)]*\)\n", text, flags=re.MULTILINE)[-1].strip()
+
+
+# The message of `store.TrackingUnreachable`, as a trial's traceback relays it.
+_TRACKING_GONE = re.compile(r"the MLflow tracking server at \S+ was unreachable for [^\n]*")
 
 
 def _full_line(text: str) -> str:

@@ -29,7 +29,7 @@ import pytest
 from conftest import write_search_inputs
 from mlflow import MlflowClient
 
-from splice_tune import studies, tracking
+from splice_tune import driver, studies, tracking
 
 SPLICE_TUNE = str(Path(sys.executable).parent / "splice-tune")
 START_TIMEOUT_S = 120
@@ -235,14 +235,11 @@ def ray_cluster(env, tmp_path_factory) -> str:
         _stop(helper)
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(env, tmp_path_factory) -> tuple[str, Path]:
-    """`mlflow server` on a free port of 127.0.0.1, SQLite backend and artifact folder in a temporary folder;
-    yields (tracking URI, artifact folder)."""
-    folder = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    artifacts = folder / "artifacts"
-    with open(folder / "server.log", "w") as log:
+def start_mlflow_server(folder: Path, port: int, env: dict[str, str]) -> subprocess.Popen:
+    """`mlflow server` on 127.0.0.1:`port`, its SQLite backend and artifacts in `folder` (so a server started
+    again on the same folder and port carries on with the same store); returns once it answers /health.
+    The caller stops it with `_stop(server, group=True)`."""
+    with open(folder / "server.log", "a") as log:
         # Its own session, so the whole group (the server and its worker processes) can be stopped.
         server = subprocess.Popen(
             [
@@ -259,27 +256,39 @@ def mlflow_server(env, tmp_path_factory) -> tuple[str, Path]:
                 "--backend-store-uri",
                 f"sqlite:///{folder / 'mlflow.db'}",
                 "--artifacts-destination",
-                str(artifacts),
+                str(folder / "artifacts"),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
         )
-    uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             assert server.poll() is None, f"mlflow server exited:\n{(folder / 'server.log').read_text()[-3000:]}"
             try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
                     if response.status == 200:
-                        break
+                        return server
             except OSError:
                 pass
             assert time.monotonic() < deadline, "mlflow server did not answer /health"
             time.sleep(0.5)
-        yield uri, artifacts
+    except BaseException:
+        _stop(server, group=True)
+        raise
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(env, tmp_path_factory) -> tuple[str, Path]:
+    """`mlflow server` on a free port of 127.0.0.1, SQLite backend and artifact folder in a temporary folder;
+    yields (tracking URI, artifact folder)."""
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    server = start_mlflow_server(folder, port, env)
+    try:
+        yield f"http://127.0.0.1:{port}", folder / "artifacts"
     finally:
         _stop(server, group=True)
 
@@ -390,9 +399,9 @@ def test_trials_on_both_nodes_log_everything_through_the_server(cluster_search):
     nodes = {run.data.tags[tracking.TAG_NODE] for run in children}
     assert len(nodes) == 2, f"trials ran on {len(nodes)} node(s), expected both: {nodes}"
     assert any(cluster_search.artifacts.rglob("generator.pt")), "the server stored the files"
-    # The server is the MLflow store; only the studies stay on the driver's machine, their only writer.
+    # The server is the MLflow store; only the studies (and the search's lock) stay on the driver's machine.
     root = cluster_search.work / "splice-runs"
-    assert [path.name for path in root.iterdir()] == [studies.OPTUNA_DB]
+    assert sorted(path.name for path in root.iterdir()) == sorted([studies.OPTUNA_DB, driver.LOCKS_FOLDER])
     for parent in parents:
         pair = parent.data.tags[tracking.TAG_PAIR]
         study = optuna.load_study(study_name=f"cluster-test/{pair}", storage=studies.default_url(root))
