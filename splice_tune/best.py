@@ -127,7 +127,7 @@ def run_best(
     if not chosen:
         raise BadInput(list(skipped.values()))
     for problem in skipped.values():
-        console.print(f"[yellow]skipped:[/] {problem}", highlight=False)
+        console.print(f"[yellow]skipped:[/] {problem}", highlight=False, soft_wrap=True)
     return _render_chosen(request, chosen, skipped, client, uri, experiment, metric, console, progress_console)
 
 
@@ -298,6 +298,7 @@ def _describe(console: Console, pair: results.PairRuns, run: Run, how: str, uri:
     console.print(
         f"[bold]{pair.name}[/]: {how}: trial {results.trial_name(run)} ({state}), run {run.info.run_id}",
         highlight=False,
+        soft_wrap=True,
     )
     sampled = results.sampled_names(run)
     fixed = sorted(name for name in run.data.params if name not in NOT_SETTINGS and name not in sampled)
@@ -365,6 +366,7 @@ def _render(
         console.print(
             "retrained scores: " + ", ".join(f"{name} {number(scores[name])}" for name in SCORES if name in scores),
             highlight=False,
+            soft_wrap=True,
         )
     try:
         image = to_pil(render(generator, structure, request.max_side))
@@ -374,7 +376,7 @@ def _render(
             f"pair {pair.name}: cannot render at this size ({str(error).splitlines()[0]}); try --max-side N{kept}"
         ) from None
     image.save(out)
-    console.print(f"wrote {written} ({image.width}x{image.height}, {how})", highlight=False)
+    console.print(f"wrote {written} ({image.width}x{image.height}, {how})", highlight=False, soft_wrap=True)
     return BestResult(pair.name, run.info.run_id, out, image.size, scores, checkpoint_out)
 
 

@@ -45,7 +45,9 @@ def list_searches(
         )
         return
     if not searches:
-        console.print(f"no searches in {uri} yet; start one with `splice-tune search PAIRS.csv`", highlight=False)
+        console.print(
+            f"no searches in {uri} yet; start one with `splice-tune search PAIRS.csv`", highlight=False, soft_wrap=True
+        )
         return
     counted = {
         (experiment.name, name): results.count_states(pair.trials)
@@ -65,6 +67,7 @@ def list_searches(
         "next: splice-tune best --pair PAIR --search SEARCH (render a winner), splice-tune report "
         "--search SEARCH (plots and contact sheets), splice-tune ui (browse in MLflow)",
         highlight=False,
+        soft_wrap=True,
     )
 
 

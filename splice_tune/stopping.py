@@ -47,11 +47,6 @@ class StopState:
 _state: StopState | None = None
 
 
-def current() -> StopState | None:
-    """The stop state of the search running in this process (None outside `stop_signals`)."""
-    return _state
-
-
 def _handle(signum: int, frame) -> None:
     state = _state
     if state is None:  # a signal racing the handlers' removal

@@ -32,6 +32,7 @@ from splice_tune.tracking import (
     TAG_INTERRUPTED,
     TAG_KIND,
     TAG_PAIR,
+    TAG_RESUMED_FROM,
     TAG_SEARCH,
     TAG_STOP_REASON,
     TAG_STOPPED_EARLY,
@@ -92,7 +93,7 @@ class TrialLogger:
             run = min(runs, key=lambda found: found.info.start_time)
             attempt = int(run.data.tags.get(TAG_ATTEMPT, "1")) + 1
             extra_tags[TAG_TRIAL] = trial_id
-            for stale in (TAG_ERROR, TAG_STOPPED_EARLY, TAG_STOP_REASON, TAG_INTERRUPTED):
+            for stale in (TAG_ERROR, TAG_STOPPED_EARLY, TAG_STOP_REASON, TAG_INTERRUPTED, TAG_RESUMED_FROM):
                 if stale in run.data.tags:
                     retry(self.client.delete_tag, run.info.run_id, stale)
             if run.info.status != "RUNNING":

@@ -121,6 +121,12 @@ def _start(args: list[str], cwd: Path) -> subprocess.Popen:
     )
 
 
+def _run(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The CLI run to its end in a process of its own; its exit code and output."""
+    command = [sys.executable, "-m", "splice_tune.cli", *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
 def _wait_finished(tracking_uri: str, count: int, process: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -174,13 +180,7 @@ def test_interrupted_search_resumes_to_exactly_its_budget(tmp_path):
     assert sum(s.n_trials for s in optuna.get_all_study_summaries(studies.default_url(root))) >= 3
 
     # 3. Resume again, to the end.
-    third = subprocess.run(
-        [sys.executable, "-m", "splice_tune.cli", *args, "--resume"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    third = _run([*args, "--resume"], tmp_path)
     assert third.returncode == 0, third.stdout + third.stderr
 
     runs = child_runs(tracking_uri, "resume-test")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import write_search_inputs
 from mlflow import MlflowClient
-from test_reliability import _assert_studies_match_mlflow, _kill_group, _start, child_runs, write_space
+from test_reliability import _assert_studies_match_mlflow, _kill_group, _run, _start, child_runs, write_space
 
 from splice_tune import store, tracking
 
@@ -84,13 +83,7 @@ def test_sigterm_sighup_second_signal_and_a_concurrent_resume(tmp_path):
     second = _start([*args, "--resume"], tmp_path)
     try:
         _wait(tracking_uri, second, "RUNNING", 1)
-        again = subprocess.run(
-            [sys.executable, "-m", "splice_tune.cli", *args, "--resume"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        again = _run([*args, "--resume"], tmp_path, timeout=120)
         assert again.returncode == 2, again.stdout + again.stderr
         lines = again.stderr.strip().splitlines()
         assert len(lines) == 1 and "already running" in lines[0] and f"pid {second.pid}" in lines[0], lines
@@ -111,13 +104,7 @@ def test_sigterm_sighup_second_signal_and_a_concurrent_resume(tmp_path):
     # exactly its budget, one finished run per trial, each eval once.
     [state] = sorted((root / "ray" / SEARCH).glob("experiment_state-*.json"))[-1:]
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
-    third = subprocess.run(
-        [sys.executable, "-m", "splice_tune.cli", *args, "--resume"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    third = _run([*args, "--resume"], tmp_path, timeout=600)
     assert third.returncode == 0, third.stdout + third.stderr
     assert "cannot be read back" in third.stderr and "continuing from its Optuna studies" in third.stderr
     assert len(list((root / "ray").glob(f"{SEARCH}.damaged-*"))) == 1
@@ -175,13 +162,7 @@ def test_a_full_disk_stops_the_search_in_one_line_and_resume_continues(tmp_path)
 
         # Space freed: the same command with --resume completes the budget, losing nothing.
         subprocess.run(["mount", "-o", "remount,size=400m", str(small)], check=True)
-        second = subprocess.run(
-            [sys.executable, "-m", "splice_tune.cli", *args, "--resume"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        second = _run([*args, "--resume"], tmp_path, timeout=600)
         assert second.returncode == 0, second.stdout + second.stderr
         tracking_uri = store.default_tracking_uri(root)
         client = MlflowClient(tracking_uri)
