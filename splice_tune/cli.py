@@ -448,20 +448,24 @@ def _print_summary(summary, root: Path | None = None) -> None:
             f"by {summary.metric}"
         )
     table = Table(title=title, title_justify="left")
-    for column in ("pair", summary.metric, "finished", "stopped early", "failed", "winner's params"):
+    # Beyond a screenful of pairs, no params column: in a log's 80 columns it folds each row into many lines
+    # (`ls`, `report` and `best --pair` show them).
+    columns = ["pair", summary.metric, "finished", "stopped early", "failed"]
+    columns += ["winner's params"] if len(shown) == len(pairs) else []
+    for column in columns:
         table.add_column(column, overflow="fold")
     for index, pair in enumerate(shown):
         if between and index == len(shown) // 2:
-            table.add_row(f"... {between} more", "", "", "", "", "")
+            table.add_row(f"... {between} more", *[""] * (len(columns) - 1))
         params = " ".join(f"{k}={number(v)}" for k, v in sorted(pair.params.items())) or "-"
-        table.add_row(
+        cells = [
             pair.pair,
             number(pair.score),
             str(pair.counts["finished"]),
             str(pair.counts["stopped early"]),
             str(pair.counts["failed"]),
-            params if pair.run_id else "no finished trial",
-        )
+        ]
+        table.add_row(*cells, *([params if pair.run_id else "no finished trial"] if len(columns) > 5 else []))
     out.print(table)
     if len(pairs) > 1:
         counts = {key: sum(pair.counts[key] for pair in pairs) for key in ("finished", "stopped early", "failed")}
