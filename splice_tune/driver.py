@@ -348,10 +348,9 @@ def _new_tuner(plan: SearchPlan, trainable, callback, searcher: PairSearcher, tr
         verbose=0,
         callbacks=[callback],
         failure_config=tune.FailureConfig(max_failures=plan.request.max_failures),
-        # Every checkpoint kept as far as Ray knows: with num_to_keep set, Ray rewrites the whole search's
-        # state (every trial's) on each trial checkpoint, a cost per trial that grows with the trials. The
-        # driver callback deletes a trial's superseded checkpoints instead (`TrackingCallback.on_checkpoint`).
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+        # num_to_keep makes Ray snapshot the whole search's state at every trial checkpoint: what makes a
+        # resume after a killed driver exact (docs/design.md, Ray layout: Checkpoints).
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
     )
     return tune.Tuner(
         trainable,
@@ -398,6 +397,9 @@ def _start_ray(request: SearchRequest) -> None:
 
     from splice_tune import cluster
 
+    # Snapshotting the experiment after every checkpoint is what makes --resume lose nothing; Ray warns
+    # about its cost, which is negligible at one eval every few seconds or more.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # A trial's failure is recorded (MLflow, the live counts); Ray's own report of each one at exit is noise.
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     # Our live table replaces Ray's own progress output (its config box, tables and TensorBoard hints).

@@ -140,15 +140,14 @@ def _restored_events(trainer: SpliceTrainer) -> Iterable[StepEvent | EvalEvent]:
                 # On the CPU: the augmentation RNG's state must stay there; load_state_dict moves the rest.
                 state = torch.load(Path(folder) / TRAINER_STATE, map_location="cpu", weights_only=True)
         except Exception as error:  # any unreadable checkpoint: train again from the start
-            # Gone (superseded and pruned after Ray's last snapshot of the search) or cut short (a full disk):
+            # Cut short (a full disk during Ray's copy into the storage) or gone:
             # the trial trains again from step 0, with the same seed, and logs only the steps past what its
             # run already holds (TrialLogger), so its record is the same as if nothing had happened.
             _log.warning("trial checkpoint %s unreadable (%s); training again from step 0", checkpoint.path, error)
         else:
             trainer.load_state_dict(state)
     if trainer.step >= trainer.config.steps:
-        # Restored from a final checkpoint (which earlier versions saved; killed right after reporting it):
-        # only the record is left.
+        # Restored from its final checkpoint (killed right after reporting it): only the record is left.
         scores, output = trainer.evaluate()
         return [EvalEvent(trainer.step, scores, output, final=True)]
     return trainer.events()
@@ -159,8 +158,7 @@ def _record_eval(event: EvalEvent, trainer: SpliceTrainer, logger: TrialLogger, 
     image = to_pil(event.output)
     logger.log_eval(event.step, event.scores, image)
     with tempfile.TemporaryDirectory() as folder, tempfile.TemporaryDirectory() as artifacts:
-        if not event.final:
-            torch.save(trainer.state_dict(), Path(folder) / TRAINER_STATE)
+        torch.save(trainer.state_dict(), Path(folder) / TRAINER_STATE)
         generator_path = save_checkpoint(
             Path(artifacts) / GENERATOR_FILE, trainer.generator, trainer.config, event.step, event.scores
         )
@@ -170,8 +168,7 @@ def _record_eval(event: EvalEvent, trainer: SpliceTrainer, logger: TrialLogger, 
         else:
             logger.log_checkpoint(generator_path)
         # Ray keeps every reported value of every trial in the search's saved state, which it rewrites whole:
-        # only what the driver uses goes there (every score is in MLflow). The final eval needs no checkpoint,
-        # as nothing continues from it.
+        # only what the driver uses goes there (every score is in MLflow).
         tune.report(
             {
                 metric: event.scores[metric],
@@ -180,5 +177,5 @@ def _record_eval(event: EvalEvent, trainer: SpliceTrainer, logger: TrialLogger, 
                 "pair": pair,
                 "mlflow_run_id": logger.run_id,
             },
-            checkpoint=None if event.final else tune.Checkpoint.from_directory(folder),
+            checkpoint=tune.Checkpoint.from_directory(folder),
         )

@@ -323,11 +323,13 @@ def test_a_tracking_server_outage_is_waited_out_and_loses_nothing(cluster, serve
 
     runs = _assert_complete(server.uri, name)
     assert all(run.data.tags[tracking.TAG_ATTEMPT] == "1" for run in runs), "waited, not failed and retried"
-    # Each trial's process said once that the server was away and once that it was back; no per-request
-    # retry lines from MLflow's HTTP client (urllib3's "Retrying (Retry(total=...") anywhere.
+    # Each trial process that met the outage (one whose evals all fell outside it never calls the server
+    # then) said once that the server was away and once that it was back; no per-request retry lines from
+    # MLflow's HTTP client (urllib3's "Retrying (Retry(total=...") anywhere.
     waited = _worker_lines(env, UNREACHABLE)
-    assert sorted(waited.values()) == [1, 1], waited
-    assert sorted(_worker_lines(env, "reachable again after").values()) == [1, 1]
+    assert waited and set(waited.values()) == {1}, waited
+    back = _worker_lines(env, "reachable again after")
+    assert set(back) == set(waited) and set(back.values()) == {1}, (waited, back)
     assert not _worker_lines(env, "Retrying (Retry("), "MLflow's own retries must be off"
     assert "Traceback" not in result.stderr and "Retrying (Retry(" not in result.stderr, result.stderr
 

@@ -318,14 +318,3 @@ def test_evals_per_trial_takes_the_longest_run_and_the_most_frequent_evals(tmp_p
     assert evals_per_trial(load_space(tmp_path / "space.yaml")) == 7  # ceil(250 / 40)
     (tmp_path / "sampled.yaml").write_text("params: {steps: {type: int, low: 100, high: 300}}\n")
     assert evals_per_trial(load_space(tmp_path / "sampled.yaml")) == 3  # ceil(300 / 100): eval_every keeps its default
-
-
-def test_ended_trials_keep_no_ray_checkpoint(finished_search):
-    """Ray is told to keep every checkpoint (so it never rewrites the whole search's state per checkpoint);
-    the driver deletes superseded ones as they come, and an ended trial's last one (its record is in MLflow)."""
-    folder = finished_search.folder / "splice-runs" / "ray" / "test-search"
-    trials = sorted(folder.glob("run_trial_*"))
-    assert len(trials) == 6
-    for trial in trials:
-        assert not list(trial.glob("checkpoint_*")), trial.name
-        assert (trial / "result.json").is_file(), "only the checkpoints go"
