@@ -39,6 +39,14 @@ def is_full(error: BaseException | str | None) -> bool:
     return isinstance(error, str) and any(text in error.lower() for text in _FULL_TEXTS)
 
 
+def full_line(text: str) -> str:
+    """The line of an error's text (or a trial's traceback) that says the disk is full, else its last line;
+    at most 300 characters, for the one line the search ends with."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    found = [line for line in lines if is_full(line)]
+    return (found or lines or ["a write failed: no space left on device"])[-1][:300]
+
+
 def _existing(path: Path) -> Path:
     """`path`, or its nearest ancestor that exists (a store not created yet lives on its parent's disk)."""
     path = Path(path).absolute()

@@ -132,7 +132,9 @@ def _start_and_run(plan: SearchPlan, console: Console, trainable) -> SearchSumma
             # raises EOFError): an error while one of the search's places is full is taken for that.
             if not (disk_space.is_full(error) or disk_space.full_places(_places(plan), only_full=True)):
                 raise
-            raise _stopped_itself(plan, stopping.FULL_DISK, stop.reason or _first_line(error)) from None
+            raise _stopped_itself(
+                plan, stopping.FULL_DISK, stop.reason or disk_space.full_line(f"{type(error).__name__}: {error}")
+            ) from None
 
 
 def _tracking_gone(error: BaseException) -> store.TrackingUnreachable | None:
@@ -183,14 +185,6 @@ def _places(plan: SearchPlan) -> dict[str, Path | None]:
         "Ray's storage": Path(plan.storage) if search_plan.is_local(plan.storage) else None,
         "the Optuna storage": studies.sqlite_file(plan.optuna_url),
     }
-
-
-def _first_line(error: BaseException | str) -> str:
-    """The line of an error (or a traceback's text) that says the disk is full, else its last line."""
-    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    found = [line for line in lines if disk_space.is_full(line)]
-    return (found or lines or ["(no text)"])[-1][:300]
 
 
 def _run(plan: SearchPlan, console: Console, trainable, stop: stopping.StopState) -> SearchSummary:

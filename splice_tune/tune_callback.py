@@ -101,7 +101,7 @@ class TrackingCallback(Callback):
         if disk_space.is_full(text):
             with contextlib.suppress(Exception):  # the full disk may be the store's
                 self.tracker.mark_trial(trial.trial_id, "KILLED", interrupted=True)
-            stopping.request_stop(_full_line(text), stopping.FULL_DISK)
+            stopping.request_stop(disk_space.full_line(text), stopping.FULL_DISK)
             return True
         gone = _TRACKING_GONE.search(text)
         if gone:  # nothing to mark: the server is not there (the next --resume marks the run)
@@ -137,12 +137,6 @@ def _ray_error(trial) -> str:
 
 # The message of `store.TrackingUnreachable`, as a trial's traceback relays it.
 _TRACKING_GONE = re.compile(r"the MLflow tracking server at \S+ was unreachable for [^\n]*")
-
-
-def _full_line(text: str) -> str:
-    """The line of a trial's traceback that says the disk is full."""
-    lines = [line.strip() for line in text.splitlines() if disk_space.is_full(line)]
-    return (lines or ["a trial's write failed: no space left on device"])[-1][:300]
 
 
 def _error_text(text: str) -> str:
@@ -190,7 +184,9 @@ class _FullDisk(logging.Filter):
         error = record.exc_info[1] if record.exc_info else None
         if not (disk_space.is_full(error) or disk_space.is_full(record.getMessage())):
             return True
-        stopping.request_stop(_full_line(f"{type(error).__name__}: {error}" if error else record.getMessage()))
+        stopping.request_stop(
+            disk_space.full_line(f"{type(error).__name__}: {error}" if error else record.getMessage())
+        )
         return False
 
 
