@@ -297,36 +297,36 @@ def _tuner(
     parent_runs: dict[str, str],
     console: Console,
 ):
-    """The Tune run of the whole search: a new one (whose searcher creates the pairs' studies in the Optuna
-    storage), or with --resume the interrupted one restored (with its searcher, reattached to the same
-    stored studies, and the callback it pickled, not `callback`). A resume whose saved Ray state cannot be
-    read back (`ray_state.damage`) continues from the studies and MLflow runs in a new Tune run instead."""
-    from ray import tune
-
+    """The Tune run of the whole search: a new one, whose searcher creates the pairs' studies in the Optuna
+    storage. With --resume, a new Tune run too, whose searcher continues from those studies
+    (`PairSearcher.from_studies`): ended study trials count against the budget, and the ones left unfinished
+    start again under their own number and MLflow run, from the latest checkpoint the earlier runs left
+    (`ray_state.latest_checkpoints`). Ray's own saved state of the search is not read back: it is a periodic
+    snapshot, which a killed driver leaves behind what the studies and MLflow hold. A saved state that does
+    not even read back (`ray_state.damage`, a full disk mid-write) is set aside, with a note."""
     request, space = plan.request, plan.space
     pair_names = [pair.name for pair in plan.pairs]
     if request.resume:
-        # Runs left RUNNING by a driver that died are marked interrupted; those Ray resumes reopen them.
+        # Runs left RUNNING by a driver that died are marked interrupted; the trials started again reopen them.
         tracker.mark_interrupted()
         view.load(tracker.trial_runs())
         search.use_storage(plan.name, plan.optuna_url)
-        experiment = f"{plan.storage.rstrip('/')}/{plan.name}"
-        damage = None
+        checkpoints, damage = {}, None
         if search_plan.is_local(plan.storage):
-            ray_state.drop_damaged_errors(Path(experiment))
-            damage = ray_state.damage(Path(experiment))
-        if damage is None:
-            # Failed trials used their retries already: resuming continues unfinished trials only.
-            return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
-        kept = ray_state.set_aside(Path(experiment))
-        searcher, left = PairSearcher.from_studies(plan.name, pair_names, space, plan.optuna_url)
-        console.print(
-            f"[yellow]note:[/] Ray's saved state of search {plan.name} cannot be read back ({damage}); "
-            f"continuing from its Optuna studies and MLflow runs instead ({left} trials to go; the damaged "
-            f"state is kept in {kept})",
-            highlight=False,
-            soft_wrap=True,
-        )
+            experiment = Path(plan.storage) / plan.name
+            damage = ray_state.damage(experiment) if experiment.is_dir() else None
+            if damage is not None:
+                experiment = ray_state.set_aside(experiment)
+            checkpoints = ray_state.latest_checkpoints(experiment)
+        searcher, left = PairSearcher.from_studies(plan.name, pair_names, space, plan.optuna_url, checkpoints)
+        if damage is not None:
+            console.print(
+                f"[yellow]note:[/] Ray's saved state of search {plan.name} cannot be read back ({damage}); "
+                f"it is kept in {experiment}, and the search continues from its Optuna studies and MLflow "
+                f"runs as every resume does ({left} trials to go)",
+                highlight=False,
+                soft_wrap=True,
+            )
         return _new_tuner(plan, trainable, callback, searcher, left)
     searcher = PairSearcher(plan.name, pair_names, space, plan.optuna_url, parent_runs, plan.warm.points)
     return _new_tuner(plan, trainable, callback, searcher, len(pair_names) * space.budget.trials_per_pair)
@@ -342,9 +342,11 @@ def _new_tuner(plan: SearchPlan, trainable, callback, searcher: PairSearcher, tr
         verbose=0,
         callbacks=[callback],
         failure_config=tune.FailureConfig(max_failures=plan.request.max_failures),
-        # num_to_keep makes Ray snapshot the whole search's state at every trial checkpoint: what makes a
-        # resume after a killed driver exact (docs/design.md, Ray layout: Checkpoints).
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # Every checkpoint kept as far as Ray knows: with num_to_keep set, Ray rewrites the whole search's
+        # saved state (every trial's) at every trial checkpoint, a cost per trial that grows with the trials.
+        # The driver callback deletes a trial's superseded checkpoints instead (`TrackingCallback.on_checkpoint`);
+        # a resume does not need Ray's snapshots (see `_tuner`).
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
     )
     return tune.Tuner(
         trainable,
@@ -356,8 +358,16 @@ def _new_tuner(plan: SearchPlan, trainable, callback, searcher: PairSearcher, tr
             max_concurrent_trials=plan.max_concurrent,
             # A worker process serves trial after trial: no new interpreter, imports or ViT load per trial.
             reuse_actors=True,
+            trial_dirname_creator=trial_folder_name,
         ),
     )
+
+
+def trial_folder_name(trial) -> str:
+    """A trial's folder under the Ray storage: its id, pair and study trial (Ray's default spells out the
+    whole config, `resume_from` path included)."""
+    config = trial.config
+    return f"{trial.trial_id}_{config.get('pair', 'trial')}_t{config.get('optuna_trial', '')}"
 
 
 def _conclude(plan: SearchPlan, tracker: tracking.SearchTracker, grid, stop: stopping.StopState) -> SearchSummary:
@@ -391,9 +401,6 @@ def _start_ray(request: SearchRequest) -> None:
 
     from splice_tune import cluster
 
-    # Snapshotting the experiment after every checkpoint is what makes --resume lose nothing; Ray warns
-    # about its cost, which is negligible at one eval every few seconds or more.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # A trial's failure is recorded (MLflow, the live counts); Ray's own report of each one at exit is noise.
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
     # Our live table replaces Ray's own progress output (its config box, tables and TensorBoard hints).

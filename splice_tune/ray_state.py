@@ -1,19 +1,18 @@
-"""Ray's saved state of a search (its experiment folder under --storage), checked before a resume.
+"""Ray's saved state of a search (its experiment folder under --storage), as a resume meets it.
 
-Ray saves the state in the driver's staging folder and then copies it into the storage folder, a copy that is
-not atomic: a full disk (or a crash) mid-copy leaves a truncated file there. Restoring from one makes Ray log
-"Failed to restore the run state" and start the run over with an empty state, which then re-runs every
-trial. So a resume first reads back what Ray will read (`damage`); when that fails, the driver sets the folder
-aside (nothing is deleted) and continues the search from the Optuna studies and MLflow runs instead
-(`search.PairSearcher.from_studies`). A trial's `error.pkl` cut short is only Ray's copy of an error that
-`error.txt` and MLflow keep too; Ray reads every one when the run ends, so damaged ones are removed.
+A resume does not restore Ray's run: it starts a new one that continues from the Optuna studies and MLflow
+runs (`search.PairSearcher.from_studies`), because Ray snapshots its state only periodically and a killed
+driver leaves the snapshot behind those records. What a resume takes from the folder is each unfinished
+trial's latest checkpoint (`latest_checkpoints`). Ray saves its state in the driver's staging folder and then
+copies it into the storage folder, a copy that is not atomic: a full disk (or a crash) mid-copy leaves a
+truncated file. A folder whose newest state does not read back (`damage`) is set aside (`set_aside`, nothing
+deleted), so the new run starts in a clean folder, and the driver says so.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import pickle
 from pathlib import Path
 
 EXPERIMENT_STATE = "experiment_state-"
@@ -51,14 +50,26 @@ def damage(folder: Path) -> str | None:
     return problem
 
 
-def drop_damaged_errors(folder: Path) -> int:
-    """Remove the trials' `error.pkl` files that cannot be read back; returns how many."""
-    dropped = 0
-    for path in folder.glob("*/error.pkl"):
-        if _unreadable(path, pickle.load):
-            path.unlink()
-            dropped += 1
-    return dropped
+def latest_checkpoints(folder: Path) -> dict[tuple[str, int], str]:
+    """The newest readable-looking checkpoint folder of each study trial (pair, Optuna trial number) among
+    the trial folders of every earlier Tune run of the search in `folder` (each trial's `params.json` names
+    its pair and study trial). A resume hands these to the trials it starts again."""
+    found: dict[tuple[str, int], tuple[float, str]] = {}
+    for params in folder.glob("*/params.json"):
+        try:
+            with open(params) as file:
+                config = json.load(file)
+            key = (str(config["pair"]), int(config["optuna_trial"]))
+        except (OSError, ValueError, KeyError, TypeError):  # not one of ours, or cut short: nothing to carry
+            continue
+        for state in params.parent.glob("checkpoint_*/trainer.pt"):
+            try:
+                written = state.stat().st_mtime
+            except OSError:
+                continue
+            if key not in found or written > found[key][0]:
+                found[key] = (written, str(state.parent))
+    return {key: path for key, (_, path) in found.items()}
 
 
 def set_aside(folder: Path) -> Path:

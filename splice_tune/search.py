@@ -3,9 +3,10 @@
 One Tuner runs the trials of every pair at once, so free slots never idle while any pair has trials left.
 `PairSearcher` keeps one Optuna study per pair and hands out trials round-robin over the pairs with budget
 left; `PairScheduler` keeps one ASHA comparison per pair (comparing scores across different images would be
-meaningless). Both live in the driver. The studies are in Optuna's storage (`studies`) and Ray saves the
-searcher's trial assignments, so `--resume` continues the same studies; it does not save schedulers, so
-after a resume each pair's ASHA rungs fill again from the trials that report from then on.
+meaningless). Both live in the driver. The studies are in Optuna's storage (`studies`), the record a
+`--resume` continues from (`PairSearcher.from_studies`: Ray's own saved state of the search is not needed,
+so how often Ray snapshots it does not matter); schedulers are not saved, so after a resume each pair's
+ASHA rungs fill again from the trials that report from then on.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from splice_tune.spaces import SearchSpace
 from splice_tune.warm_start import SOURCE, WarmPoint
 
 
-def make_sampler(space: SearchSpace, pair: str) -> optuna.samplers.BaseSampler:
-    """The pair's Optuna sampler, seeded from the space's seed and the pair name."""
+def make_sampler(space: SearchSpace, pair: str, asked: int = 0) -> optuna.samplers.BaseSampler:
+    """The pair's Optuna sampler, seeded from the space's seed and the pair name, and for a resumed study
+    from how many trials it holds (`asked`): a resumed random sampler must not propose its first points again."""
     seed = space.sampler.seed_for(pair)
+    if seed is not None and asked:
+        seed = (seed + 1_000_003 * asked) % 2**32
     if space.sampler.type == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     startup = space.sampler.startup_trials
@@ -77,6 +81,7 @@ class PairSearcher(Searcher):
         self.open: set[str] = set()  # Ray trial ids whose study trial is not told yet
         self.samplers = {pair: make_sampler(space, pair) for pair in self.pairs}
         self._run_ids_stored: set[str] = set()
+        self.checkpoints: dict[tuple[str, int], str] = {}  # (pair, number) -> an earlier run's checkpoint
         use_storage(search, storage_url)
         studies.make_folder(storage_url)
         storage = optuna.storages.get_storage(storage_url)
@@ -91,12 +96,19 @@ class PairSearcher(Searcher):
 
     @classmethod
     def from_studies(
-        cls, search: str, pairs: list[str], space: SearchSpace, storage_url: str
+        cls,
+        search: str,
+        pairs: list[str],
+        space: SearchSpace,
+        storage_url: str,
+        checkpoints: dict[tuple[str, int], str] | None = None,
     ) -> tuple["PairSearcher", int]:
-        """A searcher that continues search `search` from its stored studies alone (Ray's saved state of it
-        was damaged): every study trial that ended counts against its pair's budget, and each one still
-        RUNNING (stopped with the search) is handed out again first, with its number and params, so its
-        MLflow run continues. Returns it and how many trials the pairs have left to start."""
+        """A searcher that continues search `search` from its stored studies (what every --resume does):
+        every study trial that ended counts against its pair's budget, and each one still RUNNING (stopped
+        with the search, or asked just before its driver died) is handed out again first, with its number
+        and params, so its MLflow run continues, and with its latest checkpoint folder from `checkpoints`
+        ((pair, number) -> folder), so it continues from there. Returns it and how many trials the pairs
+        have left to start."""
         searcher = cls.__new__(cls)
         Searcher.__init__(searcher, metric=space.objective.metric, mode=space.objective.mode)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -104,16 +116,19 @@ class PairSearcher(Searcher):
         searcher.storage_url = storage_url
         searcher.budget = space.budget.trials_per_pair
         searcher.distributions = space.distributions()
-        searcher.assigned, searcher.open = {}, set()
-        searcher.samplers = {pair: make_sampler(space, pair) for pair in searcher.pairs}
+        searcher.assigned, searcher.open, searcher.samplers = {}, set(), {}
         searcher._run_ids_stored = set()
+        searcher.checkpoints = dict(checkpoints or {})
         use_storage(search, storage_url)
         storage = optuna.storages.get_storage(storage_url)
         ended = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
         for pair in searcher.pairs:
             study = optuna.load_study(study_name=studies.study_name(search, pair), storage=storage)
-            for trial in study.get_trials(deepcopy=False, states=ended):
-                searcher.assigned[f"ended:{pair}:{trial.number}"] = (pair, trial.number)
+            stored = study.get_trials(deepcopy=False)
+            searcher.samplers[pair] = make_sampler(space, pair, asked=len(stored))
+            for trial in stored:
+                if trial.state in ended:
+                    searcher.assigned[f"ended:{pair}:{trial.number}"] = (pair, trial.number)
         searcher._attach()
         left = len(searcher.pairs) * searcher.budget - len(searcher.assigned)
         return searcher, left
@@ -185,7 +200,10 @@ class PairSearcher(Searcher):
                 optuna_trial.set_user_attr(SOURCE, source)
         self.assigned[trial_id] = (pair, number)
         self.open.add(trial_id)
-        return {"pair": pair, "params": params, "optuna_trial": number, "source": source}
+        proposal = {"pair": pair, "params": params, "optuna_trial": number, "source": source}
+        if carried := getattr(self, "checkpoints", {}).get((pair, number)):
+            proposal["resume_from"] = carried
+        return proposal
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id not in self.open:

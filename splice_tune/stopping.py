@@ -90,9 +90,13 @@ def _reclaim() -> None:
 
 
 def leave_fit() -> None:
-    """After `Tuner.fit` returned: a first signal from now on raises KeyboardInterrupt."""
+    """After `Tuner.fit` returned: a first signal from now on raises KeyboardInterrupt, and a second one
+    (during the cleanup that follows, `ray.shutdown` included) comes here, not to a handler of Ray's that a
+    `ray.init` inside the run put back after the loop's last step."""
     if _state is not None:
         _state.ray_handler = None
+        if threading.current_thread() is threading.main_thread():
+            _reclaim()
 
 
 def _say(line: str) -> None:
@@ -149,6 +153,17 @@ def stop_signals() -> Iterator[StopState]:
             signal.signal(signum, _handle)
         yield _state
     finally:
+        stopped = _state
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         _state = None
+        if stopped.asked:
+            # Stopping already: the process ends soon, but Ray's exit hook still shuts Ray down (half a
+            # second and more), with Ray's SIGTERM handler back in place. A second SIGTERM/SIGHUP then ends
+            # it at once, with the first signal's code, instead of Ray's SystemExit traceback.
+            def at_once(signum: int, frame) -> None:
+                _say(f"second {signal.Signals(signum).name}: stopping at once")
+                os._exit(stopped.exit_code)
+
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                signal.signal(signum, at_once)

@@ -8,6 +8,7 @@ scheduler may stop the trial as soon as it sees the report.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import tempfile
@@ -71,7 +72,7 @@ def run_trial(trial: dict, setup: TrialSetup, on_event: Callable[[StepEvent | Ev
     structure, appearance = (image.float() / 255.0 for image in ray.get(setup.images[pair]))
     try:
         trainer = SpliceTrainer(structure, appearance, config)
-        events = _restored_events(trainer)
+        events = _restored_events(trainer, trial.get("resume_from"))
         if trainer.step:
             # Restored from a checkpoint: the record says where this attempt (a retry after a lost node or a
             # crash, or a resume) continued, so how much it redid, and that it did not start over.
@@ -131,19 +132,21 @@ def _trial_logger(trial: dict, setup: TrialSetup, config: SpliceConfig) -> Trial
     )
 
 
-def _restored_events(trainer: SpliceTrainer) -> Iterable[StepEvent | EvalEvent]:
-    """The trainer's events, continuing from the trial's last checkpoint when Ray restarts or resumes it."""
+def _restored_events(trainer: SpliceTrainer, resume_from: str | None = None) -> Iterable[StepEvent | EvalEvent]:
+    """The trainer's events, continuing from the trial's last checkpoint: Ray's, when Ray retries the trial
+    in this Tune run, else `resume_from` (the checkpoint folder an earlier run of the search left for this
+    study trial, which the driver found on --resume: `ray_state.latest_checkpoints`)."""
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
+    where = checkpoint.path if checkpoint is not None else resume_from
+    if where is not None:
         try:
-            with checkpoint.as_directory() as folder:
-                # On the CPU: the augmentation RNG's state must stay there; load_state_dict moves the rest.
-                state = torch.load(Path(folder) / TRAINER_STATE, map_location="cpu", weights_only=True)
+            with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext(where) as folder:
+                state = _load_state(Path(folder))
         except Exception as error:  # any unreadable checkpoint: train again from the start
-            # Cut short (a full disk during Ray's copy into the storage) or gone:
-            # the trial trains again from step 0, with the same seed, and logs only the steps past what its
-            # run already holds (TrialLogger), so its record is the same as if nothing had happened.
-            _log.warning("trial checkpoint %s unreadable (%s); training again from step 0", checkpoint.path, error)
+            # Cut short (a full disk during Ray's copy into the storage), deleted, or not reachable from this
+            # node: the trial trains again from step 0, with the same seed, and logs only the steps past what
+            # its run already holds (TrialLogger), so its record is the same as if nothing had happened.
+            _log.warning("trial checkpoint %s unreadable (%s); training again from step 0", where, error)
         else:
             trainer.load_state_dict(state)
     if trainer.step >= trainer.config.steps:
@@ -151,6 +154,11 @@ def _restored_events(trainer: SpliceTrainer) -> Iterable[StepEvent | EvalEvent]:
         scores, output = trainer.evaluate()
         return [EvalEvent(trainer.step, scores, output, final=True)]
     return trainer.events()
+
+
+def _load_state(folder: Path) -> dict:
+    # On the CPU: the augmentation RNG's state must stay there; load_state_dict moves the rest.
+    return torch.load(folder / TRAINER_STATE, map_location="cpu", weights_only=True)
 
 
 def _record_eval(event: EvalEvent, trainer: SpliceTrainer, logger: TrialLogger, pair: str, metric: str) -> None:

@@ -19,6 +19,8 @@ from ray.tune import Callback
 from splice_tune import disk_space, stopping, tracking
 from splice_tune.console import LiveView
 
+_log = logging.getLogger(__name__)
+
 
 @dataclass
 class SearchSession:
@@ -79,6 +81,9 @@ class TrackingCallback(Callback):
             progress.best = min(progress.best, value)  # every score is lower-is-better
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        # Nothing continues from an ended trial: its checkpoints only took space (its record is in MLflow).
+        if trial.checkpoint is not None:
+            prune_checkpoints(trial.checkpoint, keep_latest=False)
         progress = self._progress(trial)
         progress.running.discard(trial.trial_id)
         last = trial.last_result or {}
@@ -89,6 +94,10 @@ class TrackingCallback(Callback):
                 self.tracker.mark_trial(trial.trial_id, "KILLED", stopped_early=True)
         else:
             progress.finished += 1
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        """Delete the trial's earlier checkpoints (Ray keeps them all: see the driver's CheckpointConfig)."""
+        prune_checkpoints(checkpoint)
 
     def on_step_end(self, iteration, trials, **info):
         stopping.poll()  # a full disk that Ray's syncing thread reported
@@ -122,6 +131,23 @@ class TrackingCallback(Callback):
         if self._stops_the_search(trial):  # with --max-failures 0: no retry left to keep it unfinished
             return
         self.tracker.mark_trial(trial.trial_id, "FAILED", error=_error_text(_ray_error(trial)), keep_error=True)
+
+
+def prune_checkpoints(latest, keep_latest: bool = True) -> None:
+    """Delete every checkpoint folder beside `latest` (a `ray.tune.Checkpoint`, on local or cloud storage),
+    and `latest` too unless `keep_latest`."""
+    import pyarrow.fs
+
+    folder, name = latest.path.rstrip("/").rsplit("/", 1)
+    name = name if keep_latest else None
+    try:
+        found = latest.filesystem.get_file_info(pyarrow.fs.FileSelector(folder))
+        for entry in found:
+            base = entry.path.rstrip("/").rsplit("/", 1)[-1]
+            if entry.type == pyarrow.fs.FileType.Directory and base.startswith("checkpoint_") and base != name:
+                latest.filesystem.delete_dir(entry.path)
+    except OSError as error:  # storage that cannot delete (a full or read-only disk) keeps them: only space
+        _log.debug("could not prune checkpoints beside %s: %s", latest.path, error)
 
 
 def _ray_error(trial) -> str:

@@ -106,7 +106,7 @@ def test_sigterm_sighup_second_signal_and_a_concurrent_resume(tmp_path):
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
     third = _run([*args, "--resume"], tmp_path, timeout=600)
     assert third.returncode == 0, third.stdout + third.stderr
-    assert "cannot be read back" in third.stderr and "continuing from its Optuna studies" in third.stderr
+    assert "cannot be read back" in third.stderr and "continues from its Optuna studies" in third.stderr
     assert len(list((root / "ray").glob(f"{SEARCH}.damaged-*"))) == 1
     runs = child_runs(tracking_uri, SEARCH)
     per_trial = Counter((run.data.tags[tracking.TAG_PAIR], run.data.tags[tracking.TAG_STUDY_TRIAL]) for run in runs)
