@@ -136,7 +136,7 @@ class PairSearcher(Searcher):
     def __getstate__(self) -> dict:
         # Studies and the storage's connections stay out of Ray's pickles; the storage holds them.
         state = dict(self.__dict__)
-        for live in ("studies", "_storage", "_study_ids", "_unclaimed"):
+        for live in ("studies", "_storage", "_study_ids", "_unclaimed", "_live"):
             state.pop(live, None)
         return state
 
@@ -150,6 +150,10 @@ class PairSearcher(Searcher):
         stored params, before anything new is asked, so its number (and MLflow run) is reused."""
         self._storage = optuna.storages.get_storage(_STORAGE_URLS.get(self.search, self.storage_url))
         self.studies, self._study_ids, self._unclaimed = {}, {}, {}
+        # Which stored trials are RUNNING, kept here: this searcher is the only writer of the search's
+        # studies (one driver per search: its lock), and a storage read per result cost more than Ray's own
+        # bookkeeping of the trial.
+        self._live: set[tuple[str, int]] = set()
         claimed = set(self.assigned.values())
         for pair in self.pairs:
             name = studies.study_name(self.search, pair)
@@ -157,6 +161,9 @@ class PairSearcher(Searcher):
             self.studies[pair] = study
             self._study_ids[pair] = self._storage.get_study_id_from_name(name)
             stored = study.get_trials(deepcopy=False)
+            self._live.update(
+                (pair, trial.number) for trial in stored if trial.state == optuna.trial.TrialState.RUNNING
+            )
             # WAITING trials are warm starts not asked yet: `ask` hands them out in order.
             self._unclaimed[pair] = [
                 trial.number
@@ -174,8 +181,9 @@ class PairSearcher(Searcher):
         return self._storage.get_trial_id_from_study_id_trial_number(self._study_ids[pair], number)
 
     def _running(self, pair: str, number: int) -> bool:
-        """Whether the stored trial can still be updated (a resume may replay what the storage has already)."""
-        return self._storage.get_trial(self._trial_id(pair, number)).state == optuna.trial.TrialState.RUNNING
+        """Whether the stored trial can still be updated (RUNNING in the storage, not told yet)."""
+        self._study(pair)
+        return (pair, number) in self._live
 
     def started(self) -> Counter:
         return Counter(pair for pair, _ in self.assigned.values())
@@ -194,6 +202,7 @@ class PairSearcher(Searcher):
         else:
             optuna_trial = study.ask(self.distributions)
             number, params = optuna_trial.number, dict(optuna_trial.params)
+            self._live.add((pair, number))
             source = optuna_trial.user_attrs.get(SOURCE)
             if source is None:  # not enqueued: the sampler's
                 source = self.space.sampler.type
@@ -227,7 +236,8 @@ class PairSearcher(Searcher):
         self.open.discard(trial_id)
         pair, number = self.assigned[trial_id]
         if not self._running(pair, number):
-            return  # told before the driver died, after Ray's last save
+            return  # not RUNNING in the storage: told already
+        self._live.discard((pair, number))
         study = self.studies[pair]
         result = result or {}
         value = result.get(self.metric)
