@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
-import torch
 from rich.console import Console
 
 from splice_model.images import load_image
@@ -30,7 +29,7 @@ from splice_tune.search import PairScheduler, PairSearcher, evals_per_trial
 from splice_tune.search_plan import SearchPlan, SearchRequest
 from splice_tune.search_summary import SearchSummary, ended_trials, summarize, winner_record
 from splice_tune.spaces import SearchSpace, load_space
-from splice_tune.trainable import TrialSetup, run_trial
+from splice_tune.trainable import TrialSetup, pack_image, run_trial
 
 # Searches started before the driver was split saved their Ray callback under this name; `--resume` of such a
 # search unpickles it from here.
@@ -200,9 +199,13 @@ def _run(plan: SearchPlan, console: Console, trainable, stop: stopping.StopState
 
     tracker, parent_runs = _record_start(plan)
     # One object per pair in Ray's object store: a trial fetches its own pair's images, not every pair's.
+    max_side = _largest(space, "max_side")
     images = {
         pair.name: ray.put(
-            (_uint8(pair.structure, _largest(space, "max_side")), _uint8(pair.appearance, _largest(space, "max_side")))
+            (
+                pack_image(load_image(pair.structure, max_side=max_side)),
+                pack_image(load_image(pair.appearance, max_side=max_side)),
+            )
         )
         for pair in plan.pairs
     }
@@ -426,7 +429,3 @@ def _largest(space: SearchSpace, name: str):
     """The largest value a setting can take in this space (None counts as largest: no cap)."""
     values = space.values(name)
     return None if None in values else max(values)
-
-
-def _uint8(path: Path, max_side: int | None) -> torch.Tensor:
-    return (load_image(path, max_side=max_side) * 255).round().to(torch.uint8)

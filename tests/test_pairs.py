@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 import splice_model.images
@@ -256,3 +257,17 @@ def test_each_image_is_opened_once(folder: Path, monkeypatch: pytest.MonkeyPatch
     csv_path = write_csv(folder, HEADER + "one,a.png,b.png\ntwo,a.png,c.png\nthree,./b.png,a.png\n")
     assert len(read_pairs(csv_path, min_side=MIN_SIDE, max_side=512)) == 3
     assert sorted(opened) == [folder / "a.png", folder / "b.png", folder / "c.png"]
+
+
+def test_a_pairs_images_travel_to_its_trials_as_lossless_8_bit_png_smaller_than_raw():
+    """What the driver puts in Ray's object store for a pair: the image its trials train on is exactly the
+    loaded image rounded to 8 bits (as when a raw uint8 tensor travelled), in about a third of the bytes."""
+    from splice_model.images import load_image
+    from splice_tune.trainable import pack_image, unpack_image
+
+    image = load_image(Path(__file__).resolve().parents[1] / "examples" / "pairs" / "cows_structure.png")
+    packed = pack_image(image)
+    unpacked = unpack_image(packed)
+    assert unpacked.dtype == image.dtype and unpacked.shape == image.shape
+    assert torch.equal(unpacked, (image * 255).round() / 255.0)
+    assert len(packed) < 0.5 * image.numel()  # raw uint8 would be numel() bytes
