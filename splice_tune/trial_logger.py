@@ -9,6 +9,7 @@ briefly unreachable (docs/design.md, Lost nodes and tracking outages).
 
 from __future__ import annotations
 
+import re
 import shutil
 import tempfile
 import uuid
@@ -44,6 +45,11 @@ from splice_tune.tracking import (
     new_params,
     now_ms,
 )
+
+# The two files of one eval's image: images/<stem>.png and images/<stem>+compressed.webp, where the stem is
+# output+step+<step>+timestamp+<ms>+<uuid> (the names MLflow's log_image writes).
+_IMAGE_FILE = re.compile(rf"^images/({re.escape(IMAGE_KEY)}\+step\+(\d+)\+[^/]*?)(\+compressed\.webp|\.png)$")
+_IMAGE_FILES = (".png", "+compressed.webp")
 
 
 class TrialLogger:
@@ -83,6 +89,7 @@ class TrialLogger:
         self._pending: list[Metric] = []
         self._last_step = 0
         self._logged_through = 0  # the last eval step an earlier attempt logged
+        self._unfinished_images: dict[int, str | None] = {}  # eval step -> stem, for images it left unfinished
         extra_tags = {key: str(value) for key, value in (tags or {}).items()}
 
         identity = {TAG_STUDY_TRIAL: str(study_trial)} if study_trial is not None else {TAG_TRIAL: trial_id}
@@ -103,7 +110,9 @@ class TrialLogger:
                 run.info.run_id,
                 tags=[RunTag(key, value) for key, value in {TAG_ATTEMPT: str(attempt), **extra_tags}.items()],
             )
-            self._logged_through = self._last_eval_step(run)
+            eval_steps = self._eval_steps(run)
+            self._logged_through = max(eval_steps, default=0)
+            self._unfinished_images = self._find_unfinished_images(run.info.run_id, eval_steps)
         else:
             run_tags = {
                 MLFLOW_PARENT_RUN_ID: parent_run_id,
@@ -133,12 +142,32 @@ class TrialLogger:
         self.run_id: str = run.info.run_id
         log_batch(self.client, self.run_id, params=new_params(run, params))
 
-    def _last_eval_step(self, run: Run) -> int:
+    def _eval_steps(self, run: Run) -> list[int]:
         # Scores (``*_score``) are logged at evals only, so their short history holds every eval step.
         scores = sorted(key for key in run.data.metrics if key.endswith("_score") and not key.startswith("final_"))
         if not scores:
-            return 0
-        return max(metric.step for metric in retry(self.client.get_metric_history, run.info.run_id, scores[0]))
+            return []
+        return sorted({metric.step for metric in retry(self.client.get_metric_history, run.info.run_id, scores[0])})
+
+    def _find_unfinished_images(self, run_id: str, eval_steps: list[int]) -> dict[int, str | None]:
+        """The eval steps whose image an earlier attempt did not finish writing, each with the stem of the file
+        it did write (None when it wrote neither).
+
+        An eval writes its scores first, then the image's PNG, then its preview: a process killed between
+        those writes leaves the eval counted as logged (its scores are there) with an image missing or half
+        written. The attempt that replays that step rewrites both files under the stem found here.
+        """
+        found: dict[int, dict[str, str]] = {}
+        for info in retry(self.client.list_artifacts, run_id, "images"):
+            if match := _IMAGE_FILE.match(info.path):
+                found.setdefault(int(match.group(2)), {})[match.group(3)] = match.group(1)
+        unfinished = {}
+        for step in eval_steps:
+            files = found.get(step, {})
+            stems = set(files.values())
+            if set(files) != set(_IMAGE_FILES) or len(stems) != 1:
+                unfinished[step] = files.get(".png", files.get("+compressed.webp"))
+        return unfinished
 
     def log_step(self, step: int, losses: dict[str, float]) -> None:
         """Buffer one training step's losses (written at the next flush, with their own step and time)."""
@@ -152,6 +181,9 @@ class TrialLogger:
         """Write the buffered losses and these scores in one batch, then the output image at `step`."""
         if step <= self._logged_through:
             self._last_step = max(self._last_step, step)
+            if step in self._unfinished_images:
+                # Replayed with the same values, so this is the image the earlier attempt was writing.
+                self._log_image(image, step, stem=self._unfinished_images.pop(step))
             return
         now = now_ms()
         self._pending.extend(Metric(key, float(value), now, step) for key, value in scores.items())
@@ -167,14 +199,16 @@ class TrialLogger:
             retry(self.client.log_batch, self.run_id, metrics=chunk, synchronous=True)
             del self._pending[: len(chunk)]
 
-    def _log_image(self, image: PIL.Image.Image, step: int) -> None:
+    def _log_image(self, image: PIL.Image.Image, step: int, stem: str | None = None) -> None:
         # The files and tag MLflow's log_image writes (the UI's step slider reads these names), written here
         # under one name chosen once: log_image picks a fresh uuid per call, so repeating it after a locked
         # database or a lost server answer could leave two images at one step. Each write below replaces what
-        # an earlier try of it wrote, so `retry` may repeat any of them.
-        stem = f"{IMAGE_KEY}+step+{step}+timestamp+{now_ms()}+{uuid.uuid4()}"
+        # an earlier try of it wrote, so `retry` may repeat any of them, and a later attempt may finish an
+        # image a killed one left half written by passing its `stem`.
+        stem = stem or f"{IMAGE_KEY}+step+{step}+timestamp+{now_ms()}+{uuid.uuid4()}"
         with tempfile.TemporaryDirectory() as tmp:
-            for picture, name in ((image, f"{stem}.png"), (compress_image_size(image), f"{stem}+compressed.webp")):
+            for picture, suffix in ((image, _IMAGE_FILES[0]), (compress_image_size(image), _IMAGE_FILES[1])):
+                name = stem + suffix
                 picture.save(Path(tmp) / name)
                 retry(self.client.log_artifact, self.run_id, str(Path(tmp) / name), "images")
         retry(self.client.set_tag, self.run_id, MLFLOW_LOGGED_IMAGES, True, synchronous=True)

@@ -227,6 +227,60 @@ def test_a_restarted_trial_does_not_log_the_steps_it_replays_twice(store):
     assert _image_steps(client, again.run_id) == [5, 10, 15]
 
 
+class _Killed(BaseException):
+    """The trial process dying at this call (no retry catches it)."""
+
+
+def _image_files(client: MlflowClient, run_id: str) -> dict[int, list[str]]:
+    files: dict[int, list[str]] = {}
+    for info in client.list_artifacts(run_id, "images"):
+        match = re.match(r"images/(output\+step\+(\d+)\+.*?)(\+compressed\.webp|\.png)$", info.path)
+        files.setdefault(int(match.group(2)), []).append(match.group(1) + match.group(3))
+    return {step: sorted(names) for step, names in files.items()}
+
+
+@pytest.mark.parametrize("dies_before", [".png", "+compressed.webp"])
+def test_a_trial_killed_while_writing_an_eval_image_has_it_finished_by_the_attempt_that_replays_it(
+    store, monkeypatch, dies_before
+):
+    client = store["client"]
+    first = _logger(store)
+    assert _run_evals(first, evals=1, steps_per_eval=5) == [5]
+    real_log_artifact = first.client.log_artifact
+
+    def dies_at_that_file(run_id, local_path, artifact_path=None):
+        if local_path.endswith(dies_before):
+            raise _Killed
+        return real_log_artifact(run_id, local_path, artifact_path)
+
+    monkeypatch.setattr(first.client, "log_artifact", dies_at_that_file)
+    for step in range(6, 11):
+        first.log_step(step, {key: 1.0 / step + i for i, key in enumerate(LOSSES)})
+    with pytest.raises(_Killed):  # step 10: its scores are stored, its image is not whole
+        first.log_eval(10, {key: 0.5 / 10 + i for i, key in enumerate(SCORES)}, _image())
+    written = _image_files(client, first.run_id).get(10, [])
+    assert len(written) == (1 if dies_before != ".png" else 0)
+    assert sorted(m.step for m in client.get_metric_history(first.run_id, SCORES[0])) == [5, 10]
+
+    # The retry resumes from step 5's checkpoint and replays 6..10 before going on to 15.
+    again = _logger(store)
+    for step in range(6, 16):
+        again.log_step(step, {key: 1.0 / step + i for i, key in enumerate(LOSSES)})
+        if step % 5 == 0:
+            again.log_eval(step, {key: 0.5 / step + i for i, key in enumerate(SCORES)}, _image())
+    again.finish("FINISHED")
+
+    files = _image_files(client, again.run_id)
+    assert sorted(files) == [5, 10, 15]
+    for step, names in files.items():
+        assert len(names) == 2 and names[0].endswith("+compressed.webp") and names[1].endswith(".png"), names
+        assert names[0].removesuffix("+compressed.webp") == names[1].removesuffix(".png"), names
+    if written:
+        assert written[0] in files[10], "the half-written image is finished under its own name"
+    for key in SCORES:
+        assert sorted(m.step for m in client.get_metric_history(again.run_id, key)) == [5, 10, 15], key
+
+
 def _pair(store) -> results.PairRuns:
     client = store["client"]
     return results.search_pairs(client, client.get_experiment(store["tracker"].experiment_id))["cows"]
